@@ -1,0 +1,135 @@
+"""Model registry: the paper's names (and the released file stems) -> hyper-parameters.
+
+`get_model("ViT-B/16", num_classes=1000)` and `get_model("ViT-B_16", ...)` build
+the same module. Table 1 of the paper: Base 12 layers, width 768, MLP 3072, 12
+heads; Large 24/1024/4096/16; Huge 32/1280/5120/16. Ti and S are from the
+AugReg study. Hybrids put a BiT ResNet stem in front of the patch embedding;
+their stage layouts are those of the released hybrid checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models.vit import ResNetStem, VisionTransformer
+
+_WIDTHS = {
+    # name: (hidden_size, num_layers, mlp_dim, num_heads)
+    'Ti': (192, 12, 768, 3),
+    'S': (384, 12, 1536, 6),
+    'B': (768, 12, 3072, 12),
+    'L': (1024, 24, 4096, 16),
+    'H': (1280, 32, 5120, 16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Hyper-parameters of one registered ViT (everything but the class count)."""
+  name: str
+  hidden_size: int
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: tuple[int, int]
+  resnet: Optional[ResNetStem] = None
+  dropout_rate: float = 0.0
+  #: Total downsampling from pixels to tokens (patch size x the stem's stride).
+  stride: int = 0
+
+  @property
+  def file_stem(self) -> str:
+    """The released checkpoint's file name stem, e.g. 'R50+ViT-B_16'."""
+    return self.name.replace('/', '_')
+
+  def kwargs(self) -> dict[str, Any]:
+    return dict(hidden_size=self.hidden_size, num_layers=self.num_layers,
+                mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                patch_size=self.patch_size, resnet=self.resnet,
+                dropout_rate=self.dropout_rate)
+
+
+def _vit(size: str, patch: int, dropout: float = 0.0) -> ModelSpec:
+  d, l, m, h = _WIDTHS[size]
+  return ModelSpec(f'ViT-{size}/{patch}', d, l, m, h, (patch, patch),
+                   dropout_rate=dropout, stride=patch)
+
+
+def _hybrid(name: str, size: str, stages: tuple[int, ...], patch: int,
+            dropout: float = 0.0) -> ModelSpec:
+  d, l, m, h = _WIDTHS[size]
+  stem_stride = 4 * 2**max(len(stages) - 1, 0)
+  return ModelSpec(name, d, l, m, h, (patch, patch), ResNetStem(stages),
+                   dropout_rate=dropout, stride=stem_stride * patch)
+
+
+# Dropout rates as in the released configs (the pretraining recipes of the
+# paper: 0.1 for L/16, H/14 and R50+ViT-B/16; fine-tuning overrides them).
+_SPECS = [
+    _vit('Ti', 16), _vit('S', 16), _vit('S', 32), _vit('B', 8),
+    _vit('B', 16), _vit('B', 32), _vit('L', 16, 0.1), _vit('L', 32),
+    _vit('H', 14, 0.1),
+    # R+ViT-Ti/16 is named for its 8x8 patches on a stem said to halve the
+    # resolution; the BiT root block downsamples 4x, so tokens are 32x32 pixels.
+    _hybrid('R+ViT-Ti/16', 'Ti', (), 8),
+    _hybrid('R26+ViT-S/32', 'S', (2, 2, 2, 2), 1),
+    _hybrid('R26+ViT-B/32', 'B', (2, 2, 2, 2), 1),
+    _hybrid('R50+ViT-B/16', 'B', (3, 4, 9), 1, 0.1),
+    _hybrid('R50+ViT-L/32', 'L', (3, 4, 6, 3), 1, 0.1),
+]
+
+#: Registered model names (the paper's spelling), in size order.
+MODELS: tuple[str, ...] = tuple(s.name for s in _SPECS)
+_BY_NAME = {s.name: s for s in _SPECS}
+_BY_NAME.update({s.file_stem: s for s in _SPECS})
+
+
+def get_spec(name: str) -> ModelSpec:
+  """Looks up 'ViT-B/16' or 'ViT-B_16'; unknown names list close matches."""
+  if name in _BY_NAME:
+    return _BY_NAME[name]
+  close = difflib.get_close_matches(name, list(_BY_NAME), n=3)
+  hint = f' Did you mean {", ".join(close)}?' if close else ''
+  raise ValueError(f'unknown model {name!r}.{hint} Known models: '
+                   f'{", ".join(MODELS)}.')
+
+
+def get_model(name: str, num_classes: Optional[int], **overrides
+              ) -> VisionTransformer:
+  """Builds the registered ViT `name` with `num_classes` outputs.
+
+  `overrides` replace any VisionTransformer field (dtype, classifier,
+  representation_size, remat_policy, scan_layers, dropout_rate, ...).
+  """
+  spec = get_spec(name)
+  kwargs = spec.kwargs()
+  fields = {f.name for f in dataclasses.fields(VisionTransformer)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'unknown model option(s) {unknown}; valid options: '
+                     f'{sorted(fields - {"parent", "name"})}.')
+  if 'dtype' in overrides and isinstance(overrides['dtype'], str):
+    overrides['dtype'] = jnp.dtype(overrides['dtype'])
+  kwargs.update(overrides)
+  return VisionTransformer(num_classes=num_classes, **kwargs)
+
+
+def param_shapes(model: VisionTransformer, image_size: int | tuple[int, int] = 224
+                 ) -> Any:
+  """Parameter tree of ShapeDtypeStructs, computed without allocating."""
+  h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+  x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
+  return variables['params']
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a parameter tree (arrays or shape structs)."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
