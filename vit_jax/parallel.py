@@ -50,6 +50,17 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     jax.distributed.initialize()
 
 
+def configure_cpu() -> None:
+  """Synchronous dispatch on CPU backends.
+
+  With several simulated CPU devices on few cores, executions in flight
+  together deadlock in the collectives' rendezvous; one at a time they do not.
+  Accelerators keep asynchronous dispatch.
+  """
+  if jax.default_backend() == 'cpu':
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int
                ) -> tuple[int, int, int]:
   """Resolves {'data': -1, 'fsdp': 2, 'model': 1} against the device count."""
