@@ -1,0 +1,299 @@
+"""Training and evaluation pipelines: source -> host slice -> ops -> host batches.
+
+`build_train` and `build_eval` are the package's entry points (see __init__.py
+for the config keys). Three executors produce the same contract:
+
+* NumPy, for in-memory sources whose ops all have NumPy kernels: batch k is
+  computed directly from its stream positions (no TensorFlow at all).
+* tf.data over a random-access source (folders, or arrays with TF-only ops):
+  the per-epoch permutation comes from sampler.TrainOrder, so resuming costs
+  one permutation.
+* tf.data over a stream source (TFDS): each epoch reshuffles the host's slice
+  with a buffer seeded by (seed, host, epoch); resuming skips the consumed part
+  of the current epoch before any decoding.
+
+Random ops draw from a seed that is a function of (seed, host, stream
+position), so `iterator(k)` is exactly a fresh iterator advanced by k batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+
+from vit_jax.data import registry, sampler, sources
+from vit_jax.data.tf_runtime import tf as _tf
+
+_FOREVER = 2**62
+_BATCH_SALT = 0xBA7C4
+DEFAULT_SHUFFLE_BUFFER = 50_000
+
+
+def _cfg(config, key, default=None):
+  return sources._get(config, key, default)  # pylint: disable=protected-access
+
+
+class _Pipeline:
+  """What training and evaluation share: source, ops, host slice, finalising."""
+
+  def __init__(self, input_config, split, global_batch_size, process_index,
+               process_count, seed):
+    self.host_batch_size = sampler.host_batch_size(global_batch_size, process_count)
+    self.process_index, self.process_count = process_index, process_count
+    self.seed = int(seed)
+    self.key_host = process_index  # Evaluation sets 0: its draws ignore the host count.
+    data = _cfg(input_config, 'data')
+    self.source = sources.open_source(data, _cfg(input_config, 'data_dir'), split)
+    pp = _cfg(input_config, 'pp')
+    if not pp:
+      raise ValueError("input.pp is empty: give the preprocessing ops, e.g. "
+                       "'vit_train(224, 1000)' or 'resize(16)|value_range(-1,1)|onehot(10)'.")
+    self.ops, self.batch_ops = registry.parse_pp(pp)
+    self._explicit_keep = any(op.name == 'keep' for op in self.ops)
+    self.num_examples = self.source.size
+    self.host_start, self.host_stop = sampler.host_range(
+        self.num_examples, process_index, process_count)
+    self.shuffle_buffer = int(_cfg(input_config, 'shuffle_buffer_size', DEFAULT_SHUFFLE_BUFFER))
+    self.tf_prefetch = int(_cfg(input_config, 'prefetch', 2))
+    self.uses_numpy = (getattr(self.source, 'in_memory', False) and
+                       all(op.np_fn is not None for op in self.ops))
+
+  # ------------------------------------------------------------ finalise
+  def _select(self, ex: dict) -> dict:
+    if not self._explicit_keep:
+      ex = {k: v for k, v in ex.items() if k in ('image', 'labels')}
+    for k in ('image', 'labels'):
+      if k not in ex:
+        raise ValueError(f'The preprocessing {_describe(self.ops)} leaves no {k!r} '
+                         f'(it leaves {sorted(ex)}); end it with e.g. onehot(K) '
+                         "and keep('image', 'labels').")
+    return ex
+
+  def _finalize_np(self, batch: dict) -> dict:
+    batch = self._select(batch)
+    for k in ('image', 'labels'):
+      batch[k] = np.asarray(batch[k], np.float32)
+    return batch
+
+  def _finalize_tf(self, ex: dict) -> dict:
+    tf = _tf()
+    ex = self._select(ex)
+    return {**ex, 'image': tf.cast(ex['image'], tf.float32),
+            'labels': tf.cast(ex['labels'], tf.float32)}
+
+  # ------------------------------------------------------------ kernels
+  def _np_apply(self, batch: dict, positions: np.ndarray) -> dict:
+    keys = sampler.example_keys(self.seed, self.key_host, positions)
+    for i, op in enumerate(self.ops):
+      batch = op.np_fn(batch, sampler.fold_in(keys, i))
+    return self._finalize_np(batch)
+
+  def _tf_preprocess(self):
+    """(position, example) -> preprocessed example, seeded by the position."""
+    tf = _tf()
+    base = int(sampler.fold_in(np.uint64(self.seed % 2**64), self.key_host) >> np.uint64(1))
+    def fn(position, ex):
+      seed = tf.stack([tf.constant(base, tf.int64), tf.cast(position, tf.int64)])
+      for i, op in enumerate(self.ops):
+        ex = op.tf_fn(ex, tf.random.experimental.stateless_fold_in(seed, i))
+      return self._finalize_tf(ex)
+    return fn
+
+  def _tf_options(self, ds):
+    tf = _tf()
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return ds.with_options(options)
+
+  def _tf_numpy_iterator(self, ds) -> Iterator[dict]:
+    tf = _tf()
+    iterator = iter(ds.as_numpy_iterator())
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except tf.errors.OpError as e:
+        raise RuntimeError(f'The input pipeline of {self.source.description} failed: '
+                           f'{e.message.splitlines()[0]}') from None
+      yield dict(batch)
+
+
+def _describe(ops) -> str:
+  return '|'.join(op.spec for op in ops) or '(no ops)'
+
+
+class TrainPipeline(_Pipeline):
+  """Endless, shuffled, augmented host batches; `iterator(k)` resumes at batch k."""
+
+  def __init__(self, input_config, *, global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    super().__init__(input_config, None, global_batch_size, process_index,
+                     process_count, seed)
+    self.order = sampler.TrainOrder(self.host_stop - self.host_start, self.seed,
+                                    process_index)
+    self.num_classes = self._labels_width()
+
+  def _labels_width(self) -> int:
+    if self.uses_numpy:
+      return int(self._np_batch(0, np.arange(1))['labels'].shape[-1])
+    spec = self._tf_dataset(0).element_spec['labels']
+    if spec.shape.rank != 2 or spec.shape[-1] is None:
+      raise ValueError(f'Labels must be [batch, K] after {_describe(self.ops)}, got '
+                       f'shape {spec.shape}.')
+    return int(spec.shape[-1])
+
+  def iterator(self, start_batch: int = 0) -> Iterator[dict]:
+    """Host batches from batch `start_batch` on (the number already consumed)."""
+    if start_batch < 0:
+      raise ValueError(f'start_batch must be >= 0, got {start_batch}.')
+    if self.uses_numpy:
+      batches = (self._np_batch(k) for k in itertools.count(start_batch))
+    else:
+      batches = self._tf_numpy_iterator(self._tf_dataset(start_batch))
+    for k, batch in enumerate(batches, start_batch):
+      yield self._apply_batch_ops(batch, k)
+
+  def _apply_batch_ops(self, batch: dict, k: int) -> dict:
+    key = sampler.fold_in(sampler.example_keys(self.seed, self.process_index, k), _BATCH_SALT)
+    for i, op in enumerate(self.batch_ops):
+      batch = op.batch_fn(batch, int(sampler.fold_in(key, i)))
+    return batch
+
+  def _np_batch(self, k: int, offsets: Optional[np.ndarray] = None) -> dict:
+    b = self.host_batch_size
+    positions = k * b + (np.arange(b) if offsets is None else offsets)
+    indices = self.host_start + self.order.indices(positions)
+    return self._np_apply(self.source.take(indices), positions)
+
+  def _tf_dataset(self, start_batch: int):
+    tf = _tf()
+    first = start_batch * self.host_batch_size
+    epoch0, offset = divmod(first, self.order.n)
+    epochs = tf.data.Dataset.range(epoch0, _FOREVER)
+    if hasattr(self.source, 'tf_lookup'):
+      examples = self._random_access_stream(epochs)
+    else:
+      examples = self._shuffled_stream(epochs)
+    ds = tf.data.Dataset.zip((tf.data.Dataset.range(first, _FOREVER),
+                              examples.skip(offset)))
+    ds = ds.map(self._tf_preprocess(), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(self.host_batch_size, drop_remainder=True)
+    return self._tf_options(ds.prefetch(self.tf_prefetch))
+
+  def _random_access_stream(self, epochs):
+    tf = _tf()
+    n, start, order = self.order.n, self.host_start, self.order
+    lookup = self.source.tf_lookup()
+    def permutation(epoch):
+      return (order.epoch_permutation(int(epoch)) + start).astype(np.int64)
+    def one_epoch(epoch):
+      indices = tf.numpy_function(permutation, [epoch], tf.int64, stateful=False)
+      indices.set_shape([n])
+      return tf.data.Dataset.from_tensor_slices(indices)
+    return epochs.flat_map(one_epoch).map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _shuffled_stream(self, epochs):
+    tf = _tf()
+    host = self.source.host_dataset(self.host_start, self.host_stop, train=True,
+                                    seed=self.seed)
+    base = int(sampler.fold_in(np.uint64(self.seed % 2**64), self.process_index) % np.uint64(2**30))
+    buffer = self.shuffle_buffer
+    def one_epoch(epoch):
+      seed = (tf.constant(base, tf.int64) + epoch * 1_000_003) % (2**31 - 1)
+      return host.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+    return epochs.flat_map(one_epoch)
+
+
+class EvalPipeline(_Pipeline):
+  """Every example of the split once across hosts, padded and masked."""
+
+  def __init__(self, input_config, split: Optional[str], *, global_batch_size: int,
+               process_index: int = 0, process_count: int = 1):
+    super().__init__(input_config, split, global_batch_size, process_index,
+                     process_count, seed=0)
+    self.key_host = 0
+    self.num_batches = sampler.eval_num_batches(
+        self.num_examples, self.host_batch_size, process_count)
+    self.num_host_examples = self.host_stop - self.host_start
+    self.num_classes = self._labels_width()
+
+  def _labels_width(self) -> int:
+    lo = self.host_start if self.num_host_examples else 0
+    if self.uses_numpy:
+      return int(next(self._np_batches(lo, lo + 1))['labels'].shape[-1])
+    spec = self._tf_dataset(lo, lo + 1).element_spec['labels']
+    if spec.shape.rank != 2 or spec.shape[-1] is None:
+      raise ValueError(f'Labels must be [batch, K] after {_describe(self.ops)}, got '
+                       f'shape {spec.shape}.')
+    return int(spec.shape[-1])
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict]:
+    # A host without examples processes example 0 for the shapes, masked out.
+    lo, hi = self.host_start, self.host_stop
+    if hi == lo:
+      lo, hi = 0, 1
+    if self.uses_numpy:
+      batches = self._np_batches(lo, hi)
+    else:
+      batches = self._tf_numpy_iterator(self._tf_dataset(lo, hi))
+    return _pad_and_mask(batches, self.host_batch_size, self.num_batches,
+                         self.num_host_examples)
+
+  def _np_batches(self, lo: int, hi: int) -> Iterator[dict]:
+    for start in range(lo, hi, self.host_batch_size):
+      positions = np.arange(start, min(start + self.host_batch_size, hi))
+      yield self._np_apply(self.source.take(positions), positions)
+
+  def _tf_dataset(self, lo: int, hi: int):
+    tf = _tf()
+    if hasattr(self.source, 'tf_lookup'):
+      examples = tf.data.Dataset.range(lo, hi).map(self.source.tf_lookup())
+    else:
+      examples = self.source.host_dataset(lo, hi, train=False)
+    ds = tf.data.Dataset.zip((tf.data.Dataset.range(lo, hi), examples))
+    ds = ds.map(self._tf_preprocess(), num_parallel_calls=tf.data.AUTOTUNE)
+    return self._tf_options(ds.batch(self.host_batch_size).prefetch(self.tf_prefetch))
+
+
+def _pad_and_mask(batches, batch_size: int, num_batches: int, num_valid: int):
+  """Pads partial batches with zeros, adds `mask`, and yields `num_batches` batches."""
+  seen, template = 0, None
+  for batch in batches:
+    n = len(batch['image'])
+    mask = (seen + np.arange(batch_size) < num_valid) & (np.arange(batch_size) < n)
+    batch = {k: _pad(v, batch_size) for k, v in batch.items()}
+    batch['mask'] = mask.astype(np.float32)
+    template = template or batch
+    seen += n
+    yield batch
+  for _ in range(num_batches - math.ceil(max(seen, 1) / batch_size)):
+    yield {k: np.zeros_like(v) for k, v in template.items()}
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  if len(x) == size:
+    return x
+  pad = np.zeros((size - len(x),) + x.shape[1:], x.dtype)
+  return np.concatenate([x, pad])
+
+
+def build_train(input_config, *, global_batch_size: int, seed: int,
+                process_index: int = 0, process_count: int = 1) -> TrainPipeline:
+  """The training pipeline of this host (see the package docstring)."""
+  return TrainPipeline(input_config, global_batch_size=global_batch_size, seed=seed,
+                       process_index=process_index, process_count=process_count)
+
+
+def build_eval(input_config, split: Optional[str] = None, *, global_batch_size: int,
+               process_index: int = 0, process_count: int = 1) -> EvalPipeline:
+  """The evaluation pipeline of this host over `split` (default input.data.split)."""
+  return EvalPipeline(input_config, split, global_batch_size=global_batch_size,
+                      process_index=process_index, process_count=process_count)

@@ -1,0 +1,145 @@
+"""Which examples each host reads, in which order: split slices, host shards, epochs.
+
+Everything here is index arithmetic in NumPy, shared by every source:
+
+* `parse_split('train[:98%]')` -> base split name and the slice bounds;
+  `slice_range(split, size)` -> the absolute [start, stop) it selects.
+* `host_range(n, i, p)` -> host i's contiguous share of n examples (sizes
+  differ by at most one, the first `n % p` hosts get the extra example, as
+  `tfds.even_splits`).
+* `TrainOrder` maps a host's stream position g (the g-th example it yields
+  since step 0) to an example: epoch g // n, and within it a permutation
+  seeded by (seed, process_index, epoch). Position -> example is a pure
+  function, so resuming at batch k costs nothing.
+* `example_keys(seed, process_index, positions)` -> one 64-bit key per stream
+  position: random augmentation is a function of that key only, so a resumed
+  run draws exactly the augmentation the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Optional
+
+import numpy as np
+
+_SPLIT_RE = re.compile(r'^\s*([\w\-.]+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*$')
+_BOUND_RE = re.compile(r'^(-?\d+)(%?)$')
+
+
+def parse_split(split: str) -> tuple[str, Optional[str], Optional[str]]:
+  """'train[10%:]' -> ('train', '10%', None); 'test' -> ('test', None, None)."""
+  m = _SPLIT_RE.match(split)
+  if not m:
+    raise ValueError(f'Cannot parse split {split!r}; write NAME or NAME[START:STOP] '
+                     "with integers or percentages, e.g. 'train[:98%]'.")
+  name, start, stop = m.group(1), m.group(2), m.group(3)
+  for bound in (start, stop):
+    if bound and not _BOUND_RE.match(bound.strip()):
+      raise ValueError(f'Cannot parse slice bound {bound!r} in split {split!r}; '
+                       "use an integer or a percentage such as '98%'.")
+  return name, (start or None), (stop or None)
+
+
+def _bound(bound: Optional[str], size: int, default: int) -> int:
+  if bound is None:
+    return default
+  value, percent = _BOUND_RE.match(bound.strip()).groups()
+  value = int(value)
+  if percent:
+    if not -100 <= value <= 100:
+      raise ValueError(f'Percent slice bound {bound!r} is outside [-100%, 100%].')
+    value = int(round(size * value / 100))  # Nearest example, as TFDS does.
+  if value < 0:
+    value += size
+  return min(max(value, 0), size)
+
+
+def slice_range(split: str, size: int) -> tuple[int, int]:
+  """Absolute [start, stop) of `split` within its base split of `size` examples."""
+  _, start, stop = parse_split(split)
+  lo, hi = _bound(start, size, 0), _bound(stop, size, size)
+  if hi <= lo:
+    raise ValueError(f'Split {split!r} selects no examples (the base split has '
+                     f'{size}); widen the slice.')
+  return lo, hi
+
+
+def host_range(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """Host `process_index`'s contiguous share [start, stop) of n examples."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, process_count='
+                     f'{process_count}).')
+  base, extra = divmod(n, process_count)
+  start = process_index * base + min(process_index, extra)
+  return start, start + base + (process_index < extra)
+
+
+def host_batch_size(global_batch_size: int, process_count: int) -> int:
+  """Global batch / process count, which must divide evenly."""
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} must be a positive '
+                     f'multiple of process_count={process_count}.')
+  return global_batch_size // process_count
+
+
+def eval_num_batches(n: int, host_batch: int, process_count: int) -> int:
+  """Batches every host yields so that the largest host share fits (padded)."""
+  largest = math.ceil(n / process_count)
+  return max(1, math.ceil(largest / host_batch))
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """splitmix64 finaliser: a bijective, well-mixed map of uint64 arrays."""
+  x = np.asarray(x, np.uint64)
+  with np.errstate(over='ignore'):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def fold_in(keys, data) -> np.ndarray:
+  """Derives new 64-bit keys from `keys` and integers `data` (broadcasting)."""
+  with np.errstate(over='ignore'):
+    return _mix64(_mix64(np.asarray(keys, np.uint64)) +
+                  np.uint64(0x9E3779B97F4A7C15) * (np.asarray(data, np.uint64) + np.uint64(1)))
+
+
+def example_keys(seed: int, process_index: int, positions) -> np.ndarray:
+  """One uint64 key per stream position of one host."""
+  return fold_in(fold_in(np.uint64(seed % 2**64), process_index), positions)
+
+
+def uniform(keys: np.ndarray, salt: int) -> np.ndarray:
+  """Float64 uniforms in [0, 1), one per key, for random op number `salt`."""
+  bits = fold_in(keys, salt) >> np.uint64(11)
+  return bits.astype(np.float64) / float(2**53)
+
+
+class TrainOrder:
+  """Maps a host's stream positions to example indices, epoch by epoch."""
+
+  def __init__(self, num_host_examples: int, seed: int, process_index: int):
+    if num_host_examples < 1:
+      raise ValueError('This host has no training examples: the split has fewer '
+                       'examples than there are processes.')
+    self.n = num_host_examples
+    self.seed = seed
+    self.process_index = process_index
+
+  @functools.lru_cache(maxsize=4)
+  def epoch_permutation(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed % 2**63, self.process_index, epoch])
+    return rng.permutation(self.n)
+
+  def indices(self, positions: np.ndarray) -> np.ndarray:
+    """Host-local example indices for stream positions (any epochs)."""
+    positions = np.asarray(positions, np.int64)
+    epochs, offsets = np.divmod(positions, self.n)
+    out = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+      sel = epochs == epoch
+      out[sel] = self.epoch_permutation(int(epoch))[offsets[sel]]
+    return out
