@@ -1,0 +1,78 @@
+"""ImageNet ReaL: label file checks, file-name lookup, and scoring by hand."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.evaluate import real
+
+REAL_JSON = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
+                         'imagenet_real.json')
+
+
+def test_scoring_hand_built_cases():
+  k = 6
+  # Image 0: single ReaL label 2, predicted 2 -> right (original label 2).
+  # Image 1: ReaL {1, 4}, predicted 4 -> right; original label 1 -> wrong.
+  # Image 2: empty ReaL list, predicted 3 = original -> left out of ReaL only.
+  # Image 3: ReaL {0}, predicted 5, original 5 -> ReaL wrong, original right.
+  # Image 4: padding (mask 0) with a ReaL label that would be right.
+  logits = jnp.eye(k)[jnp.array([2, 4, 3, 5, 0])] * 5.0
+  real_sets = jnp.zeros((5, k)).at[0, 2].set(1).at[1, 1].set(1).at[1, 4].set(1)
+  real_sets = real_sets.at[3, 0].set(1).at[4, 0].set(1)
+  labels = jnp.eye(k)[jnp.array([2, 1, 3, 5, 0])]
+  mask = jnp.array([1., 1., 1., 1., 0.])
+  counts = {n: int(v) for n, v in
+            real.real_counts(logits, real_sets, labels, mask).items()}
+  assert counts == {'real_correct': 2, 'real_count': 3, 'top1_correct': 3,
+                    'count': 4}
+  acc = real.real_accuracies(counts)
+  assert acc['real_top1'] == pytest.approx(2 / 3)
+  assert acc['top1'] == pytest.approx(3 / 4)
+
+
+def test_val_index_from_file_names():
+  assert real.val_index('ILSVRC2012_val_00000001.JPEG') == 0
+  assert real.val_index(b'/data/val/n01440764/ILSVRC2012_val_00050000.JPEG') == 49_999
+  for bad in ('ILSVRC2012_val_00000000.JPEG', 'n01440764_10026.JPEG',
+              'ILSVRC2012_val_00050001.JPEG'):
+    with pytest.raises(ValueError, match='original file names'):
+      real.val_index(bad)
+
+
+def test_multi_hot_from_lists_with_empty_and_padding():
+  lists = [[]] * real.NUM_VAL_IMAGES
+  lists[0], lists[2] = [7], [3, 999]
+  out = real.multi_hot(lists, [b'ILSVRC2012_val_00000003.JPEG',
+                               'ILSVRC2012_val_00000002.JPEG', b'',
+                               'ILSVRC2012_val_00000001.JPEG'])
+  assert out.shape == (4, 1000)
+  assert np.flatnonzero(out[0]).tolist() == [3, 999]
+  assert not out[1].any() and not out[2].any()
+  assert np.flatnonzero(out[3]).tolist() == [7]
+
+
+def test_load_real_labels_checks_the_file(tmp_path):
+  with pytest.raises(ValueError, match='real_json=PATH'):
+    real.load_real_labels('')
+  with pytest.raises(FileNotFoundError, match='reassessed-imagenet'):
+    real.load_real_labels(str(tmp_path / 'missing.json'))
+  short = tmp_path / 'short.json'
+  short.write_text(json.dumps([[1]] * 10))
+  with pytest.raises(ValueError, match='50000 label lists'):
+    real.load_real_labels(str(short))
+  bad = tmp_path / 'bad.json'
+  bad.write_text(json.dumps([[1]] * 49_999 + [[1000]]))
+  with pytest.raises(ValueError, match='entry 49999'):
+    real.load_real_labels(str(bad))
+
+
+@pytest.mark.skipif(not os.path.exists(REAL_JSON), reason='needs shared/data')
+def test_the_released_real_json():
+  lists = real.load_real_labels(REAL_JSON)
+  assert sum(bool(x) for x in lists) == 46_837
+  assert lists[1] == [970, 795]  # ILSVRC2012_val_00000002.JPEG.
+  assert sum(len(x) > 1 for x in lists) == 7_443
