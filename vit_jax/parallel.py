@@ -139,8 +139,10 @@ def spec_for(name: str, shape: Sequence[int], rules: Sequence[tuple[str, Any]],
 
   A rule's value is 'replicate', 'fsdp' (shard the largest divisible dimension
   over `fsdp` when the array has at least `fsdp_min_size` elements), or a
-  tuple of axis names / None per dimension (tensor parallelism), optionally
-  followed by FSDP when the tuple ends with '+fsdp'. An axis of size 1 in the
+  tuple of axis names / None for the trailing dimensions (tensor
+  parallelism; leading dimensions such as the layer axis of scanned blocks
+  stay unsharded), optionally followed by FSDP when the tuple ends with
+  '+fsdp'. An axis of size 1 in the
   mesh is dropped, so the same rules serve every mesh.
   """
   shape = tuple(shape)
@@ -158,10 +160,13 @@ def spec_for(name: str, shape: Sequence[int], rules: Sequence[tuple[str, Any]],
     rule = list(rule)
     if rule and rule[-1] == '+fsdp':
       rule, add_fsdp = rule[:-1], True
-    if len(rule) != len(shape):
+    if len(rule) > len(shape):
       raise ValueError(f'sharding rule {pattern!r} -> {tuple(rule)} has '
                        f'{len(rule)} entries but {name} has shape {shape}; '
-                       f'give one entry per dimension.')
+                       f'give at most one entry per dimension.')
+    # A rule names the trailing dimensions; leading ones (the layer axis of
+    # scanned blocks) stay unsharded.
+    rule = [None] * (len(shape) - len(rule)) + rule
     spec = []
     for axis, dim in zip(rule, shape):
       if axis is not None and axis not in MESH_AXES:

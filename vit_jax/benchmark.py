@@ -1,0 +1,150 @@
+"""Training-step throughput and MFU on synthetic batches, on whatever devices are present.
+
+python -m vit_jax.benchmark --model=ViT-B/16 --batch=256 --dtype=bfloat16
+
+Times the real training step (`vit_jax.train_step.make_train_step`, the one
+the training loop runs) with the paper's pretraining optimizer (Adam, global
+norm clipping, weight decay), and prints one JSON line: img/s, img/s per
+device, step ms, MFU, peak device memory and compile seconds. Imports neither
+TensorFlow nor clu nor ml_collections, so it runs on a bare JAX host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import budget, models, optim, parallel, train_step
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--model', default='ViT-B/16', help='registered model name')
+  p.add_argument('--batch', type=int, default=256, help='global batch size')
+  p.add_argument('--image_size', type=int, default=224)
+  p.add_argument('--num_classes', type=int, default=1000)
+  p.add_argument('--dtype', default='bfloat16',
+                 choices=('float32', 'bfloat16', 'float16'))
+  p.add_argument('--steps', type=int, default=20, help='timed steps')
+  p.add_argument('--warmup', type=int, default=3, help='untimed steps')
+  p.add_argument('--accum_steps', type=int, default=1)
+  p.add_argument('--remat_policy', default='none',
+                 choices=sorted(models.vit.REMAT_POLICIES))
+  p.add_argument('--scan_layers', action='store_true')
+  p.add_argument('--attention_implementation', default=None,
+                 choices=(None, 'xla', 'cudnn'))
+  p.add_argument('--attention_pad_multiple', type=int, default=None)
+  p.add_argument('--mu_dtype', default=None, help='e.g. bfloat16')
+  p.add_argument('--mesh', default='data=-1',
+                 help='axis sizes, e.g. data=4,fsdp=2')
+  args = p.parse_args(argv)
+  if args.batch <= 0 or args.steps <= 0:
+    p.error('--batch and --steps must be positive')
+  return args
+
+
+def _mesh_sizes(text: str) -> dict:
+  sizes = {}
+  for item in filter(None, text.split(',')):
+    key, _, value = item.partition('=')
+    try:
+      sizes[key] = int(value)
+    except ValueError:
+      raise ValueError(f'--mesh entry {item!r} is not AXIS=INT') from None
+  return sizes
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Compiles and times the step; returns the JSON-able result."""
+  model = models.get_model(
+      args.model, args.num_classes, dtype=args.dtype,
+      remat_policy=args.remat_policy, scan_layers=args.scan_layers,
+      attention_implementation=args.attention_implementation,
+      attention_pad_multiple=args.attention_pad_multiple)
+  mesh = parallel.make_mesh(_mesh_sizes(args.mesh))
+  parallel.check_batch_divisible(args.batch, args.accum_steps, mesh)
+  total = args.warmup + args.steps
+  schedule = optim.make_schedule(base_lr=1e-3, total_steps=total,
+                                 warmup_steps=1, decay_type='linear')
+  shape = (args.image_size, args.image_size, 3)
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))['params']
+  tx = optim.make_optimizer(
+      {'name': 'adam', 'weight_decay': 0.1, 'grad_clip_norm': 1.0,
+       'mu_dtype': args.mu_dtype,
+       'weight_decay_exclude': ('.*/bias', '.*/scale')}, schedule, abstract)
+  from vit_jax.config_lib import default_sharding_rules  # pylint: disable=g-import-not-at-top
+  state, shardings = train_step.sharded_init(
+      model, tx, shape, mesh, default_sharding_rules(), seed=0)
+  step = train_step.make_train_step(model, tx, mesh, shardings,
+                                    accum_steps=args.accum_steps,
+                                    schedule=schedule)
+  rng = np.random.default_rng(0)
+  per_host = args.batch // jax.process_count()
+  host_batch = {
+      'image': rng.uniform(-1, 1, (per_host, *shape)).astype(np.float32),
+      'labels': np.eye(args.num_classes, dtype=np.float32)[
+          rng.integers(0, args.num_classes, per_host)]}
+  batch = parallel.host_to_global(host_batch, mesh)
+
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  seconds = time.perf_counter() - t0
+
+  n = jax.device_count()
+  img_per_sec = args.batch * args.steps / seconds
+  kind = jax.devices()[0].device_kind
+  spec = models.get_spec(args.model)
+  flops_per_image = budget.train_flops_per_image(spec, args.image_size,
+                                                 args.num_classes)
+  peak = budget.peak_flops(kind)
+  memory = None
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    memory = stats['peak_bytes_in_use']
+  return {
+      'model': args.model, 'batch': args.batch, 'image_size': args.image_size,
+      'dtype': args.dtype, 'remat_policy': args.remat_policy,
+      'attention_implementation': args.attention_implementation,
+      'attention_pad_multiple': args.attention_pad_multiple,
+      'devices': n, 'device_kind': kind,
+      'img_per_sec': round(img_per_sec, 2),
+      'img_per_sec_per_device': round(img_per_sec / n, 2),
+      'step_ms': round(1000 * seconds / args.steps, 3),
+      'mfu': (round(flops_per_image * img_per_sec / (peak * n), 4)
+              if peak else None),
+      'train_gflops_per_image': round(flops_per_image / 1e9, 3),
+      'peak_memory_gib': (round(memory / 2**30, 3) if memory else None),
+      'compile_s': round(compile_s, 2),
+      'final_loss': float(metrics['train_loss']),
+  }
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  parallel.configure_cpu()
+  try:
+    result = run(args)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(result), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

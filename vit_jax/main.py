@@ -1,0 +1,81 @@
+"""Command-line entry: python -m vit_jax.main --config=configs/X.py:ARGS --workdir=DIR.
+
+Trains (pretraining or fine-tuning) with the config file's recipe; rerunning
+the same command resumes from the workdir's latest checkpoint. Exit status: 0
+when done or saved after a preemption, 75 when the compute cap stopped the
+run, 1 on a non-finite loss, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with named arguments: '
+    'configs/finetune.py:model=B/16,dataset=cifar10', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
+                               'metrics and the exported params.npz.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-process runs '
+    'outside Cloud TPU and SLURM).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process\'s id, from 0.')
+
+
+def _fail(message: str, status: int = 2) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
+  if _CONFIG.value is None:
+    _fail('--config is required, e.g. --config=configs/quickstart.py')
+  if not _WORKDIR.value:
+    _fail('--workdir is required: the directory for checkpoints and metrics.')
+  logging.getLogger().setLevel(logging.INFO)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+    parallel.configure_cpu()
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.NonFiniteLossError as e:
+    _fail(str(e), status=1)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    _fail(str(e).strip('"\''))
+  if jax.process_index() == 0:
+    print(summary_line(result), flush=True)
+  if result.status == 'budget_exhausted':
+    sys.exit(train.EXIT_BUDGET_EXHAUSTED)
+
+
+def summary_line(result) -> str:
+  evals = '  '.join(f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
+                    if isinstance(v, float))
+  ips = f'{result.img_per_sec:.1f}' if result.img_per_sec else '?'
+  return (f'SUMMARY status={result.status} step={result.step}/'
+          f'{result.total_steps} {evals}  img/s={ips}  '
+          f'core_hours={result.core_hours:.4f}')
+
+
+def run() -> None:
+  try:
+    app.run(main)
+  except config_flags.UnlockedConfigError as e:  # pragma: no cover
+    _fail(str(e))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,121 @@
+"""Metric writers and console progress for the training loop.
+
+Process 0 writes TensorBoard event files (clu) and `WORKDIR/metrics.jsonl`,
+one JSON object per logged step; every other process writes nothing. After a
+resume, rows past the restored step are dropped so the file never holds a
+step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (np.generic, np.ndarray)):
+    value = value.item() if np.ndim(value) == 0 else value.tolist()
+  if hasattr(value, 'item') and getattr(value, 'ndim', 1) == 0:
+    value = value.item()
+  return value
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Keeps only the rows with step <= last_step (atomically)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  kept = []
+  for line in rows:
+    try:
+      if json.loads(line).get('step', 0) <= last_step:
+        kept.append(line)
+    except json.JSONDecodeError:
+      continue  # A row cut by a kill: drop it.
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """TensorBoard (clu) + metrics.jsonl on process 0; a no-op elsewhere."""
+
+  def __init__(self, workdir: str, *, is_primary: bool,
+               resume_step: Optional[int] = None):
+    self.is_primary = is_primary
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if not is_primary:
+      return
+    if resume_step is not None:
+      truncate_jsonl(self.path, resume_step)
+    elif os.path.exists(self.path):
+      os.remove(self.path)  # A fresh run in a reused workdir.
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    self._tb = metric_writers.create_default_writer(
+        workdir, just_logging=False, asynchronous=True)
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if not self.is_primary:
+      return
+    row = {'step': int(step)}
+    row.update({k: _plain(v) for k, v in scalars.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    numeric = {k: v for k, v in row.items()
+               if k != 'step' and isinstance(v, (int, float)) and v is not None}
+    self._tb.write_scalars(int(step), numeric)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+class Progress:
+  """Steps/s and ETA for the console, measured between log steps."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total_steps = total_steps
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def update(self, step: int) -> tuple[float, float]:
+    """Returns (steps per second since the last call, seconds to the end)."""
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total_steps - step) / rate if rate > 0 else float('inf')
+    return rate, eta
+
+  def reset_clock(self) -> None:
+    """Forget time spent outside training (evaluation, checkpoints)."""
+    self._last_time = time.perf_counter()
+
+
+def format_eta(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+def log_line(step: int, total: int, scalars: Mapping[str, Any], rate: float,
+             eta: float) -> None:
+  keys = ('train_loss', 'learning_rate', 'grad_norm', 'img_per_sec', 'mfu',
+          'core_hours')
+  parts = [f'{k}={scalars[k]:.4g}' for k in keys
+           if k in scalars and scalars[k] is not None]
+  logging.info('step %d/%d  %s  %.2f steps/s  ETA %s', step, total,
+               '  '.join(parts), rate, format_eta(eta))
