@@ -54,6 +54,7 @@ class _Pipeline:
     self.ops, self.batch_ops = registry.parse_pp(pp)
     self._explicit_keep = any(op.name == 'keep' for op in self.ops)
     self.num_examples = self.source.size
+    self.skipped_files = list(getattr(self.source, 'skipped', []))  # (path, why)
     self.host_start, self.host_stop = sampler.host_range(
         self.num_examples, process_index, process_count)
     self.shuffle_buffer = int(_cfg(input_config, 'shuffle_buffer_size', DEFAULT_SHUFFLE_BUFFER))

@@ -51,7 +51,14 @@ def register(name: str):
   return wrap
 
 
+def _load_builtin_ops() -> None:
+  """Imports the op modules, which register themselves (none imports TensorFlow)."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from vit_jax.data import label_ops, mixup, ops, randaugment
+
+
 def registered_ops() -> list[str]:
+  _load_builtin_ops()
   return sorted(_REGISTRY)
 
 
@@ -88,6 +95,7 @@ def parse_call(text: str) -> tuple[str, tuple, dict]:
 
 def build_op(text: str) -> Op:
   """Parses one op string and calls its factory."""
+  _load_builtin_ops()
   name, args, kwargs = parse_call(text)
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
@@ -114,9 +122,7 @@ def _fuse_decode_and_crop(texts: list[str]) -> list[str]:
 
 def parse_pp(pp: Union[str, Sequence[str]]) -> tuple[list[Op], list[Op]]:
   """Parses `pp` into (example ops, batch ops); batch ops must come last."""
-  # The op modules register themselves on import; none imports TensorFlow.
-  # pylint: disable=g-import-not-at-top,unused-import
-  from vit_jax.data import label_ops, mixup, ops as image_ops, presets
+  from vit_jax.data import presets  # pylint: disable=g-import-not-at-top
   texts = _fuse_decode_and_crop(_split_ops(presets.expand(pp)))
   ops = [build_op(text) for text in texts]
   first_batch = next((i for i, op in enumerate(ops) if op.is_batch_op), len(ops))

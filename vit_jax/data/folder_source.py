@@ -1,0 +1,126 @@
+"""Users' own images: ROOT/<split>/<class>/*.{jpg,jpeg,png} as a random-access source.
+
+Classes are the sub-folders of ROOT/<split>, sorted by name (label i is the
+i-th). Every file is checked when the source opens, cheaply (its signature
+and its end marker, which a truncated file lacks); a bad file is skipped,
+counted and reported, or with `strict=True` raises an error naming it.
+Examples are ordered by a fixed permutation (NumPy seed 0) of the sorted
+paths, so a slice such as 'train[:90%]' takes every class in proportion.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from typing import Optional
+
+import numpy as np
+
+from vit_jax.data import sampler
+from vit_jax.data.tf_runtime import tf as _tf
+
+EXTENSIONS = ('.jpg', '.jpeg', '.png')
+_JPEG_START, _JPEG_END = b'\xff\xd8\xff', b'\xff\xd9'
+_PNG_START, _PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND'
+_TAIL = 32
+ORDER_SEED = 0
+
+
+def check_image_file(path: str) -> Optional[str]:
+  """Why `path` is not a complete JPEG or PNG file, or None when it looks whole."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(8)
+      f.seek(0, os.SEEK_END)
+      size = f.tell()
+      f.seek(max(0, size - _TAIL))
+      tail = f.read()
+  except OSError as e:
+    return f'unreadable ({e.strerror})'
+  if head.startswith(_JPEG_START):
+    return None if _JPEG_END in tail else 'truncated JPEG (no end-of-image marker)'
+  if head.startswith(_PNG_START):
+    return None if _PNG_END in tail else 'truncated PNG (no IEND chunk)'
+  return 'empty file' if size == 0 else 'neither JPEG nor PNG data'
+
+
+class FolderSource:
+  """The image files of one split folder (optionally sliced)."""
+
+  in_memory = False
+
+  def __init__(self, paths: np.ndarray, labels: np.ndarray, class_names: list[str],
+               description: str, skipped: list[tuple[str, str]]):
+    self.paths, self.labels = paths, labels
+    self.class_names = class_names
+    self.num_classes = len(class_names)
+    self.description = description
+    self.skipped = skipped
+
+  @property
+  def size(self) -> int:
+    return len(self.paths)
+
+  def tf_lookup(self):
+    tf = _tf()
+    paths, labels = tf.constant(self.paths), tf.constant(self.labels)
+    return lambda i: {'image': tf.io.read_file(tf.gather(paths, i)),
+                      'label': tf.gather(labels, i)}
+
+
+def _list_split(root: str, base: str) -> tuple[list[str], list[list[str]]]:
+  if not root:
+    raise ValueError("Dataset 'folder' needs input.data.root (the folder that holds "
+                     'ROOT/<split>/<class>/*.jpg).')
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'Image folder root {root!r} does not exist.')
+  split_dir = os.path.join(root, base)
+  if not os.path.isdir(split_dir):
+    found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    raise ValueError(f'Image folder {root!r} has no split {base!r} (no folder '
+                     f'{split_dir}); its splits are {found}.')
+  classes = sorted(d for d in os.listdir(split_dir)
+                   if os.path.isdir(os.path.join(split_dir, d)))
+  if not classes:
+    raise ValueError(f'Split folder {split_dir} has no class sub-folders; expected '
+                     f'{split_dir}/<class>/*.jpg.')
+  files = []
+  for name in classes:
+    class_dir = os.path.join(split_dir, name)
+    images = sorted(os.path.join(class_dir, f) for f in os.listdir(class_dir)
+                    if f.lower().endswith(EXTENSIONS))
+    if not images:
+      raise ValueError(f'Class folder {class_dir} has no images (*.jpg, *.jpeg, '
+                       '*.png); remove it or add images.')
+    files.append(images)
+  return classes, files
+
+
+def open_folder(root: str, split: str, strict: bool = False) -> FolderSource:
+  """Lists and checks ROOT/<split>; `split` may be sliced ('train[:90%]')."""
+  base, _, _ = sampler.parse_split(split)
+  classes, files = _list_split(root, base)
+  flat = [(path, label) for label, paths in enumerate(files) for path in paths]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    problems = list(pool.map(check_image_file, [p for p, _ in flat]))
+  skipped = [(p, why) for (p, _), why in zip(flat, problems) if why]
+  if skipped and strict:
+    path, why = skipped[0]
+    raise ValueError(f'Corrupt image file {path}: {why} ({len(skipped)} bad files in '
+                     f'{root}/{base}); fix or delete it, or set input.data.strict=False '
+                     'to skip bad files.')
+  if skipped:
+    logging.warning('Skipped %d corrupt image file(s) of %d in %s: %s', len(skipped),
+                    len(flat), os.path.join(root, base),
+                    '; '.join(f'{p} ({why})' for p, why in skipped[:5]))
+  good = [item for item, why in zip(flat, problems) if not why]
+  if not good:
+    raise ValueError(f'No readable images in {os.path.join(root, base)} '
+                     f'({len(skipped)} corrupt files).')
+  order = np.random.default_rng(ORDER_SEED).permutation(len(good))
+  paths = np.array([good[i][0] for i in order])
+  labels = np.array([good[i][1] for i in order], np.int64)
+  lo, hi = sampler.slice_range(split, len(paths))
+  return FolderSource(paths[lo:hi], labels[lo:hi], classes, f'folder {root}:{split}',
+                      skipped)

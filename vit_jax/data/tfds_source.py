@@ -1,0 +1,113 @@
+"""TFDS datasets as a stream source: named lookup, split slices, host sub-splits.
+
+Nothing here downloads: a dataset that is not prepared in `data_dir` fails at
+once with a message that says where we looked and the command that prepares
+it (with `--manual_dir` for datasets such as ImageNet that need archives).
+Image features are read undecoded (`tfds.decode.SkipDecoding`), so `decode`
+(or the fused `decode_jpeg_and_inception_crop`) in `pp` does the decoding and
+a resumed pipeline skips examples before paying for it.
+
+A host reads the absolute sub-split `base[a:b]` of its share of the selected
+split, so hosts never open each other's examples.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Optional
+
+from vit_jax.data import sampler
+from vit_jax.data.tf_runtime import tf as _tf
+
+
+def _tfds():
+  _tf()  # Accelerators hidden before TFDS imports TensorFlow.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+def _default_data_dir(data_dir: Optional[str]) -> str:
+  return data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
+      '~/tensorflow_datasets')
+
+
+def _builder(tfds, name: str, data_dir: Optional[str]):
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    base = name.split(':')[0].split('/')[0]
+    close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False), n=3)
+    hint = f' Did you mean {", ".join(close)}?' if close else ''
+    raise ValueError(f'Unknown dataset {name!r}: neither digits/arrays/folder nor a '
+                     f'TFDS dataset.{hint}') from None
+
+
+def _prepare_hint(builder, name: str, data_dir: str, manual_dir: Optional[str]) -> str:
+  command = f'tfds build {name.split(":")[0]} --data_dir={data_dir}'
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    command += f' --manual_dir={manual_dir or "DIR_WITH_THE_ARCHIVES"}'
+    return (f'{name} needs manually downloaded archives (see '
+            f'https://www.tensorflow.org/datasets/catalog/{builder.name}); put them in '
+            f'a directory and run: {command}')
+  return f'prepare it once, online, with: {command}'
+
+
+class TfdsSource:
+  """One (possibly sliced) split of a TFDS dataset."""
+
+  in_memory = False
+
+  def __init__(self, name: str, split: str, data_dir: Optional[str] = None,
+               manual_dir: Optional[str] = None):
+    tfds = _tfds()
+    self.name, self.split = name, split
+    self.builder = _builder(tfds, name, data_dir)
+    self.description = f'{name}:{split}'
+    self.base, _, _ = sampler.parse_split(split)
+    base_size = self._base_size(tfds, _default_data_dir(data_dir), manual_dir)
+    self.offset, stop = sampler.slice_range(split, base_size)
+    self.size = stop - self.offset
+    label = self.builder.info.features.get('label') if hasattr(
+        self.builder.info.features, 'get') else None
+    self.num_classes = getattr(label, 'num_classes', None)
+    self.image_keys = [k for k, f in self.builder.info.features.items()
+                       if isinstance(f, tfds.features.Image)]
+
+  def _base_size(self, tfds, data_dir: str, manual_dir: Optional[str]) -> int:
+    splits = self.builder.info.splits
+    if splits:
+      if self.base not in splits:
+        raise ValueError(f'Dataset {self.name!r} has no split {self.base!r}; its splits '
+                         f'are {sorted(splits.keys())}.')
+      return splits[self.base].num_examples
+    try:  # No split metadata: unprepared, or a mocked builder (tfds.testing).
+      ds = self.builder.as_dataset(split=self.base)
+    except AssertionError:
+      raise FileNotFoundError(
+          f'Dataset {self.name!r} is not prepared in {data_dir} (looked for '
+          f'{self.builder.data_dir}); nothing is downloaded at run time: '
+          f'{_prepare_hint(self.builder, self.name, data_dir, manual_dir)}, or set '
+          'input.data_dir to where it is.') from None
+    except ValueError as e:
+      raise ValueError(f'Dataset {self.name!r} has no split {self.base!r}: '
+                       f'{str(e).splitlines()[0]}') from None
+    size = int(ds.cardinality())
+    if size < 0:
+      raise ValueError(f'Cannot tell the size of split {self.base!r} of {self.name!r}.')
+    return size
+
+  def host_dataset(self, start: int, stop: int, *, train: bool, seed: int = 0):
+    """Examples [start, stop) of the selected split, images still encoded.
+
+    For training the shard files are read in an order fixed by `seed` (the
+    same every epoch; the pipeline's shuffle buffer reshuffles per epoch).
+    """
+    tfds = _tfds()
+    split = f'{self.base}[{self.offset + start}:{self.offset + stop}]'
+    read_config = tfds.ReadConfig(
+        shuffle_seed=seed % 2**31, shuffle_reshuffle_each_iteration=False,
+        try_autocache=False, add_tfds_id=False)
+    return self.builder.as_dataset(
+        split=split, shuffle_files=train, read_config=read_config,
+        decoders={k: tfds.decode.SkipDecoding() for k in self.image_keys})
