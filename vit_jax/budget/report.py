@@ -1,0 +1,240 @@
+"""The tracker's view of finished or running runs: read a workdir's metrics.jsonl and config.json.
+
+A workdir holds `metrics.jsonl` (one JSON object per log step, written by the
+training loop from `CoreHoursTracker.metrics()` and the evaluators) and
+`config.json` (the resolved config). A preempted and resumed run logs some
+steps twice: the later rows win (`trajectory`), and the core-hours the lost
+rows had counted are reported as lost to preemption (from
+`session_core_hours`, the hours each process counted itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from typing import Any, Optional
+
+from vit_jax.budget import plan as plan_lib
+
+METRICS_FILE = 'metrics.jsonl'
+CONFIG_FILE = 'config.json'
+_PROJECTION_WINDOW = 10  # log rows whose slope projects the rest of the run
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no {METRICS_FILE} in {workdir}; is it the '
+                            f'--workdir of a training run?')
+  rows = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path} line {number} is not JSON ({e.msg}).')
+      if not isinstance(row, dict) or not isinstance(row.get('step'), (int, float)):
+        raise ValueError(f'{path} line {number} has no numeric "step".')
+      rows.append(row)
+  if not rows:
+    raise ValueError(f'{path} is empty: the run has not logged a step yet.')
+  return rows
+
+
+def read_config(workdir: str) -> dict:
+  """The resolved config, or {} when the run wrote none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    try:
+      config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not JSON ({e.msg}, line {e.lineno}).')
+  if not isinstance(config, dict):
+    raise ValueError(f'{path} holds a {type(config).__name__}, not an object.')
+  return config
+
+
+def lookup(config: dict, dotted: str, default: Any = None) -> Any:
+  """config['a']['b'] for 'a.b' (flat 'a.b' keys also work)."""
+  if dotted in config:
+    return config[dotted]
+  node: Any = config
+  for part in dotted.split('.'):
+    if not isinstance(node, dict) or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def segments(rows: list[dict]) -> list[list[dict]]:
+  """Rows split where a new process starts (the step or its count goes back)."""
+  out: list[list[dict]] = []
+  for row in rows:
+    restarted = bool(out) and (
+        row['step'] <= out[-1][-1]['step'] or
+        row.get('session_core_hours', 0) < out[-1][-1].get('session_core_hours', 0))
+    if not out or restarted:
+      out.append([])
+    out[-1].append(row)
+  return out
+
+
+def trajectory(rows: list[dict]) -> list[dict]:
+  """The rows of the run as it stands: a resumed process's rows replace the
+  rows it re-did, those from the first step it logged on."""
+  kept: list[dict] = []
+  for segment in segments(rows):
+    first = segment[0]['step']
+    kept = [r for r in kept if r['step'] < first] + segment
+  return kept
+
+
+def eval_keys(rows: list[dict]) -> list[str]:
+  """Logged evaluation metrics ('val/top1', 'imagenet_real/top1', ...)."""
+  keys = sorted({k for r in rows for k in r if '/' in k and not k.startswith(
+      ('core_hours/', 'pause_hours/'))})
+  return sorted(keys, key=lambda k: (k != 'val/top1', not k.endswith('top1'), k))
+
+
+@dataclasses.dataclass
+class RunReport:
+  """What a run has cost so far and what it will cost at its configured end."""
+  workdir: str
+  model: Optional[str]
+  step: int
+  total_steps: Optional[int]
+  core_hours: float
+  core_hours_by_kind: dict
+  pause_hours: dict
+  restarts: int
+  lost_core_hours: Optional[float]
+  mfu: Optional[float]
+  img_per_sec_per_core: Optional[float]
+  projected_core_hours: Optional[float]
+  plan_core_hours: Optional[float]
+  max_core_hours: Optional[float]
+  eval_metric: Optional[str]
+  best_eval: Optional[float]
+  train_loss: Optional[float]
+
+  @property
+  def name(self) -> str:
+    return os.path.basename(os.path.normpath(self.workdir))
+
+
+def _median(rows: list[dict], key: str) -> Optional[float]:
+  values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+  return statistics.median(values) if values else None
+
+
+def _projection(segment: list[dict], total_steps: Optional[int]) -> Optional[float]:
+  """Core-hours at `total_steps`, from the slope of the latest log rows."""
+  last = segment[-1]
+  if not total_steps or 'core_hours' not in last:
+    return None
+  if last['step'] >= total_steps:
+    return float(last['core_hours'])
+  window = [r for r in segment if 'core_hours' in r][-_PROJECTION_WINDOW:]
+  first = window[0] if len(window) > 1 else {'step': 0, 'core_hours': 0.0}
+  steps = last['step'] - first['step']
+  if steps <= 0:
+    return None
+  rate = (last['core_hours'] - first['core_hours']) / steps
+  return float(last['core_hours'] + rate * (total_steps - last['step']))
+
+
+def _plan_core_hours(config: dict, workdir: str) -> Optional[float]:
+  """budget.plan.core_hours, or a plan made from budget.plan's hardware/mfu."""
+  plan = lookup(config, 'budget.plan')
+  if not plan:
+    return None
+  if not isinstance(plan, dict):
+    raise ValueError(f'{workdir}: budget.plan must be an object, got {plan!r}.')
+  if 'core_hours' in plan:
+    return float(plan['core_hours'])
+  missing = [k for k in ('hardware', 'mfu') if k not in plan] + [
+      k for k in ('model.name', 'total_steps', 'batch_size')
+      if lookup(config, k) is None]
+  if missing:
+    raise ValueError(f'{workdir}: budget.plan needs core_hours, or hardware and '
+                     f'mfu with model.name, total_steps and batch_size; '
+                     f'missing {missing}.')
+  try:
+    made = plan_lib.make_plan(
+        lookup(config, 'model.name'), steps=lookup(config, 'total_steps'),
+        batch_size=lookup(config, 'batch_size'), hardware=plan['hardware'],
+        mfu=plan['mfu'], chips=plan.get('chips'),
+        image_size=plan.get('image_size', lookup(config, 'image_size', 224)),
+        num_classes=plan.get('num_classes', 1000))
+  except ValueError as e:
+    raise ValueError(f'{workdir}: budget.plan: {e}') from None
+  return made.core_hours
+
+
+def summarize(workdir: str) -> RunReport:
+  rows = read_metrics(workdir)
+  config = read_config(workdir)
+  parts = segments(rows)
+  kept = trajectory(rows)
+  last = kept[-1]
+  core_hours = float(last.get('core_hours', 0.0))
+  lost = None
+  if all('session_core_hours' in s[-1] for s in parts):
+    spent = sum(float(s[-1]['session_core_hours']) for s in parts)
+    lost = max(spent - core_hours, 0.0)
+  total_steps = lookup(config, 'total_steps')
+  keys = eval_keys(kept)
+  evals = [r[keys[0]] for r in kept if keys and keys[0] in r]
+  losses = [r['train_loss'] for r in kept if 'train_loss' in r]
+  max_hours = lookup(config, 'budget.max_core_hours') or (
+      24. * lookup(config, 'budget.max_core_days', 0) or None)
+  return RunReport(
+      workdir=workdir, model=lookup(config, 'model.name'), step=int(last['step']),
+      total_steps=total_steps, core_hours=core_hours,
+      core_hours_by_kind={k.split('/', 1)[1]: float(v) for k, v in last.items()
+                          if k.startswith('core_hours/')},
+      pause_hours={k.split('/', 1)[1]: float(v) for k, v in last.items()
+                   if k.startswith('pause_hours/')},
+      restarts=len(parts) - 1, lost_core_hours=lost,
+      mfu=_median(kept, 'mfu'),
+      img_per_sec_per_core=_median(kept, 'img_per_sec_per_core'),
+      projected_core_hours=_projection(parts[-1], total_steps),
+      plan_core_hours=_plan_core_hours(config, workdir),
+      max_core_hours=max_hours, eval_metric=keys[0] if evals else None,
+      best_eval=max(evals) if evals else None,
+      train_loss=losses[-1] if losses else None)
+
+
+def _fmt(value: Optional[float], spec: str = ',.2f', none: str = '-') -> str:
+  return none if value is None else format(value, spec)
+
+
+def format_reports(reports: list[RunReport]) -> str:
+  """One row per run (compare runs by compute spent), then per-run detail."""
+  header = (f'{"run":18s} {"model":14s} {"step":>15s} {"core-h":>9s} '
+            f'{"projected":>9s} {"plan":>9s} {"cap":>9s} {"lost":>7s} '
+            f'{"MFU":>6s} {"img/s/core":>10s} {"best eval":>10s} {"loss":>7s}')
+  lines = [header]
+  for r in sorted(reports, key=lambda r: r.core_hours):
+    total = f'/{r.total_steps:,}' if r.total_steps else ''
+    lines.append(
+        f'{r.name[:18]:18s} {(r.model or "?")[:14]:14s} '
+        f'{f"{r.step:,}{total}":>15s} {_fmt(r.core_hours):>9s} '
+        f'{_fmt(r.projected_core_hours):>9s} {_fmt(r.plan_core_hours):>9s} '
+        f'{_fmt(r.max_core_hours):>9s} {_fmt(r.lost_core_hours):>7s} '
+        f'{_fmt(r.mfu, ".1%"):>6s} {_fmt(r.img_per_sec_per_core, ",.1f"):>10s} '
+        f'{_fmt(r.best_eval, ".4f"):>10s} {_fmt(r.train_loss, ".4f"):>7s}')
+  for r in reports:
+    kinds = ', '.join(f'{k} {v:,.2f}' for k, v in r.core_hours_by_kind.items())
+    pauses = ', '.join(f'{k} {v:,.2f}' for k, v in r.pause_hours.items())
+    lines.append(f'{r.name}: core-hours by device kind: {kinds or "-"}; '
+                 f'pauses (wall hours, not counted): {pauses or "-"}; '
+                 f'restarts: {r.restarts}'
+                 + (f'; best {r.eval_metric}' if r.eval_metric else ''))
+  return '\n'.join(lines)

@@ -1,0 +1,242 @@
+"""Core-hours of a training run: wall clocks per activity, kept in the checkpoint.
+
+Training time is counted per device kind as devices x wall seconds; compile,
+evaluation and checkpoint pauses run their own clocks and are reported, not
+counted. Core-hours = device-hours x TensorCores per device (2 on v4/v5p,
+whose JAX device is a two-core chip; 1 elsewhere, and for unknown kinds).
+
+    tracker = CoreHoursTracker(jax.devices()[0].device_kind, jax.device_count(),
+                               flops_per_image=budget.train_flops_per_image(...))
+    tracker.load_state_dict(restored)        # after a restore, if any
+    with tracker.paused('compile'): step = train_step.lower(...).compile()
+    tracker.start_training()
+    ... state = step(state, batch); tracker.add_images(global_batch_size)
+    with tracker.paused('eval'): ...
+    writer.write_scalars(step, tracker.metrics())
+    checkpoint(..., budget=tracker.state_dict())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Callable, Iterator, Mapping, Optional
+
+from vit_jax.budget import hardware
+
+STATE_VERSION = 1.0
+#: Pause reasons the training loop is expected to use (any [a-z0-9_]+ works).
+PAUSE_REASONS = ('compile', 'eval', 'checkpoint')
+_TRAINING = 'training'
+_SCALAR_KEYS = ('version', 'images', 'training_seconds')
+_KIND_PREFIXES = ('device_seconds__', 'num_devices__', 'flops__', 'images__')
+_PAUSE_PREFIX = 'pause_seconds__'
+
+
+def _check_reason(reason: str) -> str:
+  if not re.fullmatch(r'[a-z0-9_]+', reason or '') or reason == _TRAINING:
+    raise ValueError(f'pause reason {reason!r} must be lower-case letters, '
+                     f'digits or _ (e.g. {", ".join(PAUSE_REASONS)}).')
+  return reason
+
+
+class CoreHoursTracker:
+  """Counts training device-seconds per device kind, and pause seconds per reason.
+
+  Clocks: at most one runs at a time, 'training' or one pause reason; none
+  runs until `start_training()` or `pause(reason)`. All counters are floats in
+  `state_dict()`, so they fit a JSON file and an orbax checkpoint.
+  """
+
+  def __init__(self, device_kind: str, num_devices: int, *,
+               flops_per_image: Optional[float] = None,
+               clock: Callable[[], float] = time.monotonic):
+    if int(num_devices) != num_devices or num_devices <= 0:
+      raise ValueError(f'num_devices must be a positive integer, got '
+                       f'{num_devices!r}; pass jax.device_count().')
+    if flops_per_image is not None and not flops_per_image > 0:
+      raise ValueError(f'flops_per_image must be positive, got '
+                       f'{flops_per_image!r}; see budget.train_flops_per_image.')
+    self.device_kind = device_kind
+    self.kind = hardware.kind_slug(device_kind)
+    self.num_devices = int(num_devices)
+    self.flops_per_image = flops_per_image
+    self.hardware = hardware.for_device_kind(device_kind)
+    self._clock = clock
+    self._counters: dict[str, float] = {}
+    self._session: dict[str, float] = {}  # this process only, never loaded
+    self._mode: Optional[str] = None
+    self._since = 0.0
+    self._last_metrics = (0.0, 0.0)
+    self._reset()
+
+  # Clocks.
+
+  def _reset(self) -> None:
+    self._counters = {'version': STATE_VERSION, 'images': 0.0,
+                      'training_seconds': 0.0}
+    self._touch_kind()
+    self._last_metrics = (0.0, 0.0)
+
+  def _touch_kind(self) -> None:
+    for prefix in _KIND_PREFIXES:
+      self._counters.setdefault(prefix + self.kind, 0.0)
+    self._counters['num_devices__' + self.kind] = float(self.num_devices)
+
+  def _flush(self) -> None:
+    """Moves the running clock's elapsed time into the counters."""
+    now = self._clock()
+    if self._mode is not None:
+      elapsed = max(now - self._since, 0.0)
+      if self._mode == _TRAINING:
+        self._add('training_seconds', elapsed)
+        self._add('device_seconds__' + self.kind, elapsed * self.num_devices)
+      else:
+        self._add(_PAUSE_PREFIX + self._mode, elapsed)
+    self._since = now
+
+  def _add(self, key: str, value: float) -> None:
+    self._counters[key] = self._counters.get(key, 0.0) + value
+    self._session[key] = self._session.get(key, 0.0) + value
+
+  def start_training(self) -> None:
+    """Starts (or resumes) the training clock, stopping any pause clock."""
+    self._flush()
+    self._mode = _TRAINING
+
+  def pause(self, reason: str) -> None:
+    """Stops the training clock and runs the clock of `reason` instead."""
+    reason = _check_reason(reason)
+    self._flush()
+    self._mode = reason
+
+  def stop(self) -> None:
+    """Stops every clock (end of the run, or before a blocking exit)."""
+    self._flush()
+    self._mode = None
+
+  @contextlib.contextmanager
+  def paused(self, reason: str) -> Iterator[None]:
+    """Runs the block on the `reason` clock, then restores the previous clock."""
+    previous = self._mode
+    self.pause(reason)
+    try:
+      yield
+    finally:
+      self._flush()
+      self._mode = previous
+
+  def add_images(self, num_images: float) -> None:
+    """Records images trained on (the global batch size per step)."""
+    if num_images < 0:
+      raise ValueError(f'num_images must be >= 0, got {num_images}.')
+    self._add('images', float(num_images))
+    self._add('images__' + self.kind, float(num_images))
+    if self.flops_per_image:
+      self._add('flops__' + self.kind, num_images * self.flops_per_image)
+
+  # Totals.
+
+  def _kinds(self) -> list[str]:
+    prefix = 'device_seconds__'
+    return sorted(k[len(prefix):] for k in self._counters if k.startswith(prefix))
+
+  @staticmethod
+  def _cores_per_device(kind: str) -> float:
+    return hardware.cores_per_device(kind.replace('_', ' '))
+
+  def core_hours_by_kind(self) -> dict[str, float]:
+    """TensorCore-hours of training per device kind (slug -> hours)."""
+    self._flush()
+    return {k: self._counters['device_seconds__' + k] *
+               self._cores_per_device(k) / 3600. for k in self._kinds()}
+
+  @property
+  def core_hours(self) -> float:
+    """TensorCore-hours of training, all device kinds together."""
+    return sum(self.core_hours_by_kind().values())
+
+  @property
+  def device_hours(self) -> float:
+    self._flush()
+    return sum(self._counters['device_seconds__' + k] for k in self._kinds()) / 3600.
+
+  @property
+  def training_hours(self) -> float:
+    """Wall-clock hours on the training clock."""
+    self._flush()
+    return self._counters['training_seconds'] / 3600.
+
+  def pause_hours(self) -> dict[str, float]:
+    """Wall-clock hours on each pause clock (compile, eval, checkpoint, ...)."""
+    self._flush()
+    n = len(_PAUSE_PREFIX)
+    return {k[n:]: v / 3600. for k, v in sorted(self._counters.items())
+            if k.startswith(_PAUSE_PREFIX)}
+
+  @property
+  def session_core_hours(self) -> float:
+    """Core-hours counted by this process (not restored from a checkpoint)."""
+    self._flush()
+    return self._session.get('device_seconds__' + self.kind, 0.0) * \
+        self._cores_per_device(self.kind) / 3600.
+
+  def mfu(self) -> Optional[float]:
+    """Model FLOPs utilisation over the whole run on the current device kind."""
+    self._flush()
+    seconds = self._counters['device_seconds__' + self.kind]
+    if not (self.hardware and self.flops_per_image and seconds):
+      return None
+    return self._counters['flops__' + self.kind] / (
+        seconds * self.hardware.peak_flops_per_device)
+
+  def metrics(self) -> dict[str, float]:
+    """Scalars for the training log and metrics.jsonl.
+
+    Rates (img_per_sec, img_per_sec_per_core, mfu) cover the training time
+    since the previous call; counters (core_hours, ...) cover the whole run.
+    `mfu` is left out where the device's peak is unknown (e.g. CPU).
+    """
+    self._flush()
+    out = {'core_hours': self.core_hours, 'device_hours': self.device_hours,
+           'training_hours': self.training_hours,
+           'session_core_hours': self.session_core_hours}
+    out.update({f'core_hours/{k}': v for k, v in self.core_hours_by_kind().items()})
+    out.update({f'pause_hours/{k}': v for k, v in self.pause_hours().items()})
+    images, seconds = self._counters['images'], self._counters['training_seconds']
+    d_images = images - self._last_metrics[0]
+    d_seconds = seconds - self._last_metrics[1]
+    if d_seconds > 0 and d_images > 0:
+      rate = d_images / d_seconds
+      out['img_per_sec'] = rate
+      out['img_per_sec_per_core'] = rate / (
+          self.num_devices * self._cores_per_device(self.kind))
+      if self.hardware and self.flops_per_image:
+        out['mfu'] = rate * self.flops_per_image / (
+            self.num_devices * self.hardware.peak_flops_per_device)
+    self._last_metrics = (images, seconds)
+    return out
+
+  # Checkpointing.
+
+  def state_dict(self) -> dict[str, float]:
+    """The counters up to now, as a flat dict of floats (keys [a-z0-9_])."""
+    self._flush()
+    return dict(self._counters)
+
+  def load_state_dict(self, state: Mapping[str, float]) -> None:
+    """Replaces the counters by those of a checkpoint; a running clock goes on."""
+    unexpected = [k for k in state if k not in _SCALAR_KEYS and not
+                  k.startswith(_KIND_PREFIXES + (_PAUSE_PREFIX,))]
+    missing = [k for k in _SCALAR_KEYS if k not in state]
+    if unexpected or missing:
+      raise ValueError(f'not a CoreHoursTracker state: missing keys {missing}, '
+                       f'unexpected keys {unexpected}.')
+    if float(state['version']) != STATE_VERSION:
+      raise ValueError(f'tracker state version {state["version"]} is not '
+                       f'{STATE_VERSION}; it was written by another vit_jax.')
+    self._counters = {k: float(v) for k, v in state.items()}
+    self._touch_kind()
+    self._last_metrics = (self._counters['images'],
+                          self._counters['training_seconds'])
