@@ -16,7 +16,7 @@ CORE = [
 ]
 EXTRAS = {
     # Training and evaluation: configs, metric writers, the data pipeline.
-    'train': ['ml_collections>=1.1,<2', 'clu>=0.0.12', 'einops>=0.8'],
+    'train': ['ml_collections>=1.1,<2', 'clu>=0.0.12', 'tensorboard>=2.21'],
     'data': ['tensorflow-cpu>=2.21,<3', 'tensorflow-datasets>=4.9.10,<5',
              'importlib_resources'],
     'eval': ['scikit-learn>=1.5', 'matplotlib>=3.8'],

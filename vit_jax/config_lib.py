@@ -51,10 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data (vit_jax.data): source, split and preprocessing string.
   c.input = ml_collections.ConfigDict(dict(
-      data=dict(name='digits', split='train'),
+      data=dict(name='digits', split='train', root=placeholder(str),
+                strict=False, manual_dir=placeholder(str)),
       pp='',
       data_dir=placeholder(str),
-      shuffle_buffer=50_000,
+      shuffle_buffer_size=50_000,
+      prefetch=2,
   ))
 
   c.loss = 'softmax_xent'
@@ -91,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Compute budget (vit_jax.budget): a cap and an optional plan to compare.
   c.budget = ml_collections.ConfigDict(dict(
       max_core_hours=placeholder(float),
+      max_core_days=placeholder(float),
       plan_core_hours=placeholder(float),
   ))
   return c

@@ -42,6 +42,9 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     _fail('--workdir is required: the directory for checkpoints and metrics.')
   logging.getLogger().setLevel(logging.INFO)
+  # orbax and clu log every file they touch through absl: keep their warnings.
+  for name in ('absl', 'jax'):
+    logging.getLogger(name).setLevel(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -62,20 +65,16 @@ def main(argv) -> None:
 
 
 def summary_line(result) -> str:
-  evals = '  '.join(f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
-                    if isinstance(v, float))
-  ips = f'{result.img_per_sec:.1f}' if result.img_per_sec else '?'
-  return (f'SUMMARY status={result.status} step={result.step}/'
-          f'{result.total_steps} {evals}  img/s={ips}  '
-          f'core_hours={result.core_hours:.4f}')
-
-
-def run() -> None:
-  try:
-    app.run(main)
-  except config_flags.UnlockedConfigError as e:  # pragma: no cover
-    _fail(str(e))
+  """One line a person reads at the end: how it ended and what it measured."""
+  parts = [f'SUMMARY status={result.status}',
+           f'steps={result.step}/{result.total_steps}']
+  parts += [f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
+            if isinstance(v, float) and 'num_examples' not in k]
+  if result.img_per_sec:
+    parts.append(f'img/s={result.img_per_sec:.1f}')
+  parts.append(f'core_hours={result.core_hours:.4f}')
+  return '  '.join(parts)
 
 
 if __name__ == '__main__':
-  run()
+  app.run(main)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import time
 from typing import Any, Optional
 
 import jax
@@ -171,7 +170,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   checkpointer = TrainCheckpointer(workdir, keep=config.keep_checkpoints,
                                    keep_every=config.keep_checkpoint_every)
   device_kind = jax.devices()[0].device_kind
-  tracker = budget.CoreHoursTracker(device_kind, jax.device_count())
+  flops_per_image = budget.train_flops_per_image(
+      spec, config.image_size, num_classes, model.representation_size,
+      model.classifier)
+  tracker = budget.CoreHoursTracker(device_kind, jax.device_count(),
+                                    flops_per_image=flops_per_image)
   resume_step = checkpointer.latest_step()
   if resume_step is not None:
     state, meta = checkpointer.restore(abstract_state, shardings)
@@ -203,14 +206,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     compiled = step_fn.lower(state, batch_shape).compile()
   evaluators = evaluate.build_evaluators(
       config.evals, model=model, mesh=mesh, image_size=config.image_size,
-      num_classes=num_classes, data_dir=config.input.get('data_dir'))
+      num_classes=num_classes, data_dir=config.input.get('data_dir'),
+      workdir=workdir, model_config=config.model, mesh_config=config.mesh)
   writer = metrics_lib.MetricWriter(workdir, is_primary=is_primary,
                                     resume_step=resume_step)
-  flops_per_step = budget.train_flops_per_image(
-      spec, config.image_size, num_classes,
-      model.representation_size) * config.batch_size
-  peak = budget.peak_flops(device_kind)
-  cap = budget.BudgetCap(config.budget.max_core_hours)
+  cap = budget.BudgetCap.from_config(config.budget)
   progress = metrics_lib.Progress(config.total_steps, start_step)
 
   def meta(step):
@@ -239,18 +239,16 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                config.batch_size)
   batches = train_data.iterator(start_batch=start_step)
   status, step, eval_metrics = 'done', start_step, {}
-  window = {'loss': [], 'grad_norm': [], 'lr': None, 't': 0.0, 'images': 0}
+  window = {'loss': [], 'grad_norm': [], 'lr': None}
   img_per_sec = None
   with _Preemption() as preemption:
-    tracker.start()
+    tracker.start_training()  # Input time counts: a starved step is slow.
     while step < config.total_steps:
-      t0 = time.perf_counter()  # Input time counts: a starved step is slow.
       batch = parallel.host_to_global(next(batches), mesh)
       state, step_metrics = compiled(state, batch)
       step += 1
       loss = float(step_metrics['train_loss'])  # Waits for the step.
-      window['t'] += time.perf_counter() - t0
-      window['images'] += config.batch_size
+      tracker.add_images(config.batch_size)
       if not np.isfinite(loss):
         checkpointer.close()
         raise NonFiniteLossError(
@@ -263,33 +261,29 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
       last = step == config.total_steps
       if step % config.log_every == 0 or last:
-        img_per_sec = window['images'] / max(window['t'], 1e-9)
         scalars = {
             'train_loss': float(np.mean(window['loss'])),
             'learning_rate': window['lr'],
             'grad_norm': float(np.mean(window['grad_norm'])),
-            'img_per_sec': img_per_sec,
-            'img_per_sec_per_core': img_per_sec / jax.device_count(),
-            'core_hours': tracker.core_hours,
-            'mfu': (flops_per_step * img_per_sec / config.batch_size /
-                    (peak * jax.device_count())) if peak else None,
         }
-        scalars.update(run_evals(step, force=last))
-        eval_metrics.update({k: v for k, v in scalars.items() if '/' in k})
+        scalars.update(tracker.metrics())  # img/s, per core, MFU, core-hours.
+        img_per_sec = scalars.get('img_per_sec', img_per_sec)
+        evaluated = run_evals(step, force=last)
+        scalars.update(evaluated)
+        eval_metrics.update(evaluated)
         writer.write(step, scalars)
         rate, eta = progress.update(step)
         metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
-        window = {'loss': [], 'grad_norm': [], 'lr': None, 't': 0.0,
-                  'images': 0}
+        window = {'loss': [], 'grad_norm': [], 'lr': None}
         progress.reset_clock()
 
       verdict = cap.check(tracker.core_hours)
       if verdict == 'warn':
-        logging.warning('%s', cap.warning_message(tracker.core_hours))
+        logging.warning('%s', cap.warn_message(tracker.core_hours))
       if verdict == 'stop':
         save(step)
         status = 'budget_exhausted'
-        logging.warning('%s', cap.stop_message(tracker.core_hours, step))
+        logging.warning('%s', cap.stop_message(tracker.core_hours, workdir))
         break
       if preemption.reached(step):
         save(step)
