@@ -1,0 +1,238 @@
+"""Sources of vit_jax.data: image folders, TFDS (mocked and a real tiny build), bad input."""
+
+import io
+import logging
+import os
+import time
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import data
+from vit_jax.data.tf_runtime import tf as get_tf
+
+get_tf()
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-order
+
+EVAL_PP = "decode|resize(8)|onehot(5)|keep('image', 'labels')"
+
+
+def write_image(path, value, shape=(20, 30), fmt=None):
+  Image.fromarray(np.full(shape + (3,), value, np.uint8)).save(path, format=fmt, quality=95)
+
+
+def ids_of(batch, step=8):
+  """Example ids of images that are one grey level 8 * id (JPEG rounding absorbed)."""
+  return np.round(batch['image'][:, 4, 4, 0] / step).astype(int)
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  """ROOT/train/class_k with 26 JPEG/PNG images whose grey level encodes an id, 1 corrupt."""
+  root = tmp_path_factory.mktemp('folder')
+  for k in range(3):
+    os.makedirs(root / 'train' / f'class_{k}')
+  for i in range(26):
+    ext = ['jpg', 'png', 'jpeg'][i % 3]
+    write_image(root / 'train' / f'class_{i % 3}' / f'img{i}.{ext}', 8 * i,
+                shape=(20 + i % 4, 30), fmt='PNG' if ext == 'png' else 'JPEG')
+  full = (root / 'train' / 'class_0' / 'img0.jpg').read_bytes()
+  (root / 'train' / 'class_1' / 'broken.jpg').write_bytes(full[:len(full) // 2])
+  (root / 'train' / 'class_1' / 'notes.txt').write_text('not an image')
+  os.makedirs(root / 'empty' / 'a')
+  return str(root)
+
+
+def folder_config(root, split='train', pp=EVAL_PP, strict=False):
+  return dict(data=dict(name='folder', root=root, split=split, strict=strict), pp=pp)
+
+
+def test_folder_skips_and_reports_corrupt_files(folder, caplog):
+  with caplog.at_level(logging.WARNING):
+    pipe = data.build_eval(folder_config(folder), None, global_batch_size=8)
+  assert pipe.num_examples == 26 and pipe.num_classes == 5
+  assert [os.path.basename(p) for p, _ in pipe.skipped_files] == ['broken.jpg']
+  assert 'Skipped 1 corrupt image file(s) of 27' in caplog.text and 'broken.jpg' in caplog.text
+  with pytest.raises(ValueError, match=r'Corrupt image file .*broken\.jpg: truncated JPEG'):
+    data.build_eval(folder_config(folder, strict=True), None, global_batch_size=8)
+
+
+@pytest.mark.parametrize('hosts', [2, 4])
+def test_folder_eval_every_example_once_with_labels(folder, hosts):
+  seen = []
+  for i in range(hosts):
+    for batch in data.build_eval(folder_config(folder), 'train', global_batch_size=4 * hosts,
+                                 process_index=i, process_count=hosts):
+      valid = batch['mask'] == 1
+      ids = ids_of(batch)[valid]
+      np.testing.assert_array_equal(batch['labels'][valid].argmax(1), ids % 3)
+      seen += ids.tolist()
+  assert sorted(seen) == list(range(26))
+
+
+def test_folder_training_with_the_paper_preset_and_small_images(folder):
+  # 20x30 images, 32 px crops: resized up, never failed.
+  pipe = data.build_train(folder_config(folder, pp='vit_train(32, 3)'), global_batch_size=8,
+                          seed=0, process_index=1, process_count=2)
+  it = pipe.iterator()
+  batches = [next(it) for _ in range(4)]
+  assert batches[0]['image'].shape == (4, 32, 32, 3) and pipe.num_classes == 3
+  assert -1 <= batches[0]['image'].min() and batches[0]['image'].max() <= 1
+  resumed = next(pipe.iterator(3))
+  np.testing.assert_array_equal(resumed['image'], batches[3]['image'])
+  central = data.build_eval(folder_config(folder, pp='decode|central_crop(32)|onehot(3)'),
+                            None, global_batch_size=8)
+  assert next(iter(central))['image'].shape == (8, 32, 32, 3)
+
+
+@pytest.mark.parametrize('split,error,message', [
+    ('empty', ValueError, r'Class folder .*empty/a has no images'),
+    ('valid', ValueError, r"no split 'valid'.*\['empty', 'train'\]"),
+    ('train[90%:90%]', ValueError, 'selects no examples'),
+])
+def test_folder_bad_input(folder, split, error, message):
+  with pytest.raises(error, match=message):
+    data.build_eval(folder_config(folder, split=split), None, global_batch_size=8)
+
+
+def test_folder_root_missing():
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    data.build_eval(folder_config('/nonexistent/images'), None, global_batch_size=8)
+
+
+# ------------------------------------------------------------------- TFDS mocked
+
+SIZES = {'train': 30, 'test': 13}
+
+
+def mock_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+  """cifar10-like examples whose PNG grey level is 8 * index; honours split slices."""
+  del self, decoders, read_config, shuffle_files
+  infos = {k: types.SimpleNamespace(num_examples=v) for k, v in SIZES.items()}
+  (ins,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(infos)
+  lo, hi = ins.from_ or 0, SIZES[ins.splitname] if ins.to is None else ins.to
+  offset = 0 if ins.splitname == 'train' else 100
+  def png(i):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 8 * (i % 32), np.uint8)).save(buf, format='PNG')
+    return buf.getvalue()
+  examples = [(png(i), i % 10, f'{offset + i}'.encode()) for i in range(lo, hi)]
+  ds = get_tf().data.Dataset.from_tensor_slices(tuple(np.array(c) for c in zip(*examples)))
+  return ds.map(lambda img, label, i: {'image': img, 'label': label, 'id': i})
+
+
+def tfds_config(split='train', pp="decode|resize(8)|onehot(10)|keep('image','labels')"):
+  return dict(data=dict(name='cifar10', split=split), pp=pp)
+
+
+def test_tfds_mock_hosts_disjoint_complete_and_resume_exact():
+  with tfds.testing.mock_data(as_dataset_fn=mock_as_dataset):
+    for hosts in (2,):
+      seen = []
+      for i in range(hosts):
+        pipe = data.build_train(tfds_config('train[:80%]'), global_batch_size=2 * hosts,
+                                seed=1, process_index=i, process_count=hosts)
+        assert pipe.num_examples == 24 and pipe.num_classes == 10
+        host_n = pipe.host_stop - pipe.host_start
+        it = pipe.iterator()
+        batches = [next(it) for _ in range(host_n)]  # two epochs
+        ids = np.concatenate([ids_of(b) for b in batches])
+        assert sorted(ids[:host_n]) == sorted(ids[host_n:])  # same examples each epoch
+        assert len(set(ids[:host_n])) == host_n
+        seen += ids[:host_n].tolist()
+        for k in (host_n // 2 + 1,):
+          np.testing.assert_array_equal(next(pipe.iterator(k))['image'], batches[k]['image'])
+      assert sorted(seen) == list(range(24))
+
+
+def test_tfds_mock_eval_counts_uneven_split_once():
+  with tfds.testing.mock_data(as_dataset_fn=mock_as_dataset):
+    seen = []
+    for i in range(4):
+      pipe = data.build_eval(tfds_config(), 'test', global_batch_size=8, process_index=i,
+                             process_count=4)
+      batches = list(pipe)
+      assert len(batches) == pipe.num_batches == 2  # ceil(ceil(13/4) / 2)
+      for b in batches:
+        seen += ids_of(b)[b['mask'] == 1].tolist()
+    assert sorted(seen) == list(range(13))
+
+
+# ------------------------------------------------------------- TFDS real build
+
+
+class VitJaxTinyImages(tfds.core.GeneratorBasedBuilder):
+  """5 classes of JPEGs whose grey level is 8 * index: 23 train, 7 test."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+        'label': tfds.features.ClassLabel(num_classes=5)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(23), 'test': self._generate_examples(7)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {'image': np.full((24 + i % 5, 40, 3), 8 * i, np.uint8), 'label': i % 5}
+
+
+@pytest.fixture(scope='module')
+def tiny_tfds(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  VitJaxTinyImages(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def tiny_config(data_dir, split='train', pp=EVAL_PP):
+  return dict(data=dict(name='vit_jax_tiny_images', split=split), pp=pp, data_dir=data_dir)
+
+
+def test_tfds_real_files_sliced_hosts_and_eval(tiny_tfds):
+  seen = []
+  for i in range(2):
+    pipe = data.build_eval(tiny_config(tiny_tfds, 'train[3:]'), None, global_batch_size=8,
+                           process_index=i, process_count=2)
+    assert pipe.num_examples == 20 and pipe.num_batches == 3
+    for b in pipe:
+      valid = b['mask'] == 1
+      np.testing.assert_array_equal(b['labels'][valid].argmax(1), ids_of(b)[valid] % 5)
+      seen += ids_of(b)[valid].tolist()
+  # TFDS stores examples in a hashed order: ask TFDS itself what train[3:] holds.
+  builder = tfds.builder('vit_jax_tiny_images', data_dir=tiny_tfds)
+  expected = [int(round(ex['image'][0, 0, 0] / 8)) for ex in
+              tfds.as_numpy(builder.as_dataset(split='train[3:]'))]
+  assert len(set(expected)) == 20 and sorted(seen) == sorted(expected)
+  train = data.build_train(tiny_config(tiny_tfds, pp='vit_train(16, 5)'), global_batch_size=4,
+                           seed=0)
+  it = train.iterator()
+  batches = [next(it) for _ in range(8)]  # crosses the epoch at 23 examples
+  np.testing.assert_array_equal(next(train.iterator(6))['image'], batches[6]['image'])
+
+
+@pytest.mark.parametrize('split,message', [
+    ('validation', r"has no split 'validation'; its splits are \['test', 'train'\]"),
+    ('test[7:]', 'selects no examples'),
+])
+def test_tfds_bad_splits(tiny_tfds, split, message):
+  with pytest.raises(ValueError, match=message):
+    data.build_eval(tiny_config(tiny_tfds, split), None, global_batch_size=8)
+
+
+def test_tfds_unprepared_and_unknown_fail_fast(tmp_path):
+  start = time.time()
+  with pytest.raises(FileNotFoundError, match=r'not prepared in .*tfds build cifar10'):
+    data.build_train(dict(data=dict(name='cifar10', split='train'), pp='vit_train(32, 10)',
+                          data_dir=str(tmp_path)), global_batch_size=8, seed=0)
+  with pytest.raises(FileNotFoundError, match='manual_dir=/archives'):
+    data.build_train(dict(data=dict(name='imagenet2012', split='train', manual_dir='/archives'),
+                          pp='vit_train(224, 1000)', data_dir=str(tmp_path)),
+                     global_batch_size=8, seed=0)
+  with pytest.raises(ValueError, match="Unknown dataset 'cifar11'.*cifar10"):
+    data.build_train(dict(data=dict(name='cifar11', split='train'), pp='vit_train(32, 10)'),
+                     global_batch_size=8, seed=0)
+  assert time.time() - start < 2
