@@ -162,14 +162,14 @@ def mfu_from_file(path: str, model: Optional[str] = None) -> float:
                             f'metrics.jsonl or a benchmark JSON file.')
   with open(path) as f:
     text = f.read()
-  try:
-    if path.endswith('.jsonl'):
+  try:  # One JSON document, or JSON lines (metrics.jsonl, benchmark output).
+    data = json.loads(text)
+    records = data if isinstance(data, list) else [data]
+  except json.JSONDecodeError:
+    try:
       records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-      data = json.loads(text)
-      records = data if isinstance(data, list) else [data]
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON ({e.msg}, line {e.lineno}).')
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is neither JSON nor JSON lines ({e.msg}).')
   records = [r for r in records if isinstance(r, dict)]
   if model is not None and any('model' in r for r in records):
     records = [r for r in records if r.get('model') == model]

@@ -16,8 +16,6 @@ import os
 import statistics
 from typing import Any, Optional
 
-from vit_jax.budget import plan as plan_lib
-
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
 _PROJECTION_WINDOW = 10  # log rows whose slope projects the rest of the run
@@ -149,34 +147,6 @@ def _projection(segment: list[dict], total_steps: Optional[int]) -> Optional[flo
   return float(last['core_hours'] + rate * (total_steps - last['step']))
 
 
-def _plan_core_hours(config: dict, workdir: str) -> Optional[float]:
-  """budget.plan.core_hours, or a plan made from budget.plan's hardware/mfu."""
-  plan = lookup(config, 'budget.plan')
-  if not plan:
-    return None
-  if not isinstance(plan, dict):
-    raise ValueError(f'{workdir}: budget.plan must be an object, got {plan!r}.')
-  if 'core_hours' in plan:
-    return float(plan['core_hours'])
-  missing = [k for k in ('hardware', 'mfu') if k not in plan] + [
-      k for k in ('model.name', 'total_steps', 'batch_size')
-      if lookup(config, k) is None]
-  if missing:
-    raise ValueError(f'{workdir}: budget.plan needs core_hours, or hardware and '
-                     f'mfu with model.name, total_steps and batch_size; '
-                     f'missing {missing}.')
-  try:
-    made = plan_lib.make_plan(
-        lookup(config, 'model.name'), steps=lookup(config, 'total_steps'),
-        batch_size=lookup(config, 'batch_size'), hardware=plan['hardware'],
-        mfu=plan['mfu'], chips=plan.get('chips'),
-        image_size=plan.get('image_size', lookup(config, 'image_size', 224)),
-        num_classes=plan.get('num_classes', 1000))
-  except ValueError as e:
-    raise ValueError(f'{workdir}: budget.plan: {e}') from None
-  return made.core_hours
-
-
 def summarize(workdir: str) -> RunReport:
   rows = read_metrics(workdir)
   config = read_config(workdir)
@@ -193,7 +163,7 @@ def summarize(workdir: str) -> RunReport:
   evals = [r[keys[0]] for r in kept if keys and keys[0] in r]
   losses = [r['train_loss'] for r in kept if 'train_loss' in r]
   max_hours = lookup(config, 'budget.max_core_hours') or (
-      24. * lookup(config, 'budget.max_core_days', 0) or None)
+      24. * (lookup(config, 'budget.max_core_days') or 0) or None)
   return RunReport(
       workdir=workdir, model=lookup(config, 'model.name'), step=int(last['step']),
       total_steps=total_steps, core_hours=core_hours,
@@ -205,7 +175,7 @@ def summarize(workdir: str) -> RunReport:
       mfu=_median(kept, 'mfu'),
       img_per_sec_per_core=_median(kept, 'img_per_sec_per_core'),
       projected_core_hours=_projection(parts[-1], total_steps),
-      plan_core_hours=_plan_core_hours(config, workdir),
+      plan_core_hours=lookup(config, 'budget.plan_core_hours'),
       max_core_hours=max_hours, eval_metric=keys[0] if evals else None,
       best_eval=max(evals) if evals else None,
       train_loss=losses[-1] if losses else None)

@@ -226,7 +226,12 @@ class CoreHoursTracker:
     return dict(self._counters)
 
   def load_state_dict(self, state: Mapping[str, float]) -> None:
-    """Replaces the counters by those of a checkpoint; a running clock goes on."""
+    """Replaces the counters by those of a checkpoint; a running clock goes on.
+
+    An empty mapping (a checkpoint written without counters) changes nothing.
+    """
+    if not state:
+      return
     unexpected = [k for k in state if k not in _SCALAR_KEYS and not
                   k.startswith(_KIND_PREFIXES + (_PAUSE_PREFIX,))]
     missing = [k for k in _SCALAR_KEYS if k not in state]
