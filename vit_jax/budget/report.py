@@ -191,7 +191,8 @@ def format_reports(reports: list[RunReport]) -> str:
             f'{"projected":>9s} {"plan":>9s} {"cap":>9s} {"lost":>7s} '
             f'{"MFU":>6s} {"img/s/core":>10s} {"best eval":>10s} {"loss":>7s}')
   lines = [header]
-  for r in sorted(reports, key=lambda r: r.core_hours):
+  reports = sorted(reports, key=lambda r: r.core_hours)
+  for r in reports:
     total = f'/{r.total_steps:,}' if r.total_steps else ''
     lines.append(
         f'{r.name[:18]:18s} {(r.model or "?")[:14]:14s} '

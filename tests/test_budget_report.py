@@ -1,0 +1,138 @@
+"""`report` and `plot` on workdirs written the way the training loop writes them."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from vit_jax import budget
+from vit_jax.budget import report
+from vit_jax.budget.__main__ import main
+
+STEP_SECONDS = 36.          # 8 v3 cores x 36 s = 0.08 core-hours per step
+CORE_HOURS_PER_STEP = 0.08
+FLOPS_PER_IMAGE = budget.train_flops_per_image('ViT-B/16', 224)
+
+
+class FakeClock:
+
+  def __init__(self):
+    self.now = 0.
+
+  def __call__(self):
+    return self.now
+
+
+def _process(rows, state, first_step, last_step, checkpoints, *, truncate=False):
+  """One training process: steps first..last, a row every 10 steps, an eval
+  every 50 (a 20 s pause), checkpoints at `checkpoints`. Returns the saved
+  tracker states by step."""
+  clock = FakeClock()
+  tracker = budget.CoreHoursTracker('TPU v3', 8, clock=clock,
+                                    flops_per_image=FLOPS_PER_IMAGE)
+  tracker.load_state_dict(state)
+  if truncate:  # the training loop drops rows past the restored step
+    rows[:] = [r for r in rows if r['step'] <= first_step - 1]
+  tracker.start_training()
+  saved = {}
+  for step in range(first_step, last_step + 1):
+    clock.now += STEP_SECONDS
+    tracker.add_images(64)
+    if step % 10 == 0:
+      row = {'step': step, 'train_loss': 10. / step, 'learning_rate': 1e-3,
+             'grad_norm': 1.0, **tracker.metrics()}
+      if step % 50 == 0:
+        with tracker.paused('eval'):
+          clock.now += 20.
+          row['val/top1'] = step / 1000.
+      rows.append(row)
+    if step in checkpoints:
+      saved[step] = json.loads(json.dumps(tracker.state_dict()))
+  return saved
+
+
+def _write_run(path, *, truncate=False, max_core_hours=30.):
+  """A 300-step run killed after step 130 and resumed from step 100."""
+  rows = []
+  saved = _process(rows, {}, 1, 130, {50, 100})
+  _process(rows, saved[100], 101, 200, set(), truncate=truncate)
+  os.makedirs(path)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+  config = {'model': {'name': 'ViT-B/16'}, 'total_steps': 300,
+            'batch_size': 64, 'budget': {'max_core_hours': max_core_hours,
+                                         'max_core_days': None,
+                                         'plan_core_hours': 25.0}}
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  return str(path)
+
+
+def test_report_across_a_preemption(tmp_path):
+  r = report.summarize(_write_run(tmp_path / 'b16'))
+  assert (r.model, r.step, r.total_steps, r.restarts) == ('ViT-B/16', 200, 300, 1)
+  assert r.core_hours == pytest.approx(200 * CORE_HOURS_PER_STEP)
+  assert r.core_hours_by_kind == pytest.approx({'tpu_v3': 16.0})
+  # Steps 101-130 ran twice: the first time was lost with the process.
+  assert r.lost_core_hours == pytest.approx(30 * CORE_HOURS_PER_STEP)
+  assert r.projected_core_hours == pytest.approx(300 * CORE_HOURS_PER_STEP)
+  assert (r.plan_core_hours, r.max_core_hours) == (25.0, 30.0)
+  # Evaluation pauses: steps 50 and 100 (restored from the checkpoint) and
+  # 150; step 200's evaluation runs after its row is logged, as in the loop.
+  assert r.pause_hours == pytest.approx({'eval': 3 * 20 / 3600})
+  assert r.img_per_sec_per_core == pytest.approx(64 / STEP_SECONDS / 8)
+  assert r.mfu == pytest.approx(64 / STEP_SECONDS * FLOPS_PER_IMAGE / (8 * 61.5e12))
+  assert (r.eval_metric, r.best_eval) == ('val/top1', 0.2)
+  assert r.train_loss == pytest.approx(10. / 200)
+  kept = report.trajectory(report.read_metrics(str(tmp_path / 'b16')))
+  assert [row['step'] for row in kept] == list(range(10, 201, 10))
+
+
+def test_report_when_the_loop_truncated_the_lost_rows(tmp_path):
+  r = report.summarize(_write_run(tmp_path / 'b16', truncate=True))
+  assert r.restarts == 1                 # seen from session_core_hours
+  assert r.core_hours == pytest.approx(16.0)
+  assert r.lost_core_hours == 0.0        # the evidence was truncated
+  assert r.projected_core_hours == pytest.approx(24.0)
+
+
+def test_compare_runs_and_cli(tmp_path, capsys):
+  a = _write_run(tmp_path / 'run_a')
+  rows = [{'step': 100, 'core_hours': 3.0, 'train_loss': 1.0, 'val/top1': 0.5}]
+  os.makedirs(tmp_path / 'run_b')
+  (tmp_path / 'run_b' / 'metrics.jsonl').write_text(json.dumps(rows[0]) + '\n')
+  assert main(['report', a, str(tmp_path / 'run_b')]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[1].startswith('run_b') and out[2].startswith('run_a')  # by cost
+  assert '16.00' in out[2] and '24.00' in out[2] and '2.40' in out[2]
+  assert 'tpu_v3 16.00' in out[4] and 'restarts: 1' in out[4]
+  assert main(['report', '--json', a]) == 0
+  (data,) = json.loads(capsys.readouterr().out)
+  assert data['name'] == 'run_a' and data['core_hours'] == pytest.approx(16.0)
+  assert main(['report', str(tmp_path / 'missing')]) == 2
+  err = capsys.readouterr().err
+  assert 'no metrics.jsonl in' in err and err.count('\n') == 1
+
+
+def test_bad_metrics_files(tmp_path):
+  os.makedirs(tmp_path / 'r')
+  (tmp_path / 'r' / 'metrics.jsonl').write_text('{"step": 1}\n{oops\n')
+  with pytest.raises(ValueError, match='line 2 is not JSON'):
+    report.read_metrics(str(tmp_path / 'r'))
+  (tmp_path / 'r' / 'metrics.jsonl').write_text('{"loss": 1}\n')
+  with pytest.raises(ValueError, match='line 1 has no numeric "step"'):
+    report.read_metrics(str(tmp_path / 'r'))
+
+
+def test_plot_accuracy_and_loss_against_core_hours(tmp_path, capsys):
+  a = _write_run(tmp_path / 'run_a')
+  b = _write_run(tmp_path / 'run_b', truncate=True)
+  out = str(tmp_path / 'plots' / 'compute.png')
+  assert main(['plot', a, b, '--out', out, '--logx']) == 0
+  assert capsys.readouterr().out.strip() == f'wrote {out}'
+  with Image.open(out) as image:
+    assert image.format == 'PNG' and image.size == (1210, 462)
+  assert os.listdir(tmp_path / 'plots') == ['compute.png']  # no temp files
+  assert main(['plot', a, '--out', str(tmp_path / 'x.pdf')]) == 2
+  assert 'ending in .png' in capsys.readouterr().err
