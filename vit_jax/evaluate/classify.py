@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from vit_jax.evaluate import sharded
+from vit_jax.evaluate import inputs, sharded
 
 
 def topk_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array,
@@ -71,3 +71,34 @@ class ClassifyEvaluator:
 
   def run(self, params: Any) -> dict[str, float]:
     return accuracies(self._reducer.sum(params, self.batches()), self.top_k)
+
+
+def check_label_width(name: str, pipeline, model) -> None:
+  """The labels' width must be the model's class count."""
+  classes = getattr(model, 'num_classes', None)
+  if classes is not None and pipeline.num_classes != classes:
+    raise ValueError(f'evaluator {name!r}: the data has {pipeline.num_classes} '
+                     f'classes but the model {classes}; evaluate on the '
+                     f'dataset the head was trained for, or set its pp.')
+
+
+def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
+                context: inputs.EvalContext) -> ClassifyEvaluator:
+  """Config keys: data, split ('test'), pp (vit_eval at the image size),
+  batch_size, top_k (5), every (0: only at the end of training)."""
+  size = inputs.image_size_of(context.image_size)
+  pp = inputs.get(config, 'pp')
+  if not pp:
+    classes = inputs.get(config, 'num_classes', context.num_classes)
+    if not classes:
+      raise ValueError(f'evaluator {name!r} needs num_classes or a pp string.')
+    pp = f'vit_eval({size}, {classes})'
+  batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
+  pipeline = inputs.eval_pipeline(name, inputs.get(config, 'data'),
+                                  inputs.split_of(config, 'test'), pp,
+                                  batch_size, context)
+  check_label_width(name, pipeline, model)
+  return ClassifyEvaluator(
+      name=name, every=int(inputs.get(config, 'every', 0)), model=model,
+      mesh=mesh, batches=inputs.reiterable(pipeline), batch_size=batch_size,
+      top_k=int(inputs.get(config, 'top_k', 5)))

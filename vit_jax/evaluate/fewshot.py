@@ -9,9 +9,10 @@ argmax on the test split; the mean and the standard deviation over seeds are
 reported as `{dataset}_{k}shot` and `{dataset}_{k}shot_std`.
 
 The regularisation strength is fixed (one value in `l2_regs`) or chosen per
-shot and seed from the grid `l2_regs` by the accuracy on a held-out part of
-the training pool: up to `holdout_per_class` examples per class that are not
-among the k shots.
+shot and seed from the grid `l2_regs` by the accuracy on held-out training
+examples: up to `holdout_per_class` examples per class that are not among the
+k shots (or, for datasets whose training split is too small, drawn from a
+separate `holdout_split`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vit_jax.evaluate import ridge, sharded
+from vit_jax.evaluate import inputs, ridge, sharded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +60,13 @@ def sample_per_class(labels: np.ndarray, num_classes: int, k: int,
 
 def probe_scores(train: Features, test: Features, num_classes: int,
                  shots: Sequence[int], seeds: int, l2_regs: Sequence[float],
-                 holdout_per_class: int = 10, seed: int = 0, dataset: str = ''
-                 ) -> dict[str, float]:
+                 holdout_per_class: int = 10, seed: int = 0, dataset: str = '',
+                 holdout: Optional[Features] = None) -> dict[str, float]:
   """Few-shot accuracies: mean and std over `seeds` for each k in `shots`.
 
   With one value in `l2_regs` it is used as it is; with several, each shot and
-  seed picks the one with the best accuracy on held-out training examples.
+  seed picks the one with the best accuracy on held-out examples: from
+  `holdout` when given, else training examples that are not among the shots.
   The chosen strength (geometric mean over seeds) is reported as `_l2`.
   """
   if not l2_regs:
@@ -81,13 +83,16 @@ def probe_scores(train: Features, test: Features, num_classes: int,
       idx = sample_per_class(train.labels, num_classes, k, rng, dataset=dataset)
       eval_sets = [(test.x, test.labels)]
       if select:
-        held = sample_per_class(train.labels, num_classes, holdout_per_class,
-                                rng, exclude=idx, strict=False)
+        pool = train if holdout is None else holdout
+        held = sample_per_class(pool.labels, num_classes, holdout_per_class,
+                                rng, exclude=idx if holdout is None else None,
+                                strict=False)
         if not len(held):
           raise ValueError(f'{dataset or "few-shot"}: no training example is '
                            f'left for choosing l2 at {k} shots; use a larger '
-                           f'train_split or a single fixed l2_regs value.')
-        eval_sets.append((train.x[held], train.labels[held]))
+                           f'train_split, a holdout_split or a single fixed '
+                           f'l2_regs value.')
+        eval_sets.append((pool.x[held], pool.labels[held]))
       grid = ridge.probe_accuracy(train.x[idx], train.labels[idx], eval_sets,
                                   num_classes, l2_regs)
       best = int(np.argmax(grid[1])) if select else 0
@@ -111,6 +116,7 @@ class FewShotDataset:
   train_batches: Callable[[], Iterable[dict]]
   test_batches: Callable[[], Iterable[dict]]
   shots: Sequence[int] = (1, 5, 10, 25)
+  holdout_batches: Optional[Callable[[], Iterable[dict]]] = None
 
 
 @dataclasses.dataclass
@@ -157,12 +163,12 @@ class FewShotEvaluator:
     for ds in self.datasets:
       train = self.features(params, ds.train_batches())
       test = self.features(params, ds.test_batches())
-      if train.num_classes != test.num_classes:
-        raise ValueError(f'{ds.name}: the train split has {train.num_classes} '
-                         f'classes but the test split {test.num_classes}.')
+      holdout = None
+      if ds.holdout_batches is not None and len(self.l2_regs) > 1:
+        holdout = self.features(params, ds.holdout_batches())
       scores = probe_scores(train, test, train.num_classes, ds.shots, self.seeds,
                             self.l2_regs, self.holdout_per_class, self.seed,
-                            ds.name)
+                            ds.name, holdout)
       results.update(scores)
       for k in ds.shots:
         per_shot.setdefault(k, []).append(scores[f'{ds.name}_{k}shot'])
@@ -171,3 +177,97 @@ class FewShotEvaluator:
         if len(accs) == len(self.datasets):
           results[f'mean_{k}shot'] = float(np.mean(accs))
     return results
+
+
+# The customary few-shot datasets (TFDS names): the training split the shots
+# are drawn from, the test split, the class count and the shot counts.
+# imagenet2012 draws from its first 65,000 training images (about 65 per
+# class, in TFDS's shuffled order) and reports 5 shots. oxford_flowers102
+# has exactly 10 training images per class, so it stops at 10 shots and
+# chooses l2 on its validation split. cars196 leaves out 25 shots: 25 shots
+# plus held-out images need more images in every class than its training
+# split guarantees. uc_merced has one split: 1,000 images to draw from and the
+# other 1,100 to test on.
+CUSTOMARY_DATASETS = {
+    'imagenet2012': dict(data=dict(name='imagenet2012'),
+                         train_split='train[:65000]', test_split='validation',
+                         num_classes=1000, shots=(5,)),
+    'cifar100': dict(data=dict(name='cifar100'), train_split='train',
+                     test_split='test', num_classes=100, shots=(1, 5, 10, 25)),
+    'oxford_iiit_pet': dict(data=dict(name='oxford_iiit_pet'),
+                            train_split='train', test_split='test',
+                            num_classes=37, shots=(1, 5, 10, 25)),
+    'oxford_flowers102': dict(data=dict(name='oxford_flowers102'),
+                              train_split='train', test_split='test',
+                              holdout_split='validation', num_classes=102,
+                              shots=(1, 5, 10)),
+    'caltech101': dict(data=dict(name='caltech101'), train_split='train',
+                       test_split='test', num_classes=102,
+                       shots=(1, 5, 10, 25)),
+    'dtd': dict(data=dict(name='dtd'), train_split='train', test_split='test',
+                num_classes=47, shots=(1, 5, 10, 25)),
+    'cars196': dict(data=dict(name='cars196'), train_split='train',
+                    test_split='test', num_classes=196, shots=(1, 5, 10)),
+    'uc_merced': dict(data=dict(name='uc_merced'), train_split='train[:1000]',
+                      test_split='train[1000:]', num_classes=21,
+                      shots=(1, 5, 10, 25)),
+}
+#: Regularisation grid, chosen on held-out training examples by default.
+DEFAULT_L2_REGS = tuple(2.0**i for i in range(-6, 20, 2))
+
+
+def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
+                context: inputs.EvalContext) -> FewShotEvaluator:
+  """Config keys: datasets ({name: {data, train_split, test_split,
+  holdout_split, num_classes, shots, pp}}; default CUSTOMARY_DATASETS),
+  seeds (3), l2_regs (DEFAULT_L2_REGS; one value = fixed), holdout_per_class
+  (10), batch_size, every."""
+  size = inputs.image_size_of(context.image_size)
+  batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
+  specs = inputs.as_dict(inputs.get(config, 'datasets', CUSTOMARY_DATASETS))
+  if not specs:
+    raise ValueError(f'evaluator {name!r} has no datasets; set '
+                     f'evals.{name}.datasets or leave it out for the customary '
+                     f'set ({", ".join(CUSTOMARY_DATASETS)}).')
+  datasets, problems = [], []
+  for ds_name, spec in specs.items():
+    try:
+      datasets.append(_dataset(f'{name}/{ds_name}', ds_name, spec, size,
+                               batch_size, context))
+    except (ValueError, FileNotFoundError) as e:
+      problems.append(str(e))
+  if problems:  # Every unusable dataset at once, not one per attempt.
+    raise ValueError(' | '.join(problems))
+  return FewShotEvaluator(
+      name=name, every=int(inputs.get(config, 'every', 0)), model=model,
+      mesh=mesh, datasets=datasets, batch_size=batch_size,
+      seeds=int(inputs.get(config, 'seeds', 3)),
+      l2_regs=tuple(float(v) for v in inputs.get(config, 'l2_regs',
+                                                 DEFAULT_L2_REGS)),
+      holdout_per_class=int(inputs.get(config, 'holdout_per_class', 10)),
+      seed=int(inputs.get(config, 'seed', 0)))
+
+
+def _dataset(where: str, ds_name: str, spec: Any, size: int, batch_size: int,
+             context: inputs.EvalContext) -> FewShotDataset:
+  data = inputs.get(spec, 'data', {'name': ds_name})
+  if isinstance(data, str):
+    data = {'name': data}
+  pp = inputs.get(spec, 'pp')
+  if not pp:
+    classes = inputs.get(spec, 'num_classes')
+    if not classes:
+      raise ValueError(f'{where}: give num_classes (or a pp string).')
+    pp = f'vit_eval({size}, {classes})'
+
+  def pipeline(split_key, default):
+    split = inputs.get(spec, split_key, default)
+    if split is None:
+      return None
+    return inputs.reiterable(inputs.eval_pipeline(where, data, split, pp,
+                                                  batch_size, context))
+  return FewShotDataset(
+      name=ds_name, train_batches=pipeline('train_split', 'train'),
+      test_batches=pipeline('test_split', 'test'),
+      holdout_batches=pipeline('holdout_split', None),
+      shots=tuple(int(k) for k in inputs.get(spec, 'shots', (1, 5, 10, 25))))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from vit_jax.evaluate import sharded
+from vit_jax.evaluate import classify, inputs, sharded
 
 NUM_VAL_IMAGES = 50_000
 NUM_CLASSES = 1000
@@ -128,11 +128,9 @@ class RealEvaluator:
   mesh: Mesh
   batches: Callable[[], Iterable[dict]]
   batch_size: int
-  real_json: str
+  real_lists: Sequence[Sequence[int]]  # load_real_labels(real_json)
 
   def __post_init__(self):
-    self._real_lists = load_real_labels(self.real_json)
-
     def counts(params, batch):
       logits = self.model.apply({'params': params}, batch['image'], train=False)
       return real_counts(logits, batch['real'], batch['labels'], batch['mask'])
@@ -145,11 +143,42 @@ class RealEvaluator:
                        'source that keeps `file_name` (TFDS imagenet2012 or '
                        'imagenet2012_real, or an image folder of the '
                        'validation files).')
+    if np.shape(batch['labels'])[-1] != NUM_CLASSES:
+      raise ValueError(f'ReaL scores {NUM_CLASSES}-class ImageNet models; the '
+                       f'labels have {np.shape(batch["labels"])[-1]} classes.')
     names = [n if m > 0 else b'' for n, m in zip(batch['file_name'],
                                                   batch['mask'])]
-    return {'real': multi_hot(self._real_lists, names,
-                              np.shape(batch['labels'])[-1])}
+    return {'real': multi_hot(self.real_lists, names)}
 
   def run(self, params: Any) -> dict[str, float]:
     counts = self._reducer.sum(params, self.batches(), self._real_targets)
     return real_accuracies(counts)
+
+
+def default_pp(image_size: int, label_key: str = 'label') -> str:
+  """The ImageNet evaluation crop, original labels, and the file names."""
+  return (f'decode|resize_small({round(image_size * 8 / 7)})|'
+          f'central_crop({image_size})|value_range(-1, 1)|'
+          f"onehot({NUM_CLASSES}, key='{label_key}')|"
+          "keep('image', 'labels', 'file_name')")
+
+
+def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
+                context: inputs.EvalContext) -> RealEvaluator:
+  """Config keys: real_json (required), data ({'name': 'imagenet2012'}),
+  split ('validation'), pp, batch_size, every."""
+  data = inputs.as_dict(inputs.get(config, 'data', {'name': 'imagenet2012'}))
+  label_key = ('original_label' if str(data.get('name', '')).startswith(
+      'imagenet2012_real') else 'label')
+  pp = inputs.get(config, 'pp') or default_pp(
+      inputs.image_size_of(context.image_size), label_key)
+  batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
+  real_lists = load_real_labels(inputs.get(config, 'real_json', ''))
+  pipeline = inputs.eval_pipeline(name, data,
+                                  inputs.split_of(config, 'validation'), pp,
+                                  batch_size, context)
+  classify.check_label_width(name, pipeline, model)
+  return RealEvaluator(
+      name=name, every=int(inputs.get(config, 'every', 0)), model=model,
+      mesh=mesh, batches=inputs.reiterable(pipeline), batch_size=batch_size,
+      real_lists=real_lists)

@@ -1,0 +1,131 @@
+"""Evaluating a checkpoint: any of top-1, ImageNet ReaL, few-shot, VTAB-1k.
+
+python -m vit_jax.evaluate --config=configs/evaluate.py:ARGS \
+    --checkpoint=PATH --workdir=DIR
+
+PATH is a released .npz (give model=, unless the file is named like
+ViT-B_16.npz) or the workdir of one of our runs (its config.json says the
+model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
+
+  evals=classify+fewshot   any of classify, real, fewshot, vtab
+  model=ViT-B/16           registry name (default: from the checkpoint)
+  image_size=224           evaluation resolution (default: the run's, or 224)
+  batch_size=512           global evaluation batch
+  data_dir=PATH            TFDS data directory
+  dataset=cifar10          classify: the dataset ('digits', a TFDS name)
+  split=test               classify: the split
+  pp=...                   classify: preprocessing (default vit_eval)
+  real_json=PATH           real: real.json (github.com/google-research/
+                           reassessed-imagenet); required for evals=real
+  real_data=imagenet2012   real: 'imagenet2012', 'imagenet2012_real' or
+                           'folder' (with real_root=ROOT holding
+                           ROOT/validation/<class>/ILSVRC2012_val_*.JPEG)
+  fewshot=customary        few-shot datasets: 'customary' (the paper's set),
+                           'digits' (bundled, offline), or names of the
+                           customary set joined by '+'
+  shots=1+5+10+25          override every few-shot dataset's shots
+  seeds=3                  few-shot seeds
+  l2=0                     fixed few-shot l2 (0: choose on held-out data)
+  vtab_mode=quick          'quick' (500 steps, 224 px) or 'full' (paper)
+  vtab_tasks=all           'all', a group (natural, specialized,
+                           structured) or task names joined by '+'
+  skip_missing=false       VTAB: run the prepared tasks, list the others
+
+Offline example (bundled digits, a run of configs/quickstart.py):
+python -m vit_jax.evaluate --config=configs/evaluate.py:evals=classify+fewshot,\
+dataset=digits,fewshot=digits --checkpoint=runs/quickstart --workdir=runs/eval
+"""
+
+import ml_collections
+
+from vit_jax import config_lib
+from vit_jax.evaluate import fewshot as fewshot_lib
+from vit_jax.evaluate import vtab_tasks
+
+EVALS = ('classify', 'real', 'fewshot', 'vtab')
+DIGITS = {'digits': dict(data=dict(name='digits'), train_split='train',
+                         test_split='test', num_classes=10,
+                         shots=(1, 5, 10, 25))}
+
+
+def _list(value: str) -> list[str]:
+  return [v for v in value.split('+') if v]
+
+
+def _fewshot_datasets(choice: str) -> dict:
+  if choice == 'customary':
+    return dict(fewshot_lib.CUSTOMARY_DATASETS)
+  if choice == 'digits':
+    return dict(DIGITS)
+  known = {**fewshot_lib.CUSTOMARY_DATASETS, **DIGITS}
+  names = _list(choice)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f'fewshot={choice!r}: unknown dataset(s) {unknown}; use '
+                     f"'customary', 'digits' or names from {sorted(known)}.")
+  return {n: known[n] for n in names}
+
+
+def _vtab_tasks(choice: str) -> tuple[str, ...]:
+  if choice == 'all':
+    return vtab_tasks.TASK_NAMES
+  tasks = []
+  for item in _list(choice):
+    if item in vtab_tasks.GROUPS:
+      tasks += [t.name for t in vtab_tasks.TASKS if t.group == item]
+    else:
+      tasks.append(vtab_tasks.get_task(item).name)
+  return tuple(tasks)
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(
+      arg, evals='classify', model='', image_size=0, batch_size=512,
+      data_dir='', dataset='', split='test', pp='', real_json='',
+      real_data='imagenet2012', real_root='', fewshot='customary', shots='',
+      seeds=3, l2=0.0, vtab_mode='quick', vtab_tasks='all',
+      skip_missing=False)
+  evals = _list(a.evals)
+  unknown = [e for e in evals if e not in EVALS]
+  if unknown or not evals:
+    raise ValueError(f'evals={a.evals!r}: choose from {"+".join(EVALS)}.')
+
+  c = ml_collections.ConfigDict()
+  base = config_lib.base_config()
+  c.model = base.model
+  c.model.name = a.model  # '': from the checkpoint.
+  c.image_size = a.image_size or config_lib.placeholder(int)
+  c.num_classes = config_lib.placeholder(int)  # From the checkpoint's head.
+  c.mesh = base.mesh
+  c.sharding = base.sharding
+  c.data_dir = a.data_dir or config_lib.placeholder(str)
+  c.evals = ml_collections.ConfigDict()
+
+  if 'classify' in evals:
+    if not a.dataset:
+      raise ValueError("evals=classify needs dataset=NAME (e.g. 'digits' or "
+                       "'cifar10').")
+    c.evals.classify = dict(type='classify', data=dict(name=a.dataset),
+                            split=a.split, batch_size=a.batch_size)
+    if a.pp:
+      c.evals.classify.pp = a.pp
+  if 'real' in evals:
+    data = dict(name=a.real_data)
+    if a.real_data == 'folder':
+      data['root'] = a.real_root
+    c.evals.real = dict(type='real', data=data, real_json=a.real_json,
+                        batch_size=a.batch_size)
+  if 'fewshot' in evals:
+    datasets = _fewshot_datasets(a.fewshot)
+    if a.shots:
+      shots = tuple(int(s) for s in _list(a.shots))
+      datasets = {n: {**d, 'shots': shots} for n, d in datasets.items()}
+    c.evals.fewshot = dict(type='fewshot', datasets=datasets, seeds=a.seeds,
+                           batch_size=a.batch_size)
+    if a.l2:
+      c.evals.fewshot.l2_regs = (a.l2,)
+  if 'vtab' in evals:
+    c.evals.vtab = dict(type='vtab', mode=a.vtab_mode,
+                        tasks=_vtab_tasks(a.vtab_tasks),
+                        skip_missing=a.skip_missing)
+  return c

@@ -1,0 +1,66 @@
+"""Command line: python -m vit_jax.evaluate --config=configs/evaluate.py:ARGS
+--checkpoint=PATH --workdir=DIR.
+
+Runs the config's evaluators on a released .npz or one of our runs, prints a
+table and writes DIR/results.json (VTAB also writes DIR/vtab/.../
+vtab_results.{json,md}). Exit status 0 on success, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file with named arguments, e.g. '
+    'configs/evaluate.py:evals=classify+fewshot,dataset=digits,fewshot=digits')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'A released .npz or the workdir of a vit_jax run.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results are written.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-process runs '
+    'outside Cloud TPU and SLURM).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process\'s id, from 0.')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
+  for flag, example in ((_CONFIG, 'configs/evaluate.py:evals=fewshot'),
+                        (_CHECKPOINT, 'runs/quickstart or ViT-B_16.npz'),
+                        (_WORKDIR, 'runs/eval')):
+    if not flag.value:
+      _fail(f'--{flag.name} is required, e.g. --{flag.name}={example}')
+  logging.getLogger().setLevel(logging.INFO)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
+  from vit_jax.evaluate import run  # pylint: disable=g-import-not-at-top
+  try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+    parallel.configure_cpu()
+    results = run.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value,
+                                      _WORKDIR.value)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    _fail(str(e).strip('"\''))
+  if jax.process_index() == 0:
+    print(run.table(results), flush=True)
+    print(f'wrote {os.path.join(_WORKDIR.value, run.RESULTS)}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
