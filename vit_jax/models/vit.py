@@ -299,8 +299,9 @@ class VisionTransformer(nn.Module):
   def __call__(self, inputs, *, train: bool = False, return_prelogits: bool = False):
     """Maps images [B, H, W, 3] to logits [B, num_classes].
 
-    With `return_prelogits=True` returns the representation the head sees
-    (the few-shot probes' features) instead of the logits.
+    With `return_prelogits=True`, or when `num_classes` is None (no head),
+    returns the representation the head sees (the few-shot probes' features,
+    float32) instead of the logits.
     """
     self.setup_check()
     x = inputs.astype(self.dtype)
@@ -342,11 +343,8 @@ class VisionTransformer(nn.Module):
       x = nn.Dense(self.representation_size, dtype=self.dtype,
                    name='pre_logits')(x)
       x = jnp.tanh(x)
-    if return_prelogits:
-      return x
-    if self.num_classes is None:
-      raise ValueError('num_classes=None builds no head; call with '
-                       'return_prelogits=True or set num_classes.')
+    if return_prelogits or self.num_classes is None:
+      return x.astype(jnp.float32)  # num_classes=None: a feature extractor
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
                  kernel_init=nn.initializers.zeros,
                  bias_init=nn.initializers.constant(self.head_bias_init))(x)

@@ -1,0 +1,269 @@
+"""Tests of vit_jax.models: sizes, shapes, layouts and numerics of the ViTs."""
+
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.models import (MODELS, count_params, get_model, get_spec,
+                            layers_to_scan, param_shapes, scan_to_layers)
+from vit_jax.models import vit
+
+# Facts (1,000 classes, no representation layer): the released checkpoints'
+# sizes, as timm and the paper count them.
+PARAMS = {
+    'ViT-Ti/16': 5_717_416, 'ViT-S/16': 22_050_664, 'ViT-S/32': 22_878_952,
+    'ViT-B/8': 86_576_872, 'ViT-B/16': 86_567_656, 'ViT-B/32': 88_224_232,
+    'ViT-L/16': 304_326_632, 'ViT-L/32': 306_535_400,
+    'ViT-H/14': 632_045_800, 'R+ViT-Ti/16': 6_337_704,
+    'R26+ViT-S/32': 36_431_912, 'R26+ViT-B/32': 101_383_976,
+    'R50+ViT-B/16': 98_659_112, 'R50+ViT-L/32': 328_994_856,
+}
+TOKENS_AT_224 = {
+    'ViT-Ti/16': 196, 'ViT-S/16': 196, 'ViT-S/32': 49, 'ViT-B/8': 784,
+    'ViT-B/16': 196, 'ViT-B/32': 49, 'ViT-L/16': 196, 'ViT-L/32': 49,
+    'ViT-H/14': 256, 'R+ViT-Ti/16': 49, 'R26+ViT-S/32': 49,
+    'R26+ViT-B/32': 49, 'R50+ViT-B/16': 196, 'R50+ViT-L/32': 49,
+}
+TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2)
+ARCHITECTURE_MD = pathlib.Path(__file__).parents[1] / 'docs' / 'architecture.md'
+
+
+def _images(shape=(2, 32, 48, 3), seed=0):
+  return jax.random.uniform(jax.random.key(seed), shape, jnp.float32, -1., 1.)
+
+
+def _random_head(params, seed=1):
+  """The head is zero-initialised; random values make the logits informative."""
+  params = dict(params)
+  kernel = params['head']['kernel']
+  params['head'] = {
+      'kernel': jax.random.normal(jax.random.key(seed), kernel.shape) *
+                kernel.shape[0]**-0.5,
+      'bias': jax.random.normal(jax.random.key(seed + 1), kernel.shape[-1:])}
+  return params
+
+
+def _init(model, images, seed=0):
+  params = model.init(jax.random.key(seed), images)['params']
+  return _random_head(params, seed + 1) if 'head' in params else params
+
+
+def _apply(model, params, images, **kwargs):
+  # Eager: after the first test every primitive is compiled, and tiny models
+  # run faster op by op than through a fresh jit compilation.
+  return model.apply({'params': params}, images, **kwargs)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_parameter_count_and_tokens(name):
+  shapes = param_shapes(get_model(name, 1000), 224)
+  assert count_params(shapes) == PARAMS[name]
+  posemb = shapes['Transformer']['posembed_input']['pos_embedding']
+  assert posemb.shape == (1, TOKENS_AT_224[name] + 1, get_spec(name).hidden_size)
+
+
+def test_every_model_is_counted_and_the_docs_table_agrees():
+  assert set(MODELS) == set(PARAMS)
+  rows = re.findall(r'^\| (\S+) \| ([\d,]+) \| (\d+)\+1 \|$',
+                    ARCHITECTURE_MD.read_text(), flags=re.M)
+  table = {name: (int(count.replace(',', '')), int(tokens))
+           for name, count, tokens in rows}
+  assert table == {n: (PARAMS[n], TOKENS_AT_224[n]) for n in MODELS}
+
+
+def test_file_stem_names_the_same_model():
+  assert get_spec('ViT-B_16') is get_spec('ViT-B/16')
+  assert get_spec('R50+ViT-B_16').resnet.num_layers == (3, 4, 9)
+  assert get_model('ViT-L_32', 10).num_layers == 24
+
+
+@pytest.mark.parametrize('classifier,shape', [
+    ('token', (2, 10)), ('gap', (2, 10)),
+    ('unpooled', (2, 6, 32)), ('token_unpooled', (2, 7, 32))])
+def test_forward_shapes_per_classifier(classifier, shape):
+  model = get_model('ViT-Ti/16', 10, classifier=classifier, **TINY)
+  images = jax.ShapeDtypeStruct((2, 32, 48, 3), jnp.float32)  # a 2x3 grid
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  out = jax.eval_shape(model.apply, variables, images)
+  assert out.shape == shape and out.dtype == jnp.float32
+  params = variables['params']
+  assert ('cls' in params) == classifier.startswith('token')
+  assert ('head' in params) == (classifier in ('token', 'gap'))
+
+
+def test_representation_layer_and_prelogits():
+  images = _images()
+  model = get_model('ViT-Ti/16', 10, representation_size=16, **TINY)
+  params = _init(model, images)
+  pre = _apply(model, params, images, return_prelogits=True)
+  assert pre.shape == (2, 16) and float(jnp.max(jnp.abs(pre))) < 1.  # tanh
+  logits = _apply(model, params, images)
+  np.testing.assert_allclose(
+      logits, pre @ params['head']['kernel'] + params['head']['bias'],
+      rtol=1e-5, atol=1e-5)
+  headless = get_model('ViT-Ti/16', None, **TINY)
+  params = _init(headless, images)
+  assert 'head' not in params
+  features = _apply(headless, params, images)
+  assert features.shape == (2, 32) and features.dtype == jnp.float32
+  bf16 = get_model('ViT-Ti/16', 10, dtype='bfloat16', **TINY)
+  assert _apply(bf16, _init(bf16, images), images,
+                return_prelogits=True).dtype == jnp.float32
+
+
+def test_hybrid_forward_shapes():
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  model = get_model('R+ViT-Ti/16', 10, **dict(TINY, num_layers=1))
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  params = variables['params']
+  # The BiT root downsamples 4x, then 8x8 patches: 64 px -> a 2x2 grid.
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 5, 32)
+  assert {'conv_root', 'gn_root'} <= set(params)
+  assert jax.eval_shape(model.apply, variables, images).shape == (1, 10)
+
+
+def test_scan_and_layers_convert_both_ways_with_equal_outputs():
+  images = _images()
+  scanned = get_model('ViT-Ti/16', 10, scan_layers=True, **TINY)
+  layered = get_model('ViT-Ti/16', 10, **TINY)
+  params = _init(scanned, images)
+  per_layer = scan_to_layers(params, 2)
+  assert set(per_layer['Transformer']) == {
+      'encoderblock_0', 'encoderblock_1', 'encoder_norm', 'posembed_input'}
+  expected = jax.tree.map(lambda a: a.shape, jax.eval_shape(
+      layered.init, jax.random.key(0), images)['params'])
+  assert jax.tree.map(lambda a: a.shape, per_layer) == expected
+  out_scan = _apply(scanned, params, images)
+  out_layers = _apply(layered, per_layer, images)
+  assert float(jnp.std(out_scan)) > 0.1
+  np.testing.assert_allclose(out_layers, out_scan, rtol=1e-5, atol=1e-5)
+  back = layers_to_scan(per_layer, 2)
+  assert jax.tree.all(jax.tree.map(
+      lambda a, b: bool(jnp.array_equal(a, b)), back, params))
+  with pytest.raises(ValueError, match='encoderblock_2'):
+    layers_to_scan(per_layer, 3)
+  with pytest.raises(ValueError, match='not in the scan layout'):
+    scan_to_layers(per_layer, 2)
+
+
+def test_remat_policies_give_the_same_outputs_and_gradients():
+  images = _images()
+  params = _init(get_model('ViT-Ti/16', 10, **TINY), images)
+
+  def loss_and_grads(policy, scan):
+    model = get_model('ViT-Ti/16', 10, remat_policy=policy, scan_layers=scan,
+                      **TINY)
+    loss = lambda p: jnp.sum(model.apply({'params': p}, images)**2)
+    p = layers_to_scan(params, 2) if scan else params
+    loss, grads = jax.jit(jax.value_and_grad(loss))(p)
+    return loss, scan_to_layers(grads, 2) if scan else grads
+
+  loss, grads = loss_and_grads('none', False)
+  for policy, scan in (('full', False), ('dots_no_batch', True)):
+    loss_r, grads_r = loss_and_grads(policy, scan)
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-5), grads_r, grads)
+  with pytest.raises(ValueError, match='remat_policy'):
+    loss_and_grads('bogus', False)
+
+
+def test_bfloat16_is_close_to_float32_with_float32_params():
+  images = _images()
+  f32 = get_model('ViT-Ti/16', 10, **TINY)
+  bf16 = get_model('ViT-Ti/16', 10, dtype='bfloat16', **TINY)
+  params = _init(f32, images)
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(
+      jax.eval_shape(bf16.init, jax.random.key(0), images)['params']))
+  out32 = _apply(f32, params, images)
+  out16 = _apply(bf16, params, images)
+  assert out16.dtype == jnp.float32
+  diff = float(jnp.max(jnp.abs(out16 - out32)))
+  scale = float(jnp.max(jnp.abs(out32)))
+  assert 0. < diff < 0.03 * scale + 0.02, (diff, scale)
+
+
+def test_sincos2d_table_values():
+  h, w, d = 3, 4, 16
+  pe = vit.sincos_2d_posemb(h, w, d)
+  assert pe.shape == (1, h * w, d) and pe.dtype == np.float32
+  q = d // 4
+  for y in range(h):
+    for x in range(w):
+      for k in range(q):
+        omega = 10_000.**(-k / (q - 1))
+        row = pe[0, y * w + x]
+        np.testing.assert_allclose(
+            [row[k], row[q + k], row[2 * q + k], row[3 * q + k]],
+            [np.sin(x * omega), np.cos(x * omega), np.sin(y * omega),
+             np.cos(y * omega)], atol=1e-6)
+  with pytest.raises(ValueError, match='multiple of 4'):
+    vit.sincos_2d_posemb(2, 2, 30)
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_sincos2d_model_adds_the_fixed_table(classifier):
+  images = _images()
+  fixed = get_model('ViT-Ti/16', 10, posemb='sincos2d', classifier=classifier,
+                    **TINY)
+  learned = get_model('ViT-Ti/16', 10, classifier=classifier, **TINY)
+  params = _init(fixed, images)
+  assert 'posembed_input' not in params['Transformer']
+  table = vit.sincos_2d_posemb(2, 3, 32)
+  if classifier == 'token':  # the class token gets no position embedding
+    table = np.concatenate([np.zeros((1, 1, 32), np.float32), table], axis=1)
+  with_table = dict(params, Transformer=dict(
+      params['Transformer'], posembed_input={'pos_embedding': table}))
+  np.testing.assert_allclose(
+      _apply(fixed, params, images),
+      _apply(learned, with_table, images), rtol=1e-5, atol=1e-6)
+  zero_table = dict(params, Transformer=dict(
+      params['Transformer'],
+      posembed_input={'pos_embedding': np.zeros_like(table)}))
+  assert not np.allclose(_apply(fixed, params, images),
+                         _apply(learned, zero_table, images),
+                         atol=1e-3)
+
+
+@pytest.mark.parametrize('classifier,scan', [('token', False), ('gap', True)])
+def test_attention_padding_gives_the_same_outputs(classifier, scan):
+  images = _images((2, 32, 32, 3))
+  kwargs = dict(TINY, patch_size=(4, 4), classifier=classifier,
+                scan_layers=scan)  # 64 patches (+1 class token)
+  plain = get_model('ViT-Ti/16', 10, **kwargs)
+  padded = get_model('ViT-Ti/16', 10, attention_pad_multiple=48, **kwargs)
+  params = _init(plain, images)
+  out = _apply(plain, params, images)
+  out_padded = _apply(padded, params, images)
+  assert out_padded.shape == out.shape
+  assert float(jnp.std(out)) > 0.1
+  np.testing.assert_allclose(out_padded, out, rtol=1e-5, atol=2e-5)
+
+
+def test_attention_padding_masks_the_padded_keys():
+  """Padding without the length mask would change the outputs."""
+  block = vit.MultiHeadDotProductAttention(num_heads=2)
+  x = jax.random.normal(jax.random.key(3), (1, 65, 32))
+  params = block.init(jax.random.key(0), x, deterministic=True)
+  y = block.apply(params, x, deterministic=True)
+  x_pad = jnp.pad(x, ((0, 0), (0, 31), (0, 0)))
+  masked = block.apply(params, x_pad, deterministic=True, kv_length=65)
+  unmasked = block.apply(params, x_pad, deterministic=True)
+  np.testing.assert_allclose(masked[:, :65], y, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(unmasked[:, :65], y, atol=1e-3)
+
+
+def test_unknown_names_and_options_say_what_is_valid():
+  with pytest.raises(ValueError, match=r'Did you mean .*ViT-B/16'):
+    get_model('ViT-B/61', 10)
+  with pytest.raises(ValueError, match=r'Known models: ViT-Ti/16'):
+    get_spec('ResNet50')
+  with pytest.raises(ValueError, match=r"unknown model option\(s\) \['hiden_size'\]"):
+    get_model('ViT-Ti/16', 10, hiden_size=32)
+  model = get_model('ViT-Ti/16', 10, classifier='cls', **TINY)
+  with pytest.raises(ValueError, match=r"unknown classifier 'cls'"):
+    model.init(jax.random.key(0), _images())
