@@ -80,13 +80,15 @@ def test_every_model_against_its_modules(name):
           dataclasses.replace(spec, num_layers=1), 224))
 
 
-@pytest.mark.parametrize('name,size,rep', [
-    ('ViT-B/16', 384, None), ('R50+ViT-B/16', 384, 768),
-    ('R+ViT-Ti/16', 384, None), ('R26+ViT-S/32', (224, 160), None)])
-def test_other_sizes_against_modules(name, size, rep):
-  model = get_model(name, 21843, representation_size=rep)
+@pytest.mark.parametrize('name,size,rep,classifier', [
+    ('ViT-B/16', 384, None, 'token'), ('R50+ViT-B/16', 384, 768, 'token'),
+    ('R+ViT-Ti/16', 384, None, 'token'), ('ViT-S/16', 224, 384, 'gap'),
+    ('R26+ViT-S/32', (224, 160), None, 'token')])
+def test_other_sizes_against_modules(name, size, rep, classifier):
+  model = get_model(name, 21843, representation_size=rep, classifier=classifier)
   hw = (size, size) if isinstance(size, int) else size
-  assert budget.forward_macs(name, size, 21843, rep) == _module_macs(model, hw)
+  assert budget.forward_macs(name, size, 21843, rep, classifier) == (
+      _module_macs(model, hw))
 
 
 def _xla_flops_per_image(model, image_size, compiled=True):
@@ -215,3 +217,11 @@ def test_bad_inputs():
     budget.forward_macs('ViT-B/16', 8)
   with pytest.raises(ValueError, match='image_size must be positive'):
     budget.forward_macs('ViT-B/16', 0)
+  with pytest.raises(ValueError, match="unknown classifier 'cls'"):
+    budget.forward_macs('ViT-B/16', classifier='cls')
+
+
+def test_unpooled_has_no_head():
+  parts = budget.forward_macs_breakdown('ViT-B/16', 224, 1000, 768,
+                                        classifier='unpooled')
+  assert parts['tokens'] == 196 and parts['head'] == parts['pre_logits'] == 0

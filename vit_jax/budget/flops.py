@@ -17,6 +17,7 @@ import math
 from typing import Sequence, Union
 
 from vit_jax.models.registry import ModelSpec, get_spec
+from vit_jax.models.vit import CLASSIFIERS
 
 SpecLike = Union[str, ModelSpec]
 ImageSize = Union[int, Sequence[int]]
@@ -107,6 +108,9 @@ def forward_macs_breakdown(spec_or_name: SpecLike, image_size: ImageSize = 224,
   token count `tokens` (N, class token included) for reference.
   """
   spec = _spec(spec_or_name)
+  if classifier not in CLASSIFIERS:
+    raise ValueError(f'unknown classifier {classifier!r}; choose one of '
+                     f'{CLASSIFIERS}.')
   h, w = _hw(image_size)
   stem, channels = 0, 3
   if spec.resnet is not None:
@@ -121,6 +125,8 @@ def forward_macs_breakdown(spec_or_name: SpecLike, image_size: ImageSize = 224,
   tokens = patches + (1 if classifier in ('token', 'token_unpooled') else 0)
   d, m, layers = spec.hidden_size, spec.mlp_dim, spec.num_layers
   pooled_width = representation_size or d
+  if classifier.endswith('unpooled'):  # all tokens out: no pre-logits, no head
+    representation_size = num_classes = None
   return dict(
       tokens=tokens,
       stem=stem,

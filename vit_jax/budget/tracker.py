@@ -64,20 +64,15 @@ class CoreHoursTracker:
     self.flops_per_image = flops_per_image
     self.hardware = hardware.for_device_kind(device_kind)
     self._clock = clock
-    self._counters: dict[str, float] = {}
-    self._session: dict[str, float] = {}  # this process only, never loaded
-    self._mode: Optional[str] = None
-    self._since = 0.0
-    self._last_metrics = (0.0, 0.0)
-    self._reset()
-
-  # Clocks.
-
-  def _reset(self) -> None:
     self._counters = {'version': STATE_VERSION, 'images': 0.0,
                       'training_seconds': 0.0}
     self._touch_kind()
-    self._last_metrics = (0.0, 0.0)
+    self._session: dict[str, float] = {}  # this process only, never loaded
+    self._mode: Optional[str] = None      # the running clock
+    self._since = 0.0
+    self._last_metrics = (0.0, 0.0)       # (images, training seconds)
+
+  # Clocks.
 
   def _touch_kind(self) -> None:
     for prefix in _KIND_PREFIXES:
