@@ -1,4 +1,4 @@
-"""The FLOPs formula against hand counts, the real modules' shapes and XLA's cost analysis."""
+"""The FLOPs formula against hand counts, module shapes and XLA's cost analysis."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""The planner, its CLI and input errors, and the reconstruction of the paper's compute."""
+"""The planner, its CLI and input errors, and the paper's compute reconstructed."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Compute budget: FLOPs, hardware peaks, the core-hours tracker and cap, the planner.
+"""Compute budget: FLOPs, hardware peaks, core-hours tracker and cap, planner.
 
     from vit_jax import budget
     budget.forward_macs('ViT-B/16', 224)            # 17.56e9 (+ the head)

@@ -1,4 +1,4 @@
-"""The paper's compute, reconstructed: Table 6 exaFLOPs and Table 2's TPUv3-core-days.
+"""The paper's compute reconstructed: Table 6 exaFLOPs, Table 2 TPUv3-core-days.
 
 Convention found to reproduce Table 6 (Dosovitskiy et al., 2021, App. D):
 training FLOPs = 3 x 2 x forward MACs x images, JFT-300M = 303M images with

@@ -1,4 +1,4 @@
-"""The planner: training FLOPs, core-days, chip-days, wall-clock days and cost of a run.
+"""The planner: a run's training FLOPs, core-days, chip-days, wall-clock days, cost.
 
     flops      = steps x batch_size x train_flops_per_image(model, image_size)
     core-days  = flops / (peak per core x MFU) / 86400

@@ -1,4 +1,4 @@
-"""Performance versus pre-training compute: evaluation accuracy and training loss against core-hours."""
+"""Performance versus compute: eval accuracy and training loss against core-hours."""
 
 from __future__ import annotations
 

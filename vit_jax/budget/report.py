@@ -1,4 +1,4 @@
-"""The tracker's view of finished or running runs: read a workdir's metrics.jsonl and config.json.
+"""What runs have cost: a workdir's metrics.jsonl and config.json, summarised.
 
 A workdir holds `metrics.jsonl` (one JSON object per log step, written by the
 training loop from `CoreHoursTracker.metrics()` and the evaluators) and
