@@ -47,11 +47,11 @@ def test_accuracy_counts_every_example_once(axes):
   model = _tiny()
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, size=(37, 16, 16, 3)).astype(np.float32)
-  params = model.init(jax.random.key(0), images[:1])['params']
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])['params']
   # A random head so that predictions vary from image to image.
   params['head']['kernel'] = jax.random.normal(jax.random.key(1),
                                                params['head']['kernel'].shape)
-  logits = np.asarray(model.apply({'params': params}, images))
+  logits = np.asarray(jax.jit(model.apply)({'params': params}, images))
   # Labels: the prediction for a third of the images, another class otherwise.
   pred = logits.argmax(-1)
   truth = np.where(np.arange(37) % 3 == 0, pred, (pred + 1) % 10)

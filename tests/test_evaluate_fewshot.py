@@ -15,7 +15,7 @@ PP = 'resize(16)|value_range(-1, 1)|onehot(10)'
 def tiny():
   model = get_model('ViT-Ti/16', 10, hidden_size=32, num_layers=2, mlp_dim=64,
                     num_heads=2, patch_size=(4, 4), representation_size=24)
-  params = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
   return model, params['params']
 
 
@@ -31,8 +31,8 @@ def _direct_features(model, params, split):
                          global_batch_size=2000)
   batch = next(iter(pipe))
   valid = batch['mask'] > 0
-  x = model.apply({'params': params}, batch['image'][valid],
-                  return_prelogits=True)
+  x = jax.jit(lambda p, x: model.apply({'params': p}, x, return_prelogits=True))(
+      params, batch['image'][valid])
   return fewshot.Features(np.asarray(x), batch['labels'][valid].argmax(-1), 10)
 
 

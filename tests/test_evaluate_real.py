@@ -76,3 +76,52 @@ def test_the_released_real_json():
   assert sum(bool(x) for x in lists) == 46_837
   assert lists[1] == [970, 795]  # ILSVRC2012_val_00000002.JPEG.
   assert sum(len(x) > 1 for x in lists) == 7_443
+
+
+@pytest.mark.skipif(not os.path.exists(REAL_JSON), reason='needs shared/data')
+def test_real_evaluator_end_to_end_by_file_name():
+  """In-memory 'validation' images named like the ILSVRC files, on 8 devices."""
+  import jax
+  from vit_jax import evaluate, parallel
+  from vit_jax.models import get_model
+  lists = real.load_real_labels(REAL_JSON)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+  model = get_model('ViT-Ti/16', 1000, hidden_size=32, num_layers=1,
+                    mlp_dim=64, num_heads=2, patch_size=(4, 4))
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+  params = params['params']
+  params['head']['kernel'] = jax.random.normal(jax.random.key(1),
+                                               params['head']['kernel'].shape)
+  x = images.astype(np.float32) / 127.5 - 1
+  pred = np.asarray(jax.jit(model.apply)({'params': params}, x)).argmax(-1)
+  # Name every other image after a validation file whose ReaL list holds the
+  # prediction, the others after files 1..20 (file 1's list is empty), in
+  # shuffled order: the lookup must go by name, not by position.
+  numbers, used = [], set(range(1, 21))
+  for i, p in enumerate(pred):
+    if i % 2:
+      numbers.append(i // 2 + 1)
+    else:
+      n = next(n for n in range(21, 50_001) if p in lists[n - 1] and n not in used)
+      used.add(n)
+      numbers.append(n)
+  names = np.array([f'ILSVRC2012_val_{n:08d}.JPEG'.encode() for n in numbers])
+  original = rng.integers(0, 1000, size=40)
+  original[::3] = pred[::3]  # Some original labels right too.
+  has = [bool(lists[n - 1]) for n in numbers]
+  hits = [p in lists[n - 1] for p, n in zip(pred, numbers)]
+  expected_real = sum(hits) / sum(has)
+  assert 20 <= sum(hits) < sum(has) < 40
+  config = {'real': dict(
+      data=dict(name='arrays', arrays={'validation': {
+          'image': images, 'label': original, 'file_name': names}}),
+      pp="value_range(-1, 1)|onehot(1000)|keep('image', 'labels', 'file_name')",
+      real_json=REAL_JSON, batch_size=16)}
+  [ev] = evaluate.build_evaluators(config, model=model,
+                                   mesh=parallel.make_mesh({'data': -1}))
+  result = ev.run(params)
+  assert result['num_examples'] == 40
+  assert result['real_num_examples'] == sum(has) < 40  # Some lists are empty.
+  assert result['real_top1'] == pytest.approx(expected_real)
+  assert result['top1'] == pytest.approx(np.mean(pred == original))
