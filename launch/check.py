@@ -29,7 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--coordinator_address', default=None, help='HOST:PORT of process 0')
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)
-  args = parser.parse_args(argv)
+  args, _ = parser.parse_known_args(argv)  # the training's flags (--workdir, --config) are ignored
   explicit = [args.coordinator_address, args.num_processes, args.process_id]
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
     parser.error('pass all of --coordinator_address, --num_processes and --process_id, or none of them')

@@ -1,0 +1,165 @@
+"""The gcloud command lines (and the shell scripts they run on TPU workers) for one TPU slice.
+
+Every function returns a `Command`: the argv to execute plus a `kind` that
+says what it is for, so a runner can print it (dry run), execute it, or, in
+tests, answer it. Nothing here runs anything. Credentials and the project
+come from gcloud's own configuration unless `--project` is given.
+
+On each worker the layout is:
+  ~/vit_jax          the source tree (from `git archive` of --source, or a git clone)
+  ~/vit_jax_venv     its virtual environment, with jax[tpu]
+  ~/vit_jax_run/     log, pid (process group of the running job), exit_code
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import tempfile
+from typing import Optional, Sequence
+
+SRC = '"$HOME/vit_jax"'
+VENV = '"$HOME/vit_jax_venv"'
+RUN = '"$HOME/vit_jax_run"'
+REMOTE_BUNDLE = 'vit_jax.tar.gz'  # relative to the worker's home directory
+# A job runs while its wrapper lives and has not recorded an exit status (the wrapper lingers a
+# moment after writing it).
+_RUNNING = (f'[ ! -f {RUN}/exit_code ] && [ -f {RUN}/pid ] && kill -0 "$(cat {RUN}/pid)" 2>/dev/null')
+METADATA_WORKER = ('http://metadata.google.internal/computeMetadata/v1/instance/attributes/'
+                   'agent-worker-number')
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  kind: str              # create, describe, delete, bundle, upload, install, start, status, stop, logs
+  argv: tuple[str, ...]
+
+  def __str__(self) -> str:
+    return shlex.join(self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """Which slice: a TPU VM (`tpu-vm create`) or a queued resource of the same name."""
+  name: str
+  zone: str
+  project: Optional[str] = None
+  queued: bool = False
+
+  def flags(self) -> list[str]:
+    return [f'--zone={self.zone}'] + ([f'--project={self.project}'] if self.project else [])
+
+
+def _tpus(target: Target, group: str, verb: str, positional: Sequence[str], *flags: str
+          ) -> tuple[str, ...]:
+  """`gcloud compute tpus GROUP VERB POSITIONAL... --zone=Z [--project=P] FLAGS...`."""
+  return ('gcloud', 'compute', 'tpus', group, verb, *positional, *target.flags(), *flags)
+
+
+def create(target: Target, accelerator_type: str, runtime_version: str, spot: bool) -> Command:
+  spot_flag = ('--spot',) if spot else ()
+  if target.queued:
+    return Command('create', _tpus(target, 'queued-resources', 'create', [target.name],
+                                   f'--node-id={target.name}', f'--accelerator-type={accelerator_type}',
+                                   f'--runtime-version={runtime_version}', *spot_flag))
+  return Command('create', _tpus(target, 'tpu-vm', 'create', [target.name],
+                                 f'--accelerator-type={accelerator_type}',
+                                 f'--version={runtime_version}', *spot_flag))
+
+
+def describe_state(target: Target) -> Command:
+  if target.queued:
+    return Command('describe', _tpus(target, 'queued-resources', 'describe', [target.name],
+                                     '--format=value(state.state)'))
+  return Command('describe', _tpus(target, 'tpu-vm', 'describe', [target.name], '--format=value(state)'))
+
+
+def delete(target: Target) -> Command:
+  if target.queued:  # --force also deletes the TPU VM the queued resource holds
+    return Command('delete', _tpus(target, 'queued-resources', 'delete', [target.name], '--force',
+                                   '--quiet'))
+  return Command('delete', _tpus(target, 'tpu-vm', 'delete', [target.name], '--quiet'))
+
+
+def ssh(target: Target, kind: str, script: str, worker: str = 'all') -> Command:
+  return Command(kind, _tpus(target, 'tpu-vm', 'ssh', [target.name], f'--worker={worker}', '--quiet',
+                             f'--command={script}'))
+
+
+def local_bundle(target: Target) -> str:
+  return os.path.join(tempfile.gettempdir(), f'vit_jax-{target.name}.tar.gz')
+
+
+def bundle(source: str, path: str) -> Command:
+  """A local command: the committed HEAD of `source` as a tarball."""
+  return Command('bundle', ('git', '-C', source, 'archive', '--format=tar.gz', '-o', path, 'HEAD'))
+
+
+def upload(target: Target, path: str) -> Command:
+  return Command('upload', _tpus(target, 'tpu-vm', 'scp', [path, f'{target.name}:{REMOTE_BUNDLE}'],
+                                 '--worker=all', '--quiet'))
+
+
+def _refuse_if_running(what: str) -> str:
+  return (f'if {_RUNNING}; then echo "a job is running on $(hostname): stop it before {what}" >&2; exit 1; fi')
+
+
+def install_script(python: str = 'python3.11', git_url: Optional[str] = None,
+                   git_ref: Optional[str] = None) -> str:
+  """Unpacks (or clones) the source and installs it with jax[tpu] into ~/vit_jax_venv."""
+  if git_url:
+    fetch = f'git clone -q {shlex.quote(git_url)} {SRC}'
+    if git_ref:
+      fetch += f' && git -C {SRC} checkout -q {shlex.quote(git_ref)}'
+  else:
+    fetch = f'mkdir -p {SRC} && tar -xzf "$HOME/{REMOTE_BUNDLE}" -C {SRC}'
+  py = shlex.quote(python)
+  return ' && '.join([
+      'set -eu', _refuse_if_running('installing'),
+      # Ubuntu 22.04 TPU images ship Python 3.10; vit_jax needs >= 3.11.
+      f'(command -v {py} >/dev/null || (sudo apt-get update -qq && '
+      f'sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {py} {py}-venv))',
+      f'rm -rf {SRC} {VENV}', fetch, f'{py} -m venv {VENV}',
+      f'{VENV}/bin/pip install -q --upgrade pip',
+      f'cd {SRC} && {VENV}/bin/pip install -q -c constraints.txt -e ".[all]" "jax[tpu]"',
+      f'touch {SRC}/.installed'])
+
+
+def start_script(module: str, flags: Sequence[str], env: Sequence[str] = ()) -> str:
+  """Starts `python -m module flags` detached; the exit status lands in ~/vit_jax_run/exit_code.
+
+  The wrapper traps SIGTERM so that `stop` reaches the job (which checkpoints
+  and exits) and the wrapper still records the job's exit status.
+  """
+  job = ' '.join([*(shlex.quote(e) for e in env), f'{VENV}/bin/python', '-m', module,
+                  *(shlex.quote(f) for f in flags)])
+  wrapper = '; '.join([
+      'trap : TERM INT', f'echo $$ > {RUN}/pid', f'cd {SRC}',
+      f'echo "=== $(date -u +%FT%TZ) $(hostname) start" >> {RUN}/log',
+      f'{job} >> {RUN}/log 2>&1', 'code=$?',
+      f'echo $code > {RUN}/exit_code.tmp', f'mv {RUN}/exit_code.tmp {RUN}/exit_code'])
+  return '; '.join([
+      'set -eu', _refuse_if_running('starting another'), f'mkdir -p {RUN}',
+      f'rm -f {RUN}/exit_code',
+      f'setsid nohup bash -c {shlex.quote(wrapper)} >/dev/null 2>&1 </dev/null & echo "started on $(hostname)"'])
+
+
+def status_script() -> str:
+  """Prints `worker=I STATUS`: exit:N, running, not-started or not-installed."""
+  return '; '.join([
+      f'w=$(curl -sf -m 5 -H "Metadata-Flavor: Google" {METADATA_WORKER} || hostname)',
+      f'if [ -f {RUN}/exit_code ]; then s="exit:$(cat {RUN}/exit_code)"; '
+      f'elif {_RUNNING}; then s=running; '
+      f'elif [ -f {SRC}/.installed ]; then s=not-started; else s=not-installed; fi',
+      'echo "worker=$w $s"'])
+
+
+def stop_script() -> str:
+  """SIGTERM to the job's process group: vit_jax.main checkpoints and exits 0."""
+  return (f'if {_RUNNING}; then kill -TERM -- "-$(cat {RUN}/pid)"; echo "stopping on $(hostname)"; '
+          'else echo "nothing running on $(hostname)"; fi')
+
+
+def logs_script(lines: int = 100) -> str:
+  return f'tail -n {int(lines)} -F {RUN}/log'

@@ -1,0 +1,256 @@
+"""Cloud TPU VM launcher: create a slice, install vit_jax on every worker, run, watch, re-create.
+
+  python -m launch.tpu create    --name=vit --zone=europe-west4-a --accelerator_type=v3-32 [--spot] [--queued]
+  python -m launch.tpu install   --name=vit --zone=europe-west4-a [--source=. | --git_url=URL --git_ref=REF]
+  python -m launch.tpu run       --name=vit --zone=europe-west4-a --accelerator_type=v3-32 \\
+                                 --workdir=gs://BUCKET/vit-b16-i21k -- --config=configs/pretrain.py:model=B/16,dataset=imagenet21k
+  python -m launch.tpu logs|status|stop|delete --name=vit --zone=europe-west4-a
+  python -m launch.tpu supervise (the flags of create, install and run)
+
+`run` starts the same command on all workers (`--worker=all`); each worker's
+jax.distributed.initialize() finds the others through the TPU metadata, so
+no coordinator flags are passed. It streams worker 0's log and exits with
+worker 0's job status. `supervise` does create + install + run and keeps
+going through preemptions (see launch/supervise.py). `stop` sends SIGTERM:
+the job checkpoints and exits. `--dry_run` prints every command (a shell
+script you could run yourself) instead of running it. The project and
+credentials come from `--project` or gcloud's configuration, never from files here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from launch import gcloud
+from launch import supervise
+from launch import tpu_slice
+
+_NAME_RE = re.compile(r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?')
+_ZONE_RE = re.compile(r'[a-z]+-[a-z]+[0-9]+-[a-z]')
+_ENV_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*=.*', flags=re.DOTALL)
+_RESERVED_JOB_FLAGS = ('--workdir', '--coordinator_address', '--num_processes', '--process_id')
+
+
+class SubprocessRunner:
+  """Runs commands for real; queries are captured, everything else shows its output."""
+
+  def __init__(self, echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)):
+    self.echo = echo
+
+  def run(self, command: gcloud.Command) -> tuple[int, str]:
+    capture = command.kind in ('describe', 'status')
+    if not capture:
+      self.echo(f'+ {command}')
+    try:
+      proc = subprocess.run(command.argv, capture_output=capture, text=True, check=False)
+    except FileNotFoundError:
+      raise FileNotFoundError(f'{command.argv[0]} is not installed: install the Google Cloud CLI '
+                              '(https://cloud.google.com/sdk/docs/install) and run `gcloud init`') from None
+    if not capture:
+      return proc.returncode, ''
+    return proc.returncode, proc.stdout if proc.returncode == 0 else proc.stderr
+
+  def stream(self, command: gcloud.Command) -> Callable[[], None]:
+    self.echo(f'+ {command} &')
+    proc = subprocess.Popen(command.argv, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop() -> None:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+      proc.wait()
+    return stop
+
+
+class DryRunRunner:
+  """Prints every command; answers queries as a fresh slice would on the happy path."""
+
+  def __init__(self, hosts: int, *, exists: bool = False, installed: bool = False,
+               out: Callable[[str], None] = print):
+    self.hosts, self.exists, self.installed, self.started = hosts, exists, installed, False
+    self.out = out
+    self.commands: list[gcloud.Command] = []
+
+  def run(self, command: gcloud.Command) -> tuple[int, str]:
+    self.out(str(command))
+    self.commands.append(command)
+    kind = command.kind
+    if kind == 'describe':
+      queued = 'queued-resources' in command.argv
+      return (0, 'ACTIVE' if queued else 'READY') if self.exists else (1, 'NOT_FOUND')
+    if kind == 'status':
+      status = 'exit:0' if self.started else 'not-started' if self.installed else 'not-installed'
+      return 0, ''.join(f'worker={w} {status}\n' for w in range(self.hosts))
+    self.exists = self.exists or kind == 'create'
+    self.installed = self.installed or kind == 'install'
+    self.started = self.started or kind == 'start'
+    return 0, ''
+
+  def stream(self, command: gcloud.Command) -> Callable[[], None]:
+    self.out(f'{command} &  # streamed while the job runs')
+    self.commands.append(command)
+    return lambda: None
+
+
+def _job_flags(args: argparse.Namespace) -> list[str]:
+  if not re.fullmatch(r'gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/.*)?', args.workdir or ''):
+    raise ValueError(f'--workdir={args.workdir!r}: pass a gs://BUCKET/PATH that every worker can '
+                     'read and write (a re-created slice resumes from it)')
+  for flag in args.job_flags:
+    if flag.split('=', 1)[0] in _RESERVED_JOB_FLAGS:
+      raise ValueError(f'{flag.split("=", 1)[0]} after -- is set by the launcher: use --workdir '
+                       'before --, and leave the distributed flags out (TPU workers find each other)')
+  for entry in args.env:
+    if not _ENV_RE.fullmatch(entry):
+      raise ValueError(f'--env={entry!r} is not KEY=VALUE')
+  return [*args.job_flags, f'--workdir={args.workdir.rstrip("/")}']
+
+
+def _target(args: argparse.Namespace) -> gcloud.Target:
+  if not _NAME_RE.fullmatch(args.name):
+    raise ValueError(f'--name={args.name!r}: TPU names are lowercase letters, digits and hyphens, '
+                     'starting with a letter, at most 63 characters')
+  if not _ZONE_RE.fullmatch(args.zone):
+    raise ValueError(f'--zone={args.zone!r} is not a zone like europe-west4-a or us-central2-b')
+  return gcloud.Target(args.name, args.zone, args.project, args.queued)
+
+
+def _slice(args: argparse.Namespace) -> tpu_slice.SliceType:
+  if not args.accelerator_type:
+    raise ValueError(f'`{args.command}` needs --accelerator_type (e.g. v3-32): it sets how many '
+                     'workers must answer')
+  return tpu_slice.parse(args.accelerator_type)
+
+
+def create_command(args: argparse.Namespace) -> gcloud.Command:
+  kind = _slice(args)
+  return gcloud.create(_target(args), kind.accelerator_type, args.runtime_version or kind.default_runtime,
+                       args.spot)
+
+
+def install_commands(args: argparse.Namespace) -> list[gcloud.Command]:
+  target = _target(args)
+  script = gcloud.install_script(args.python, args.git_url, args.git_ref)
+  if args.git_url:
+    return [gcloud.ssh(target, 'install', script)]
+  path = gcloud.local_bundle(target)
+  return [gcloud.bundle(args.source, path), gcloud.upload(target, path),
+          gcloud.ssh(target, 'install', script)]
+
+
+def start_command(args: argparse.Namespace) -> gcloud.Command:
+  return gcloud.ssh(_target(args), 'start',
+                    gcloud.start_script(args.module, _job_flags(args), args.env))
+
+
+def plan(args: argparse.Namespace) -> supervise.Plan:
+  """The supervise loop's plan; `run` is the same loop without create and install."""
+  full = args.command == 'supervise'
+  return supervise.Plan(
+      target=_target(args), hosts=_slice(args).hosts, create=create_command(args) if full else None,
+      install=install_commands(args) if full else (), start=start_command(args),
+      max_failures=args.max_failures if full else 0, poll_s=args.poll_s,
+      delete_when_done=full and args.delete_when_done)
+
+
+def execute(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int:
+  """Runs one subcommand through `runner`; returns the exit status."""
+  target = _target(args)
+  if args.command == 'create':
+    return runner.run(create_command(args))[0]
+  if args.command == 'install':
+    for command in install_commands(args):
+      code, _ = runner.run(command)
+      if code:
+        return code
+    return 0
+  if args.command in ('run', 'supervise'):
+    loop = supervise.Supervisor(plan(args), runner, log=log,
+                                sleep=(lambda s: None) if args.dry_run else time.sleep)
+    return loop.loop()
+  if args.command == 'status':
+    code, out = runner.run(gcloud.describe_state(target))
+    log(f'slice {target.name}: {out.strip() if code == 0 else "not found"}')
+    if code == 0:
+      code, out = runner.run(gcloud.ssh(target, 'status', gcloud.status_script()))
+      log(out.strip())
+    return code
+  single = {'logs': lambda: gcloud.ssh(target, 'logs', gcloud.logs_script(), worker='0'),
+            'stop': lambda: gcloud.ssh(target, 'stop', gcloud.stop_script()),
+            'delete': lambda: gcloud.delete(target)}
+  return runner.run(single[args.command]())[0]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  argv = list(argv)
+  split = argv.index('--') if '--' in argv else len(argv)
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument('--name', required=True, help='TPU VM (and queued resource) name')
+  common.add_argument('--zone', required=True, help='e.g. europe-west4-a')
+  common.add_argument('--project', default=None, help='default: gcloud config get project')
+  common.add_argument('--queued', action='store_true', help='use a queued resource of this name')
+  common.add_argument('--accelerator_type', default=None, help='v3-8, v3-32, v4-32, v5p-16, v6e-16, ...')
+  common.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  create = argparse.ArgumentParser(add_help=False)
+  create.add_argument('--runtime_version', default=None, help='default: per TPU generation')
+  create.add_argument('--spot', action='store_true', help='preemptible (Spot) capacity')
+  install = argparse.ArgumentParser(add_help=False)
+  install.add_argument('--source', default='.', help='git checkout whose HEAD is installed')
+  install.add_argument('--git_url', default=None, help='clone this on the workers instead')
+  install.add_argument('--git_ref', default=None, help='branch, tag or commit of --git_url')
+  install.add_argument('--python', default='python3.11', help='interpreter for the venv on the workers')
+  run = argparse.ArgumentParser(add_help=False)
+  run.add_argument('--workdir', required=True, help='gs://BUCKET/PATH shared by all workers')
+  run.add_argument('--module', default='vit_jax.main', help='python -m MODULE (launch.check tests the slice)')
+  run.add_argument('--env', action='append', default=[], help='KEY=VALUE for the job (repeatable)')
+  run.add_argument('--poll_s', type=float, default=60.0, help='seconds between status checks')
+  parser = argparse.ArgumentParser(prog='python -m launch.tpu', description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  sub.add_parser('create', parents=[common, create], help='create the slice')
+  sub.add_parser('install', parents=[common, install], help='install vit_jax on every worker')
+  sub.add_parser('run', parents=[common, run], help='start the job on every worker, follow worker 0')
+  for name, what in (('logs', "follow worker 0's log"), ('status', 'slice state and job status'),
+                     ('stop', 'SIGTERM the job (it checkpoints)'), ('delete', 'delete the slice')):
+    sub.add_parser(name, parents=[common], help=what)
+  sup = sub.add_parser('supervise', parents=[common, create, install, run],
+                       help='create, install, run; re-create after preemption until done')
+  sup.add_argument('--max_failures', type=int, default=3, help='restarts after job failures')
+  sup.add_argument('--delete_when_done', action='store_true', help='delete the slice at the end')
+  args = parser.parse_args(argv[:split])
+  args.job_flags = argv[split + 1:]
+  if args.job_flags and args.command not in ('run', 'supervise'):
+    parser.error(f'flags after -- are for run and supervise, not {args.command}')
+  return args
+
+
+def main(argv: Sequence[str], runner=None, out: Callable[[str], None] = print) -> int:
+  args = parse_args(argv)
+  try:
+    if runner is None and args.dry_run:
+      hosts = tpu_slice.parse(args.accelerator_type).hosts if args.accelerator_type else 1
+      runner = DryRunRunner(hosts, exists=args.command != 'supervise',
+                            installed=args.command != 'supervise', out=out)
+    if args.dry_run and args.accelerator_type:
+      kind = tpu_slice.parse(args.accelerator_type)
+      out(f'# {kind.accelerator_type}: {kind.chips} chips ({kind.cores} TensorCores) in {kind.hosts} '
+          f'host{"s" if kind.hosts > 1 else ""}')
+    log = (lambda line: out(f'# {line}')) if args.dry_run else (lambda line: print(line, flush=True))
+    return execute(args, runner or SubprocessRunner(), log)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'launch.tpu: {e}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f'launch.tpu: interrupted; a started job keeps running on the slice (`python -m launch.tpu '
+          f'stop --name={args.name} --zone={args.zone}` stops it)', file=sys.stderr)
+    return 130
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
