@@ -32,6 +32,7 @@
   shuffle_buffer_size  (TFDS training) examples in the shuffle buffer of
                   each host (default 50,000).
   prefetch        batches tf.data prepares ahead (default 2).
+  threads         tf.data worker threads (default 0: one per CPU core).
 
 Without a keep(...) op the batches hold only 'image' and 'labels'.
 The training batch order is a function of (seed, process_index, process_count):

@@ -59,6 +59,8 @@ class _Pipeline:
         self.num_examples, process_index, process_count)
     self.shuffle_buffer = int(_cfg(input_config, 'shuffle_buffer_size', DEFAULT_SHUFFLE_BUFFER))
     self.tf_prefetch = int(_cfg(input_config, 'prefetch', 2))
+    self.threads = int(_cfg(input_config, 'threads', 0))
+    self._preprocess = None
     self.uses_numpy = (getattr(self.source, 'in_memory', False) and
                        all(op.np_fn is not None for op in self.ops))
 
@@ -93,21 +95,33 @@ class _Pipeline:
     return self._finalize_np(batch)
 
   def _tf_preprocess(self):
-    """(position, example) -> preprocessed example, seeded by the position."""
-    tf = _tf()
-    base = int(sampler.fold_in(np.uint64(self.seed % 2**64), self.key_host) >> np.uint64(1))
-    def fn(position, ex):
-      seed = tf.stack([tf.constant(base, tf.int64), tf.cast(position, tf.int64)])
-      for i, op in enumerate(self.ops):
-        ex = op.tf_fn(ex, tf.random.experimental.stateless_fold_in(seed, i))
-      return self._finalize_tf(ex)
-    return fn
+    """(position, example or index) -> preprocessed example, seeded by the position.
+
+    Traced once per pipeline (a tf.function), however many datasets use it;
+    random-access sources pass an index, which is looked up in the same map.
+    """
+    if self._preprocess is None:
+      tf = _tf()
+      base = int(sampler.fold_in(np.uint64(self.seed % 2**64), self.key_host) >> np.uint64(1))
+      lookup = self.source.tf_lookup() if hasattr(self.source, 'tf_lookup') else None
+      def fn(position, ex):
+        if lookup is not None:
+          ex = lookup(ex)
+        seed = tf.stack([tf.constant(base, tf.int64), tf.cast(position, tf.int64)])
+        for i, op in enumerate(self.ops):
+          ex = op.tf_fn(ex, tf.random.experimental.stateless_fold_in(seed, i))
+        return self._finalize_tf(ex)
+      self._preprocess = tf.function(fn, autograph=False)
+    return self._preprocess
 
   def _tf_options(self, ds):
     tf = _tf()
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
+    if self.threads:
+      options.threading.private_threadpool_size = self.threads
+      options.threading.max_intra_op_parallelism = 1
     return ds.with_options(options)
 
   def _tf_numpy_iterator(self, ds) -> Iterator[dict]:
@@ -135,6 +149,7 @@ class TrainPipeline(_Pipeline):
                process_index: int = 0, process_count: int = 1):
     super().__init__(input_config, None, global_batch_size, process_index,
                      process_count, seed)
+    self._dataset_at_0 = None
     self.order = sampler.TrainOrder(self.host_stop - self.host_start, self.seed,
                                     process_index)
     self.num_classes = self._labels_width()
@@ -142,7 +157,8 @@ class TrainPipeline(_Pipeline):
   def _labels_width(self) -> int:
     if self.uses_numpy:
       return int(self._np_batch(0, np.arange(1))['labels'].shape[-1])
-    spec = self._tf_dataset(0).element_spec['labels']
+    self._dataset_at_0 = self._tf_dataset(0)  # Reused by iterator(0).
+    spec = self._dataset_at_0.element_spec['labels']
     if spec.shape.rank != 2 or spec.shape[-1] is None:
       raise ValueError(f'Labels must be [batch, K] after {_describe(self.ops)}, got '
                        f'shape {spec.shape}.')
@@ -155,7 +171,8 @@ class TrainPipeline(_Pipeline):
     if self.uses_numpy:
       batches = (self._np_batch(k) for k in itertools.count(start_batch))
     else:
-      batches = self._tf_numpy_iterator(self._tf_dataset(start_batch))
+      ds = self._dataset_at_0 if start_batch == 0 else self._tf_dataset(start_batch)
+      batches = self._tf_numpy_iterator(ds)
     for k, batch in enumerate(batches, start_batch):
       yield self._apply_batch_ops(batch, k)
 
@@ -189,14 +206,13 @@ class TrainPipeline(_Pipeline):
   def _random_access_stream(self, epochs):
     tf = _tf()
     n, start, order = self.order.n, self.host_start, self.order
-    lookup = self.source.tf_lookup()
     def permutation(epoch):
       return (order.epoch_permutation(int(epoch)) + start).astype(np.int64)
     def one_epoch(epoch):
       indices = tf.numpy_function(permutation, [epoch], tf.int64, stateful=False)
       indices.set_shape([n])
       return tf.data.Dataset.from_tensor_slices(indices)
-    return epochs.flat_map(one_epoch).map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+    return epochs.flat_map(one_epoch)  # Indices: _tf_preprocess looks them up.
 
   def _shuffled_stream(self, epochs):
     tf = _tf()
@@ -221,13 +237,16 @@ class EvalPipeline(_Pipeline):
     self.num_batches = sampler.eval_num_batches(
         self.num_examples, self.host_batch_size, process_count)
     self.num_host_examples = self.host_stop - self.host_start
+    # A host without examples processes example 0 for the shapes, masked out.
+    self._range = ((self.host_start, self.host_stop) if self.num_host_examples else (0, 1))
+    self._dataset = None if self.uses_numpy else self._tf_dataset(*self._range)
     self.num_classes = self._labels_width()
 
   def _labels_width(self) -> int:
-    lo = self.host_start if self.num_host_examples else 0
     if self.uses_numpy:
+      lo = self._range[0]
       return int(next(self._np_batches(lo, lo + 1))['labels'].shape[-1])
-    spec = self._tf_dataset(lo, lo + 1).element_spec['labels']
+    spec = self._dataset.element_spec['labels']
     if spec.shape.rank != 2 or spec.shape[-1] is None:
       raise ValueError(f'Labels must be [batch, K] after {_describe(self.ops)}, got '
                        f'shape {spec.shape}.')
@@ -237,14 +256,10 @@ class EvalPipeline(_Pipeline):
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict]:
-    # A host without examples processes example 0 for the shapes, masked out.
-    lo, hi = self.host_start, self.host_stop
-    if hi == lo:
-      lo, hi = 0, 1
     if self.uses_numpy:
-      batches = self._np_batches(lo, hi)
-    else:
-      batches = self._tf_numpy_iterator(self._tf_dataset(lo, hi))
+      batches = self._np_batches(*self._range)
+    else:  # The same tf.data pipeline every time: no re-tracing between evaluations.
+      batches = self._tf_numpy_iterator(self._dataset)
     return _pad_and_mask(batches, self.host_batch_size, self.num_batches,
                          self.num_host_examples)
 
@@ -256,7 +271,7 @@ class EvalPipeline(_Pipeline):
   def _tf_dataset(self, lo: int, hi: int):
     tf = _tf()
     if hasattr(self.source, 'tf_lookup'):
-      examples = tf.data.Dataset.range(lo, hi).map(self.source.tf_lookup())
+      examples = tf.data.Dataset.range(lo, hi)  # Indices: _tf_preprocess looks them up.
     else:
       examples = self.source.host_dataset(lo, hi, train=False)
     ds = tf.data.Dataset.zip((tf.data.Dataset.range(lo, hi), examples))
