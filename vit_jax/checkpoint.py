@@ -53,7 +53,7 @@ _SCAN_OURS = 'Transformer/encoderblock/block/'
 _SCAN_BIG_VISION = 'Transformer/encoderblock/'
 _BLOCK_KEY = re.compile(r'^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$')
 _ZIP_MAGIC = b'PK\x03\x04'
-_LIST_LIMIT = 5  # how many keys of each kind an error message names
+_LIST_LIMIT = 3  # how many keys of each kind an error message names
 
 
 # ----------------------------------------------------------------------------
@@ -92,19 +92,46 @@ def _has_scheme(path: str) -> bool:
   return '://' in path
 
 
-def _remote_open(path: str, mode: str):
-  """Opens gs:// (or any scheme) through etils.epath, else tf.io.gfile."""
+def _uri_files(path: str):
+  """(open, rename, remove) for a URI: etils.epath if installed, else tf.io.gfile."""
   try:
     from etils import epath  # pylint: disable=g-import-not-at-top
-    return epath.Path(path).open(mode)
   except ImportError:
-    pass
+    epath = None
+  if epath is not None:
+    try:
+      epath.Path(path)
+    except KeyError:
+      raise ValueError(f'{path}: unsupported URI scheme; use a local path or '
+                       f'one etils.epath knows (gs://, s3://).') from None
+
+    def remove(p):
+      if epath.Path(p).exists():
+        epath.Path(p).unlink()
+    return (lambda p, mode: epath.Path(p).open(mode),
+            lambda src, dst: epath.Path(src).rename(dst), remove)
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'reading {path} needs etils[epath] or tensorflow; '
-                      f'install one (pip install "etils[epath,gcs]").') from e
-  return tf.io.gfile.GFile(path, mode)
+  except ImportError:
+    raise ImportError(f'{path} needs etils[epath] or tensorflow to be read or '
+                      f'written; pip install "etils[epath,gcs]".') from None
+
+  def remove_tf(p):
+    if tf.io.gfile.exists(p):
+      tf.io.gfile.remove(p)
+  return (tf.io.gfile.GFile,
+          lambda src, dst: tf.io.gfile.rename(src, dst, overwrite=True),
+          remove_tf)
+
+
+def _local_files(path: str):
+  """(open, rename, remove) for a local path, creating its directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+  def remove(p):
+    if os.path.exists(p):
+      os.remove(p)
+  return open, os.replace, remove
 
 
 def _read_flat(path: PathLike) -> dict[str, np.ndarray]:
@@ -112,7 +139,7 @@ def _read_flat(path: PathLike) -> dict[str, np.ndarray]:
   path = os.fspath(path)
   try:
     if _has_scheme(path):
-      with _remote_open(path, 'rb') as f:
+      with _uri_files(path)[0](path, 'rb') as f:
         data = io.BytesIO(f.read())
     else:
       data = open(path, 'rb')  # pylint: disable=consider-using-with
@@ -256,20 +283,13 @@ def save_npz(path: PathLike, params: Mapping[str, Any]) -> None:
     arrays[key] = value.astype(np.float32) if floating else value
   path = os.fspath(path)
   tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  if _has_scheme(path):
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    with epath.Path(tmp).open('wb') as f:
-      np.savez(f, **arrays)
-    epath.Path(tmp).rename(path)
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  open_, rename, remove = (_uri_files if _has_scheme(path) else _local_files)(path)
   try:
-    with open(tmp, 'wb') as f:
+    with open_(tmp, 'wb') as f:
       np.savez(f, **arrays)
-    os.replace(tmp, path)
+    rename(tmp, path)
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    remove(tmp)  # only left when writing failed
 
 
 # ----------------------------------------------------------------------------
