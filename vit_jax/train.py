@@ -249,12 +249,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       step += 1
       loss = float(step_metrics['train_loss'])  # Waits for the step.
       tracker.add_images(config.batch_size)
-      if not np.isfinite(loss):
+      # The loss of step s comes from the parameters before it; the norm of
+      # the updated ones catches an update that overflowed.
+      if not (np.isfinite(loss) and
+              np.isfinite(float(step_metrics['param_norm']))):
         checkpointer.close()
         raise NonFiniteLossError(
-            f'the training loss is {loss} at step {step}; stopping. The last '
-            f'good checkpoint ({checkpointer.latest_step()}) stays the '
-            f'latest: lower the learning rate or check the data, then rerun.')
+            f'the training loss is {loss} (parameter norm '
+            f'{float(step_metrics["param_norm"])}) at step {step}; stopping. '
+            f'The last good checkpoint ({checkpointer.latest_step()}) stays '
+            f'the latest: lower the learning rate or check the data, then '
+            f'rerun.')
       window['loss'].append(loss)
       window['grad_norm'].append(float(step_metrics['grad_norm']))
       window['lr'] = float(step_metrics['learning_rate'])

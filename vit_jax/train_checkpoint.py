@@ -25,6 +25,12 @@ def _abs(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
+def _handlers() -> dict:
+  """How each item is written; named so that a fresh process can read it."""
+  return {'state': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler()}
+
+
 class TrainCheckpointer:
   """Saves and restores (state, meta) under WORKDIR/checkpoints."""
 
@@ -35,7 +41,7 @@ class TrainCheckpointer:
         max_to_keep=keep, keep_period=keep_every,
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=('state', 'meta'))
+        self.directory, options=options, item_handlers=_handlers())
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -118,8 +124,8 @@ def check_compatible(stored: dict[str, tuple[int, ...]], abstract_state: Any,
 def restore_params(workdir_or_checkpoints: str) -> dict:
   """Parameters (as numpy) of the latest checkpoint of another run.
 
-  For `init_from` and the evaluators: reads only the `params` subtree, on the
-  host, whatever mesh wrote it.
+  For `init_from` and the evaluators: reads the state on the host, whatever
+  mesh wrote it, and returns its `params` subtree.
   """
   path = _abs(workdir_or_checkpoints)
   if os.path.basename(path.rstrip('/')) != 'checkpoints':
@@ -129,13 +135,17 @@ def restore_params(workdir_or_checkpoints: str) -> dict:
                             f'workdir of a vit_jax run or a released .npz.')
   manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=('state', 'meta'))
+      item_handlers=_handlers())
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'{path} holds no finished checkpoint.')
+  metadata = manager.item_metadata(step)['state']
+  tree = getattr(metadata, 'tree', metadata)
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(
+          m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+              jax.local_devices()[0])), tree)
   restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          restore_args=None, partial_restore=True,
-          item=None)))
-  params = restored['state']['params']
-  return jax.tree.map(np.asarray, params)
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  manager.close()
+  return jax.tree.map(np.asarray, restored['state']['params'])

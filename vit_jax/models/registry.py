@@ -114,10 +114,24 @@ def get_model(name: str, num_classes: Optional[int], **overrides
   if unknown:
     raise ValueError(f'unknown model option(s) {unknown}; valid options: '
                      f'{sorted(fields - {"parent", "name"})}.')
-  if 'dtype' in overrides and isinstance(overrides['dtype'], str):
-    overrides['dtype'] = jnp.dtype(overrides['dtype'])
+  if 'dtype' in overrides:
+    overrides['dtype'] = compute_dtype(overrides['dtype'])
   kwargs.update(overrides)
   return VisionTransformer(num_classes=num_classes, **kwargs)
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """'bfloat16' (or a jnp dtype) -> dtype; anything else is a clear error."""
+  try:
+    value = jnp.dtype(dtype)
+  except TypeError:
+    value = None
+  if value is None or value.name not in COMPUTE_DTYPES:
+    raise ValueError(f'model dtype {dtype!r} is not one of {COMPUTE_DTYPES}.')
+  return value
 
 
 def param_shapes(model: VisionTransformer, image_size: int | tuple[int, int] = 224
