@@ -26,8 +26,7 @@ REMOTE_BUNDLE = 'vit_jax.tar.gz'  # relative to the worker's home directory
 # A job runs while its wrapper lives and has not recorded an exit status (the wrapper lingers a
 # moment after writing it).
 _RUNNING = (f'[ ! -f {RUN}/exit_code ] && [ -f {RUN}/pid ] && kill -0 "$(cat {RUN}/pid)" 2>/dev/null')
-METADATA_WORKER = ('http://metadata.google.internal/computeMetadata/v1/instance/attributes/'
-                   'agent-worker-number')
+METADATA_ATTRIBUTES = 'http://metadata.google.internal/computeMetadata/v1/instance/attributes'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,18 +125,35 @@ def install_script(python: str = 'python3.11', git_url: Optional[str] = None,
       f'touch {SRC}/.installed'])
 
 
-def start_script(module: str, flags: Sequence[str], env: Sequence[str] = ()) -> str:
+COORDINATOR_PORT = 8482  # the port jax's own Cloud TPU detection uses
+
+
+def _metadata(key: str) -> str:
+  return f'curl -sf -m 10 -H "Metadata-Flavor: Google" {METADATA_ATTRIBUTES}/{key}'
+
+
+def start_script(module: str, flags: Sequence[str], env: Sequence[str] = (), hosts: int = 1) -> str:
   """Starts `python -m module flags` detached; the exit status lands in ~/vit_jax_run/exit_code.
 
-  The wrapper traps SIGTERM so that `stop` reaches the job (which checkpoints
-  and exits) and the wrapper still records the job's exit status.
+  On a multi-host slice each worker passes the three distributed flags, read
+  from the TPU metadata the way jax's Cloud TPU detection reads them: process
+  id = agent-worker-number, coordinator = the first of worker-network-endpoints
+  (entries are `host` or `name:id:ip`). The wrapper traps SIGTERM so that
+  `stop` reaches the job (which checkpoints and exits) and the wrapper still
+  records the job's exit status.
   """
   job = ' '.join([*(shlex.quote(e) for e in env), f'{VENV}/bin/python', '-m', module,
                   *(shlex.quote(f) for f in flags)])
+  if hosts > 1:
+    job = ' && '.join([
+        f'w=$({_metadata("agent-worker-number")})', f'first=$({_metadata("worker-network-endpoints")})',
+        'first=${first%%,*}',
+        f'{job} --coordinator_address="${{first##*:}}:{COORDINATOR_PORT}" --num_processes={hosts} '
+        '--process_id="$w"'])
   wrapper = '; '.join([
       'trap : TERM INT', f'echo $$ > {RUN}/pid', f'cd {SRC}',
       f'echo "=== $(date -u +%FT%TZ) $(hostname) start" >> {RUN}/log',
-      f'{job} >> {RUN}/log 2>&1', 'code=$?',
+      f'{{ {job}; }} >> {RUN}/log 2>&1', 'code=$?',
       f'echo $code > {RUN}/exit_code.tmp', f'mv {RUN}/exit_code.tmp {RUN}/exit_code'])
   return '; '.join([
       'set -eu', _refuse_if_running('starting another'), f'mkdir -p {RUN}',
@@ -148,7 +164,7 @@ def start_script(module: str, flags: Sequence[str], env: Sequence[str] = ()) -> 
 def status_script() -> str:
   """Prints `worker=I STATUS`: exit:N, running, not-started or not-installed."""
   return '; '.join([
-      f'w=$(curl -sf -m 5 -H "Metadata-Flavor: Google" {METADATA_WORKER} || hostname)',
+      f'w=$({_metadata("agent-worker-number")} || hostname)',
       f'if [ -f {RUN}/exit_code ]; then s="exit:$(cat {RUN}/exit_code)"; '
       f'elif {_RUNNING}; then s=running; '
       f'elif [ -f {SRC}/.installed ]; then s=not-started; else s=not-installed; fi',

@@ -7,10 +7,12 @@
   python -m launch.tpu logs|status|stop|delete --name=vit --zone=europe-west4-a
   python -m launch.tpu supervise (the flags of create, install and run)
 
-`run` starts the same command on all workers (`--worker=all`); each worker's
-jax.distributed.initialize() finds the others through the TPU metadata, so
-no coordinator flags are passed. It streams worker 0's log and exits with
-worker 0's job status. `supervise` does create + install + run and keeps
+`run` starts the same command on all workers (`--worker=all`). On a
+multi-host slice each worker adds --coordinator_address/--num_processes/
+--process_id, read from the TPU metadata as jax's own Cloud TPU detection
+reads them (TPU VMs made by `gcloud compute tpus tpu-vm create` do not set
+the TPU_WORKER_HOSTNAMES variable of GKE). It streams worker 0's log and
+exits with worker 0's job status. `supervise` does create + install + run and keeps
 going through preemptions (see launch/supervise.py). `stop` sends SIGTERM:
 the job checkpoints and exits. `--dry_run` prints every command (a shell
 script you could run yourself) instead of running it. The project and
@@ -106,7 +108,7 @@ def _job_flags(args: argparse.Namespace) -> list[str]:
   for flag in args.job_flags:
     if flag.split('=', 1)[0] in _RESERVED_JOB_FLAGS:
       raise ValueError(f'{flag.split("=", 1)[0]} after -- is set by the launcher: use --workdir '
-                       'before --, and leave the distributed flags out (TPU workers find each other)')
+                       'before --; the distributed flags are added on each worker of a pod')
   for entry in args.env:
     if not _ENV_RE.fullmatch(entry):
       raise ValueError(f'--env={entry!r} is not KEY=VALUE')
@@ -146,8 +148,8 @@ def install_commands(args: argparse.Namespace) -> list[gcloud.Command]:
 
 
 def start_command(args: argparse.Namespace) -> gcloud.Command:
-  return gcloud.ssh(_target(args), 'start',
-                    gcloud.start_script(args.module, _job_flags(args), args.env))
+  return gcloud.ssh(_target(args), 'start', gcloud.start_script(args.module, _job_flags(args), args.env,
+                                                               hosts=_slice(args).hosts))
 
 
 def plan(args: argparse.Namespace) -> supervise.Plan:

@@ -75,7 +75,7 @@ def test_supervise_dry_run_prints_the_exact_commands(accelerator, hosts):
   assert status == 0
   bundle = os.path.join(tempfile.gettempdir(), f'vit_jax-{name}.tar.gz')
   status_cmd = (*SSH(name), f'--command={gcloud.status_script()}')
-  start_script = gcloud.start_script('vit_jax.main', [*JOB, f'--workdir={WORKDIR}'])
+  start_script = gcloud.start_script('vit_jax.main', [*JOB, f'--workdir={WORKDIR}'], hosts=hosts)
   assert [c.argv for c in commands] == [
       DESCRIBE(name),
       ('gcloud', 'compute', 'tpus', 'tpu-vm', 'create', name, f'--zone={ZONE}',
@@ -89,10 +89,16 @@ def test_supervise_dry_run_prints_the_exact_commands(accelerator, hosts):
       (*SSH(name), f'--command={start_script}'),
       (*SSH(name, worker='0'), '--command=tail -n 100 -F "$HOME/vit_jax_run"/log'),
       DESCRIBE(name), status_cmd]
-  # The job line inside the start script: one program on every worker, no coordinator flags.
-  assert ('"$HOME/vit_jax_venv"/bin/python -m vit_jax.main '
-          '--config=configs/pretrain.py:model=B/16,dataset=imagenet21k --config.total_steps=1000 '
-          f'--workdir={WORKDIR} >> "$HOME/vit_jax_run"/log 2>&1') in start_script
+  # The job inside the start script: one program on every worker; on a pod each worker adds the
+  # distributed flags it reads from the TPU metadata.
+  job = ('"$HOME/vit_jax_venv"/bin/python -m vit_jax.main '
+         '--config=configs/pretrain.py:model=B/16,dataset=imagenet21k --config.total_steps=1000 '
+         f'--workdir={WORKDIR}')
+  if hosts == 1:
+    assert f'{{ {job}; }} >> "$HOME/vit_jax_run"/log 2>&1' in start_script
+  else:
+    assert (f'{job} --coordinator_address="${{first##*:}}:8482" --num_processes={hosts} '
+            '--process_id="$w"; } >> "$HOME/vit_jax_run"/log 2>&1') in start_script
   plural = 's' if hosts > 1 else ''
   assert lines[0] == f'# {accelerator}: {hosts * 4} chips ({hosts * 8} TensorCores) in {hosts} host{plural}'
   assert lines[-1] == '# supervise: done: the job finished (worker 0 exit status 0)'
@@ -128,7 +134,7 @@ def test_single_subcommands_exact_commands(accelerator):
   assert status == 0
   assert [c.kind for c in commands] == ['describe', 'status', 'start', 'logs', 'describe', 'status']
   assert ("TFDS_DATA_DIR=gs://my-bucket/tfds \"$HOME/vit_jax_venv\"/bin/python -m launch.check "
-          f"--workdir={WORKDIR} >>") in commands[2].argv[-1]
+          f"--workdir={WORKDIR}") in commands[2].argv[-1]
 
 
 @pytest.mark.parametrize('argv,message', [
@@ -181,8 +187,11 @@ def worker_home(tmp_path):
   (tmp_path / 'vit_jax_venv' / 'bin').mkdir(parents=True)
   (tmp_path / 'vit_jax_venv' / 'bin' / 'python').symlink_to(sys.executable)
   (tmp_path / 'bin').mkdir()
-  (tmp_path / 'bin' / 'curl').write_text('#!/bin/sh\necho 0\n')  # the metadata server: worker 0
+  # The metadata server: answers from files under ~/metadata, fails for missing keys.
+  (tmp_path / 'bin' / 'curl').write_text('#!/bin/bash\nfor a; do :; done; cat "$HOME/metadata/${a##*/}"\n')
   (tmp_path / 'bin' / 'curl').chmod(0o755)
+  (tmp_path / 'metadata').mkdir()
+  (tmp_path / 'metadata' / 'agent-worker-number').write_text('0')
   return tmp_path
 
 
@@ -191,11 +200,11 @@ def _bash(home, script):
   return subprocess.run(['bash', '-c', script], env=env, capture_output=True, text=True, timeout=30)
 
 
-def _status_becomes(home, want, timeout_s=20):
+def _status_becomes(home, want, timeout_s=20, worker='0'):
   end = time.monotonic() + timeout_s
   while time.monotonic() < end:
     out = _bash(home, gcloud.status_script()).stdout.strip()
-    if out == f'worker=0 {want}':
+    if out == f'worker={worker} {want}':
       return True
     time.sleep(0.1)
   return False
@@ -225,6 +234,27 @@ def test_worker_scripts_start_status_stop(worker_home):
   assert _bash(worker_home, gcloud.start_script('fake_job', ['--exit=3'])).returncode == 0
   assert _status_becomes(worker_home, 'exit:3')
   assert _bash(worker_home, gcloud.stop_script()).stdout.startswith('nothing running on ')
+
+
+def test_worker_script_on_a_pod_passes_the_distributed_flags(worker_home):
+  (worker_home / 'vit_jax' / '.installed').touch()
+  (worker_home / 'metadata' / 'agent-worker-number').write_text('3')
+  (worker_home / 'metadata' / 'worker-network-endpoints').write_text(
+      't1v-n-1-w-0:0:10.164.0.7,t1v-n-1-w-1:1:10.164.0.8,t1v-n-1-w-2:2:10.164.0.9,t1v-n-1-w-3:3:10.164.0.10')
+  assert _bash(worker_home, gcloud.start_script('fake_job', ['--workdir=gs://b/w'], hosts=4)).returncode == 0
+  assert _status_becomes(worker_home, 'exit:0', worker='3')
+  log = (worker_home / 'vit_jax_run' / 'log').read_text()
+  assert ("job ['--workdir=gs://b/w', '--coordinator_address=10.164.0.7:8482', '--num_processes=4', "
+          "'--process_id=3']") in log
+  # New-style endpoints are bare host names; without metadata the job fails and says so.
+  (worker_home / 'metadata' / 'worker-network-endpoints').write_text('t1v-n-1-w-0,t1v-n-1-w-1')
+  assert _bash(worker_home, gcloud.start_script('fake_job', [], hosts=2)).returncode == 0
+  assert _status_becomes(worker_home, 'exit:0', worker='3')
+  assert "'--coordinator_address=t1v-n-1-w-0:8482', '--num_processes=2'" in (
+      worker_home / 'vit_jax_run' / 'log').read_text()
+  (worker_home / 'metadata' / 'worker-network-endpoints').unlink()
+  assert _bash(worker_home, gcloud.start_script('fake_job', [], hosts=2)).returncode == 0
+  assert _status_becomes(worker_home, 'exit:1', worker='3')
 
 
 # --- the supervise loop against a scripted cloud ----------------------------------------------
