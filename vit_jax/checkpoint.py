@@ -418,8 +418,8 @@ def _check_fits(restored: Mapping[str, Any], target: Mapping[str, tuple],
 def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
                     init_params: Mapping[str, Any], *,
                     grid_size: Optional[Sequence[int]] = None,
-                    checkpoint_grid_size: Optional[Sequence[int]] = None
-                    ) -> dict[str, Any]:
+                    checkpoint_grid_size: Optional[Sequence[int]] = None,
+                    name: Optional[str] = None) -> dict[str, Any]:
   """Fits a checkpoint to a model's parameters for fine-tuning.
 
   Args:
@@ -430,6 +430,7 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
       layout (scanned or not), shapes and dtypes.
     grid_size: the model's token grid (h, w); needed only when it is not square.
     checkpoint_grid_size: the checkpoint's grid; needed only when not square.
+    name: what error messages call the checkpoint (default: its path).
 
   Returns:
     A nested dict of numpy arrays with exactly the structure of `init_params`.
@@ -442,10 +443,10 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
       shapes when the checkpoint does not fit otherwise.
   """
   if isinstance(checkpoint, Mapping):
-    source = '(tree)'
+    source = name or '(tree)'
     restored = _to_released_layout(flatten_params(checkpoint), source)
   else:
-    source = os.fspath(checkpoint)
+    source = name or os.fspath(checkpoint)
     restored = flatten_params(load_npz(checkpoint))
   if set(init_params) == {'params'}:
     init_params = init_params['params']
