@@ -20,8 +20,8 @@ fine-tuning: it resamples the position-embedding grid, re-initialises the head
 when the class count changes, drops an unused representation layer, and
 otherwise refuses a checkpoint that does not fit, listing what is wrong.
 
-Archives are opened with `allow_pickle=False`, always. Paths with a scheme
-(`gs://...`) go through `etils.epath` (or `tf.io.gfile`), imported only then.
+Archives are opened with `allow_pickle=False`, always. Paths may be local or
+URIs (`gs://...`, through `etils.epath`); TensorFlow is never imported here.
 """
 
 from __future__ import annotations
@@ -88,59 +88,25 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict[str, Any]:
 # Reading.
 
 
-def _has_scheme(path: str) -> bool:
-  return '://' in path
+def _epath(path: PathLike):
+  """A local path or URI as an etils.epath.Path (etils comes with orbax).
 
-
-def _uri_files(path: str):
-  """(open, rename, remove) for a URI: etils.epath if installed, else tf.io.gfile."""
+  epath reaches gs:// through tf.io.gfile or gcsfs, imported only then.
+  """
+  from etils import epath  # pylint: disable=g-import-not-at-top
   try:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    epath = None
-  if epath is not None:
-    try:
-      epath.Path(path)
-    except KeyError:
-      raise ValueError(f'{path}: unsupported URI scheme; use a local path or '
-                       f'one etils.epath knows (gs://, s3://).') from None
-
-    def remove(p):
-      if epath.Path(p).exists():
-        epath.Path(p).unlink()
-    return (lambda p, mode: epath.Path(p).open(mode),
-            lambda src, dst: epath.Path(src).rename(dst), remove)
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ImportError(f'{path} needs etils[epath] or tensorflow to be read or '
-                      f'written; pip install "etils[epath,gcs]".') from None
-
-  def remove_tf(p):
-    if tf.io.gfile.exists(p):
-      tf.io.gfile.remove(p)
-  return (tf.io.gfile.GFile,
-          lambda src, dst: tf.io.gfile.rename(src, dst, overwrite=True),
-          remove_tf)
-
-
-def _local_files(path: str):
-  """(open, rename, remove) for a local path, creating its directory."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-  def remove(p):
-    if os.path.exists(p):
-      os.remove(p)
-  return open, os.replace, remove
+    return epath.Path(path)
+  except KeyError:
+    raise ValueError(f'{path}: unsupported URI scheme; use a local path or one '
+                     f'etils.epath knows (gs://, s3://).') from None
 
 
 def _read_flat(path: PathLike) -> dict[str, np.ndarray]:
   """Reads every array of an .npz archive (never unpickling) into a dict."""
   path = os.fspath(path)
   try:
-    if _has_scheme(path):
-      with _uri_files(path)[0](path, 'rb') as f:
-        data = io.BytesIO(f.read())
+    if '://' in path:  # remote files are fetched whole: zip reading seeks
+      data = io.BytesIO(_epath(path).read_bytes())
     else:
       data = open(path, 'rb')  # pylint: disable=consider-using-with
   except FileNotFoundError:
@@ -256,13 +222,6 @@ def load_npz(path: PathLike) -> dict[str, Any]:
 # Writing.
 
 
-def _scan_depth(flat: Mapping[str, Any]) -> Optional[int]:
-  for key, value in flat.items():
-    if key.startswith(_SCAN_OURS):
-      return int(value.shape[0])
-  return None
-
-
 def save_npz(path: PathLike, params: Mapping[str, Any]) -> None:
   """Writes `params` as a released-layout float32 .npz, atomically.
 
@@ -272,24 +231,23 @@ def save_npz(path: PathLike, params: Mapping[str, Any]) -> None:
   """
   if set(params) == {'params'}:
     params = params['params']
-  flat = flatten_params(params)
-  if _scan_depth(flat) is not None:
-    flat = _unstack_scan(flat)
+  flat = _unstack_scan(flatten_params(params))
   arrays = {}
   for key, value in flat.items():
     value = np.asarray(value)
     floating = (np.issubdtype(value.dtype, np.floating) or
                 value.dtype.name == 'bfloat16')
     arrays[key] = value.astype(np.float32) if floating else value
-  path = os.fspath(path)
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  open_, rename, remove = (_uri_files if _has_scheme(path) else _local_files)(path)
+  target = _epath(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / f'{target.name}.tmp-{uuid.uuid4().hex[:8]}'
   try:
-    with open_(tmp, 'wb') as f:
+    with tmp.open('wb') as f:
       np.savez(f, **arrays)
-    rename(tmp, path)
+    tmp.rename(target)
   finally:
-    remove(tmp)  # only left when writing failed
+    if tmp.exists():  # only when writing failed
+      tmp.unlink()
 
 
 # ----------------------------------------------------------------------------
