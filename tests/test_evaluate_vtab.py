@@ -139,3 +139,30 @@ def test_fingerprint_tells_parameters_apart():
       {'head': {'kernel': np.zeros((2, 3), np.float32)}})
   assert vtab.fingerprint(a) != vtab.fingerprint(b)
   assert len(vtab_tasks.TASKS) == 19
+
+
+def test_a_sweep_run_through_the_training_loop_on_mock_data(tmp_path):
+  """The task config is one the real training loop and data pipeline accept:
+  VTAB labels and grey-to-RGB inside tf.data, SGD, eval on val200."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  protocol = vtab.protocol_from_config({
+      'mode': 'full', 'steps': 2, 'image_size': 16, 'batch_size': 16,
+      'eval_batch_size': 16, 'warmup_steps': 1})
+  runner = vtab.VtabRunner(protocol, MODEL, tasks=('smallnorb_elevation',))
+  task = runner.tasks[0]
+  splits = task.splits({'train': 1000, 'test': 1000})
+  config = runner.task_config(task, init_from=None,
+                              train_split=splits['train800'],
+                              eval_split=splits['val200'], learning_rate=0.01,
+                              decay_type='cosine')
+  workdir = str(tmp_path / 'run')
+  # 48 mock examples per split: the 800/200 slices clamp to them.
+  with tfds.testing.mock_data(num_examples=48):
+    top1 = runner._train(config, workdir)  # pylint: disable=protected-access
+  result = json.loads((tmp_path / 'run' / 'result.json').read_text())
+  assert result['top1'] == top1 and 0 <= top1 <= 1
+  assert result['split'] == 'test[0:200]'
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  metrics = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert metrics[-1]['step'] == 2
+  assert metrics[-1]['eval/num_examples'] == 48
