@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -174,3 +175,15 @@ def test_batch_must_divide_over_hosts():
   with pytest.raises(ValueError, match='multiple of process_count=3'):
     data.build_train(digits_config(), global_batch_size=8, seed=0, process_index=0,
                      process_count=3)
+
+
+def test_tensorflow_is_told_to_leave_accelerators_alone():
+  from vit_jax.data import tf_runtime
+  calls = []
+  fake_config = types.SimpleNamespace(
+      list_physical_devices=lambda kind: [f'{kind}:0'] if kind == 'GPU' else [],
+      set_visible_devices=lambda devices, kind: calls.append((devices, kind)))
+  tf_runtime._hide_accelerators(types.SimpleNamespace(config=fake_config))
+  assert calls == [([], 'GPU')]
+  tf = tf_runtime.tf()
+  assert tf.config.get_visible_devices('GPU') == []

@@ -97,6 +97,21 @@ def test_folder_bad_input(folder, split, error, message):
     data.build_eval(folder_config(folder, split=split), None, global_batch_size=8)
 
 
+def test_folder_file_that_passes_the_quick_check_but_does_not_decode(tmp_path):
+  for k in range(2):
+    os.makedirs(tmp_path / 'train' / f'c{k}')
+    write_image(tmp_path / 'train' / f'c{k}' / 'good.png', 10, fmt='PNG')
+  garbage = bytes(np.random.default_rng(1).integers(0, 255, 500, dtype=np.uint8))
+  (tmp_path / 'train' / 'c1' / 'bad.jpg').write_bytes(b'\xff\xd8\xff' + garbage + b'\xff\xd9')
+  pipe = data.build_eval(folder_config(str(tmp_path)), None, global_batch_size=4)
+  with pytest.raises(RuntimeError, match=r"c1/bad\.jpg is corrupt.*check='decode'"):
+    list(pipe)
+  checked = data.build_eval(dict(folder_config(str(tmp_path)), data=dict(
+      name='folder', root=str(tmp_path), split='train', check='decode')), None, global_batch_size=4)
+  assert checked.num_examples == 2 and 'bad.jpg' in checked.skipped_files[0][0]
+  assert sum(b['mask'].sum() for b in checked) == 2
+
+
 def test_folder_root_missing():
   with pytest.raises(FileNotFoundError, match='does not exist'):
     data.build_eval(folder_config('/nonexistent/images'), None, global_batch_size=8)

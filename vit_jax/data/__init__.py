@@ -20,6 +20,8 @@
   data.root       ('folder') ROOT of ROOT/<split>/<class>/*.{jpg,jpeg,png}.
   data.strict     ('folder') raise on the first corrupt image file instead of
                   skipping and reporting it (default False).
+  data.check      ('folder') 'quick' (default: signature and end marker of
+                  every file) or 'decode' (decode every file once with PIL).
   data.arrays     ('arrays') {split: {'image': [N, H, W, 3], 'label': [N]}}.
   data.num_classes ('arrays') number of classes (default: max label + 1).
   data.manual_dir (TFDS) directory of manually downloaded archives.

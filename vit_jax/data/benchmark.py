@@ -11,7 +11,8 @@ temporary image folder, then alternates, `--rounds` times each:
   doing the same operations (`decode_and_crop_jpeg` from a
   `sample_distorted_bounding_box` window);
 * eval: ours (`imagenet_eval(224, K)`: decode, shorter side 256, central crop,
-  value range) against the bare equivalent;
+  value range, padding and mask) against the bare equivalent, both as repeated
+  passes over the folder (a new iterator per pass, as an evaluator runs);
 * the cost of RandAugment (`augreg_train` with mixup=0) and of Mixup
   (`augreg_train`), reported as images/s and time per image.
 
@@ -120,14 +121,15 @@ def bare_eval(paths: list[str], size: int, batch: int, threads: int):
     image = tf.image.resize(image, hw)
     top, left = (hw[0] - size) // 2, (hw[1] - size) // 2
     return image[top:top + size, left:left + size] / 127.5 - 1.0
-  ds = tf.data.Dataset.from_tensor_slices(paths).repeat()
+  ds = tf.data.Dataset.from_tensor_slices(paths)
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
-  return ds.prefetch(2).with_options(_options(threads)).as_numpy_iterator()
+  return ds.prefetch(2).with_options(_options(threads))
 
 
-def _endless_eval(pipe) -> Iterator[dict]:
+def _passes(new_pass: Callable[[], Iterator]) -> Iterator:
+  """Pass after pass over an evaluation set, as an evaluator runs it."""
   while True:
-    yield from pipe
+    yield from new_pass()
 
 
 def measure(make: Callable[[], Iterator], batch: int, seconds: float,
@@ -158,14 +160,18 @@ def run(args) -> dict[str, float]:
     config = dict(data=dict(name='folder', root=root, split='train'), pp=pp,
                   threads=args.threads)
     if evaluation:
-      return lambda: _endless_eval(pipeline.build_eval(config, None, global_batch_size=args.batch))
+      def make():
+        pipe = pipeline.build_eval(config, None, global_batch_size=args.batch)
+        return _passes(lambda: iter(pipe))
+      return make
     pipe = pipeline.build_train(config, global_batch_size=args.batch, seed=0)
     return pipe.iterator
   s, k = args.size, 4
   cases = {
       'train, bare tf.data': lambda: bare_train(paths, s, args.batch, args.threads),
       'train, vit_jax.data': ours(f'vit_train({s}, {k})'),
-      'eval, bare tf.data': lambda: bare_eval(paths, s, args.batch, args.threads),
+      'eval, bare tf.data': lambda: _passes(
+          bare_eval(paths, s, args.batch, args.threads).as_numpy_iterator),
       'eval, vit_jax.data': ours(f'imagenet_eval({s}, {k})', evaluation=True),
       'train + RandAugment(2, 15)': ours(f'augreg_train({s}, {k}, 2, 15, mixup=0)'),
       'train + RandAugment(2, 15) + Mixup(0.5)': ours(f'augreg_train({s}, {k}, 2, 15, 0.5)'),

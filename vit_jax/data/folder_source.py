@@ -1,9 +1,12 @@
 """Users' own images: ROOT/<split>/<class>/*.{jpg,jpeg,png} as a random-access source.
 
 Classes are the sub-folders of ROOT/<split>, sorted by name (label i is the
-i-th). Every file is checked when the source opens, cheaply (its signature
-and its end marker, which a truncated file lacks); a bad file is skipped,
-counted and reported, or with `strict=True` raises an error naming it.
+i-th). Every file is checked when the source opens: cheaply by default
+(`check='quick'`: its signature and its end marker, which a truncated file
+lacks), or by decoding it with PIL (`check='decode'`). A bad file is skipped,
+counted and reported, or with `strict=True` raises an error naming it. A file
+that passes the quick check yet fails to decode stops the pipeline with an
+error naming it (`find_undecodable`).
 Examples are ordered by a fixed permutation (NumPy seed 0) of the sorted
 paths, so a slice such as 'train[:90%]' takes every class in proportion.
 """
@@ -45,6 +48,28 @@ def check_image_file(path: str) -> Optional[str]:
   return 'empty file' if size == 0 else 'neither JPEG nor PNG data'
 
 
+def decode_image_file(path: str) -> Optional[str]:
+  """`check_image_file`, then a full decode with PIL; why it failed, or None."""
+  problem = check_image_file(path)
+  if problem:
+    return problem
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image.load()
+  except Exception as e:  # pylint: disable=broad-except
+    return f'undecodable ({e})'
+  return None
+
+
+CHECKS = {'quick': check_image_file, 'decode': decode_image_file}
+
+
+def _check_all(paths, check) -> list[Optional[str]]:
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    return list(pool.map(check, paths))
+
+
 class FolderSource:
   """The image files of one split folder (optionally sliced)."""
 
@@ -61,6 +86,13 @@ class FolderSource:
   @property
   def size(self) -> int:
     return len(self.paths)
+
+  def find_undecodable(self) -> Optional[tuple[str, str]]:
+    """The first file that PIL cannot decode, with the reason (None if all decode)."""
+    for path, problem in zip(self.paths, _check_all(self.paths, decode_image_file)):
+      if problem:
+        return str(path), problem
+    return None
 
   def tf_lookup(self):
     tf = _tf()
@@ -97,13 +129,15 @@ def _list_split(root: str, base: str) -> tuple[list[str], list[list[str]]]:
   return classes, files
 
 
-def open_folder(root: str, split: str, strict: bool = False) -> FolderSource:
+def open_folder(root: str, split: str, strict: bool = False,
+                check: str = 'quick') -> FolderSource:
   """Lists and checks ROOT/<split>; `split` may be sliced ('train[:90%]')."""
+  if check not in CHECKS:
+    raise ValueError(f"input.data.check must be one of {sorted(CHECKS)}, got {check!r}.")
   base, _, _ = sampler.parse_split(split)
   classes, files = _list_split(root, base)
   flat = [(path, label) for label, paths in enumerate(files) for path in paths]
-  with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    problems = list(pool.map(check_image_file, [p for p, _ in flat]))
+  problems = _check_all([p for p, _ in flat], CHECKS[check])
   skipped = [(p, why) for (p, _), why in zip(flat, problems) if why]
   if skipped and strict:
     path, why = skipped[0]

@@ -22,7 +22,10 @@ def mix(batch: dict, p: float, keys=('image', 'labels')) -> dict:
       raise ValueError(f'mixup: the batch has no {k!r}; it has {sorted(batch)} '
                        '(put mixup after onehot).')
     x = np.asarray(batch[k], np.float32)
-    out[k] = np.float32(p) * x + np.float32(1 - p) * np.roll(x, 1, axis=0)
+    mixed = np.roll(x, 1, axis=0)  # One new array, scaled and added in place.
+    mixed *= np.float32(1 - p)
+    mixed += np.float32(p) * x
+    out[k] = mixed
   return out
 
 

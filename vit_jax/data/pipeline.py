@@ -134,8 +134,17 @@ class _Pipeline:
         return
       except tf.errors.OpError as e:
         raise RuntimeError(f'The input pipeline of {self.source.description} failed: '
-                           f'{e.message.splitlines()[0]}') from None
+                           f'{e.message.splitlines()[0]}{self._culprit()}') from None
       yield dict(batch)
+
+  def _culprit(self) -> str:
+    """For image folders: names the file that does not decode, and the remedy."""
+    find = getattr(self.source, 'find_undecodable', None)
+    found = find() if find else None
+    if not found:
+      return ''
+    return (f'; {found[0]} is corrupt ({found[1]}): delete it, or set '
+            "input.data.check='decode' to find and skip every such file.")
 
 
 def _describe(ops) -> str:

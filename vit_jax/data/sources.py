@@ -126,7 +126,8 @@ def open_source(data_config, data_dir: Optional[str] = None, split: Optional[str
   if name == 'folder':
     from vit_jax.data import folder_source  # pylint: disable=g-import-not-at-top
     return folder_source.open_folder(
-        _get(data_config, 'root'), split, strict=bool(_get(data_config, 'strict', False)))
+        _get(data_config, 'root'), split, strict=bool(_get(data_config, 'strict', False)),
+        check=_get(data_config, 'check', 'quick'))
   from vit_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsSource(name, split, data_dir=data_dir,
                                 manual_dir=_get(data_config, 'manual_dir'))
