@@ -12,7 +12,8 @@ SIZES = {'cifar100': {'train': 50000, 'test': 10000},
          'eurosat': {'train': 27000},
          'dmlab': {'train': 65550, 'validation': 22628, 'test': 22735}}
 MODEL = {'name': 'ViT-Ti/16', 'hidden_size': 32, 'num_layers': 2,
-         'mlp_dim': 64, 'num_heads': 2, 'patch_size': 4}
+         'mlp_dim': 64, 'num_heads': 2, 'patch_size': 4,
+         'representation_size': 16}
 
 
 class FakeTrain:
@@ -64,6 +65,7 @@ def test_full_protocol_sweeps_then_trains_on_1000(tmp_path):
   assert c.init_from == '/ckpt/init.npz' and c.num_classes == 100
   assert 'vtab_label("cifar100")' in c.input.pp and 'onehot(100)' in c.input.pp
   assert c.model.hidden_size == 32 and c.model.name == 'ViT-Ti/16'
+  assert c.model.representation_size is None  # Replaced by the new head.
   summary = table['summary']
   assert summary['cifar100'] == pytest.approx(0.75)
   assert summary['natural'] == pytest.approx(0.75)

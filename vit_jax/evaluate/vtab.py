@@ -153,6 +153,9 @@ class VtabRunner:
         if key in self.base_config:
           c[key] = copy.deepcopy(self.base_config[key])
     c.model.update(inputs.as_dict(self.model_config))
+    # As the paper transfers: the pre-logits layer and the head are replaced
+    # by one zero-initialised layer with the task's classes.
+    c.model.representation_size = None
     c.num_classes = task.num_classes
     c.image_size = p.image_size
     c.total_steps = p.steps
