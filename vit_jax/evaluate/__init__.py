@@ -25,6 +25,9 @@ from typing import Any, Optional
 from jax.sharding import Mesh
 
 from vit_jax.evaluate import classify, fewshot, inputs, real
+# Registers the `vtab_label` preprocessing op, so that VTAB task configs
+# also train through `python -m vit_jax.main`.
+from vit_jax.evaluate import vtab_tasks  # pylint: disable=unused-import
 from vit_jax.evaluate.classify import ClassifyEvaluator
 from vit_jax.evaluate.fewshot import FewShotDataset, FewShotEvaluator
 from vit_jax.evaluate.inputs import EvalContext
