@@ -168,3 +168,27 @@ def test_a_sweep_run_through_the_training_loop_on_mock_data(tmp_path):
   metrics = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert metrics[-1]['step'] == 2
   assert metrics[-1]['eval/num_examples'] == 48
+
+
+def test_vtab_evaluator_saves_params_once_and_reuses_finished_tasks(
+    tmp_path, monkeypatch):
+  import numpy as np
+  from vit_jax import parallel
+  from vit_jax.evaluate import EvalContext
+  monkeypatch.setattr(vtab_tasks, 'missing_tasks', lambda tasks, data_dir: {})
+  train = FakeTrain()
+  ev = vtab.from_config(
+      'vtab', {'mode': 'quick', 'tasks': ('dmlab',)}, model=None,
+      mesh=parallel.make_mesh({'data': -1}),
+      context=EvalContext(workdir=str(tmp_path), model_config=MODEL))
+  ev.runner._train_fn = train  # pylint: disable=protected-access
+  ev.runner._split_sizes = lambda t: SIZES[t.name]  # pylint: disable=protected-access
+  params = {'head': {'kernel': np.ones((3, 6), np.float32),
+                     'bias': np.zeros((6,), np.float32)}}
+  metrics = ev.run(params)
+  assert metrics == pytest.approx({'dmlab': 0.6, 'structured': 0.6,
+                                   'mean': 0.6, 'num_tasks': 1.0})
+  root = tmp_path / 'vtab' / vtab.fingerprint(params)
+  assert (root / 'init.npz').exists() and (root / 'vtab_results.md').exists()
+  assert train.calls[0][0].init_from == str(root / 'init.npz')
+  assert ev.run(params) == metrics and len(train.calls) == 1  # Not redone.
