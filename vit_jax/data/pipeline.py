@@ -33,7 +33,7 @@ DEFAULT_SHUFFLE_BUFFER = 50_000
 
 
 def _cfg(config, key, default=None):
-  return sources._get(config, key, default)  # pylint: disable=protected-access
+  return sources.config_value(config, key, default)
 
 
 class _Pipeline:

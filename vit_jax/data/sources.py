@@ -97,7 +97,8 @@ def _num_classes(splits, given) -> Optional[int]:
   return int(max(l.max() for l in ints)) + 1 if ints else None
 
 
-def _get(config, key, default=None):
+def config_value(config, key, default=None):
+  """config[key] for ConfigDicts, dicts and objects; `default` when absent or None."""
   if config is None:
     return default
   value = config.get(key, default) if hasattr(config, 'get') else getattr(config, key, default)
@@ -106,8 +107,8 @@ def _get(config, key, default=None):
 
 def open_source(data_config, data_dir: Optional[str] = None, split: Optional[str] = None):
   """The source named by `data_config.name`, restricted to `split` (default data.split)."""
-  name = _get(data_config, 'name')
-  split = split or _get(data_config, 'split')
+  name = config_value(data_config, 'name')
+  split = split or config_value(data_config, 'split')
   if not name:
     raise ValueError("input.data.name is missing: set it to 'digits', 'arrays', "
                      "'folder' or a TFDS dataset name such as 'cifar10'.")
@@ -117,17 +118,17 @@ def open_source(data_config, data_dir: Optional[str] = None, split: Optional[str
   if name == 'digits':
     return _select(_digits(), split, name, 10)
   if name == 'arrays':
-    splits = _get(data_config, 'arrays')
+    splits = config_value(data_config, 'arrays')
     if not splits:
       raise ValueError("Dataset 'arrays' needs input.data.arrays = {split: "
                        "{'image': ..., 'label': ...}}.")
     splits = {k: dict(v) for k, v in dict(splits).items()}
-    return _select(splits, split, name, _num_classes(splits, _get(data_config, 'num_classes')))
+    return _select(splits, split, name, _num_classes(splits, config_value(data_config, 'num_classes')))
   if name == 'folder':
     from vit_jax.data import folder_source  # pylint: disable=g-import-not-at-top
     return folder_source.open_folder(
-        _get(data_config, 'root'), split, strict=bool(_get(data_config, 'strict', False)),
-        check=_get(data_config, 'check', 'quick'))
+        config_value(data_config, 'root'), split, strict=bool(config_value(data_config, 'strict', False)),
+        check=config_value(data_config, 'check', 'quick'))
   from vit_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsSource(name, split, data_dir=data_dir,
-                                manual_dir=_get(data_config, 'manual_dir'))
+                                manual_dir=config_value(data_config, 'manual_dir'))
