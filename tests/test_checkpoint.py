@@ -264,8 +264,8 @@ def test_load_pretrained_drops_an_unused_representation_layer():
 def test_load_pretrained_fills_scan_targets_and_casts_dtypes():
   params = _random_params(_tiny(), 32)
   model = _tiny(scan_layers=True)
-  target = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-  target = jax.tree.map(lambda a: a.astype(jnp.bfloat16), target)
+  target = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.bfloat16),
+                        param_shapes(model, 32))
   fitted = checkpoint.load_pretrained(params, target)
   assert jax.tree.map(np.shape, fitted) == jax.tree.map(np.shape, target)
   assert {a.dtype for a in jax.tree.leaves(fitted)} == {np.dtype(jnp.bfloat16)}
