@@ -11,8 +11,10 @@ A preset is used like an op and expands into op strings before parsing:
 * `imagenet_eval(size, num_classes)`: shorter side to size * 8/7 (256 for 224)
   then a central crop, as the AugReg and big_vision ImageNet evaluations.
 * `augreg_train(size, num_classes, layers=2, magnitude=15, mixup=0.5)`: the
-  AugReg study's "medium" augmentation: vit_train plus RandAugment on the
-  uint8 crop and Mixup over the batch (`mixup=0` or `layers=0` leaves them out).
+  AugReg study's recipe, vit_train plus RandAugment(layers, magnitude) on the
+  crop and Mixup(alpha) over the batch; the study swept magnitudes 10 to 20
+  and alphas 0.2 to 0.8, so pass the setting you reproduce (`mixup=0` or
+  `layers=0` leaves that part out).
 * `real_eval(size)`: imagenet_eval with ImageNet ReaL multi-hot labels.
 """
 
