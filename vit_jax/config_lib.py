@@ -52,11 +52,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Data (vit_jax.data): source, split and preprocessing string.
   c.input = ml_collections.ConfigDict(dict(
       data=dict(name='digits', split='train', root=placeholder(str),
-                strict=False, manual_dir=placeholder(str)),
+                strict=False, check='quick', manual_dir=placeholder(str),
+                num_classes=placeholder(int)),
       pp='',
       data_dir=placeholder(str),
       shuffle_buffer_size=50_000,
       prefetch=2,
+      threads=0,
   ))
 
   c.loss = 'softmax_xent'
@@ -80,7 +82,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Starting point: a released .npz or another run's workdir.
   c.init_from = placeholder(str)
-  c.init_head = 'zeros'        # How load_pretrained treats a new head.
 
   # Logging, evaluation, checkpoints.
   c.log_every = 50

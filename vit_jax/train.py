@@ -89,20 +89,20 @@ def image_shape(config) -> tuple[int, int, int]:
   return (size, size, 3) if isinstance(size, int) else (*size, 3)
 
 
-def _initial_params(config, model, abstract_params) -> Optional[Any]:
-  """Host parameters from `init_from` (a released .npz or a run), or None."""
+def _initial_params(config, abstract_params) -> Optional[Any]:
+  """Host parameters from `init_from` (a released .npz or a run), or None.
+
+  `load_pretrained` resamples the position embeddings to this model's grid,
+  zeroes a head of another class count, and refuses what does not fit.
+  """
   if not config.init_from:
     return None
   from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   path = config.init_from
-  if path.endswith('.npz'):
-    loaded = checkpoint.load_npz(path)
-  else:
-    loaded = train_checkpoint.restore_params(path)
-  init = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_params)
-  return checkpoint.load_pretrained(loaded, init, head=config.init_head,
-                                    source=path)
+  source = path if path.endswith('.npz') else train_checkpoint.restore_params(
+      path)
+  return checkpoint.load_pretrained(source, abstract_params, name=path)
 
 
 class _Preemption:
@@ -182,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     logging.info('Resumed from step %d in %s.', resume_step, workdir)
   else:
     state = jax.jit(init, out_shardings=shardings)()
-    loaded = _initial_params(config, model, abstract_params)
+    loaded = _initial_params(config, abstract_params)
     if loaded is not None:
       state['params'] = parallel.put_sharded(loaded, shardings['params'])
       if ema:
