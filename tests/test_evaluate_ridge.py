@@ -64,10 +64,15 @@ def test_probe_separates_gaussian_classes():
   centres = rng.normal(size=(5, 20)) * 3
   labels = np.repeat(np.arange(5), 40)
   x = centres[labels] + rng.normal(size=(200, 20))
-  accs = ridge.probe_accuracy(x[::2], labels[::2], [(x[1::2], labels[1::2])],
-                              5, [1.0, 1e6])
-  assert accs.shape == (1, 2)
-  assert accs[0, 0] > 0.95
+  probe = ridge.LinearProbe(x[::2], labels[::2], 5)
+  accs = probe.accuracy(x[1::2], labels[1::2], [1.0, 1e9])
+  assert accs.shape == (2,)
+  assert accs[0] > 0.95
+  # Standardising the evaluation set with the training statistics: the same
+  # as standardize() + the solver by hand.
+  train, test = ridge.standardize(x[::2], x[1::2])
+  w = ridge.fit_ridge(train, ridge.one_vs_rest_targets(labels[::2], 5), 1.0)
+  assert accs[0] == np.mean((test @ w).argmax(1) == labels[1::2])
 
 
 def test_sample_per_class_is_balanced_and_excludes():

@@ -81,7 +81,8 @@ def probe_scores(train: Features, test: Features, num_classes: int,
     for s in range(seeds):
       rng = np.random.default_rng([seed, k, s])
       idx = sample_per_class(train.labels, num_classes, k, rng, dataset=dataset)
-      eval_sets = [(test.x, test.labels)]
+      probe = ridge.LinearProbe(train.x[idx], train.labels[idx], num_classes)
+      l2 = l2_regs[0]
       if select:
         pool = train if holdout is None else holdout
         held = sample_per_class(pool.labels, num_classes, holdout_per_class,
@@ -92,12 +93,10 @@ def probe_scores(train: Features, test: Features, num_classes: int,
                            f'left for choosing l2 at {k} shots; use a larger '
                            f'train_split, a holdout_split or a single fixed '
                            f'l2_regs value.')
-        eval_sets.append((pool.x[held], pool.labels[held]))
-      grid = ridge.probe_accuracy(train.x[idx], train.labels[idx], eval_sets,
-                                  num_classes, l2_regs)
-      best = int(np.argmax(grid[1])) if select else 0
-      accs.append(grid[0, best])
-      chosen.append(l2_regs[best])
+        held_accs = probe.accuracy(pool.x[held], pool.labels[held], l2_regs)
+        l2 = l2_regs[int(np.argmax(held_accs))]
+      accs.append(probe.accuracy(test.x, test.labels, [l2])[0])
+      chosen.append(l2)
     name = f'{dataset}_{k}shot' if dataset else f'{k}shot'
     out[name] = float(np.mean(accs))
     out[f'{name}_std'] = float(np.std(accs, ddof=1)) if seeds > 1 else 0.0

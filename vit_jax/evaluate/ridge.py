@@ -21,7 +21,18 @@ from typing import Sequence
 import numpy as np
 
 
-def standardize(train: np.ndarray, *others: np.ndarray, eps: float = 1e-8
+def _moments(train: np.ndarray, eps: float = 1e-8):
+  """Per-column mean and std of `train`; constant columns get std 1."""
+  std = train.std(axis=0)
+  return train.mean(axis=0), np.where(std > eps, std, 1.0)
+
+
+def _with_bias(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+  x = (np.asarray(x, np.float64) - mean) / std
+  return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+
+
+def standardize(train: np.ndarray, *others: np.ndarray
                 ) -> tuple[np.ndarray, ...]:
   """Centres and scales features by the mean and std of `train` (per column).
 
@@ -29,15 +40,8 @@ def standardize(train: np.ndarray, *others: np.ndarray, eps: float = 1e-8
   constant bias feature (a column of ones) appended.
   """
   train = np.asarray(train, np.float64)
-  mean = train.mean(axis=0)
-  std = train.std(axis=0)
-  std = np.where(std > eps, std, 1.0)  # Constant features stay at zero.
-
-  def prepare(x):
-    x = (np.asarray(x, np.float64) - mean) / std
-    return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
-
-  return tuple(prepare(x) for x in (train, *others))
+  mean, std = _moments(train)
+  return tuple(_with_bias(x, mean, std) for x in (train, *others))
 
 
 def one_vs_rest_targets(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -92,22 +96,27 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, l2_reg: float, form: str = 'auto'
   return RidgeSolver(x, y, form).weights(l2_reg)
 
 
-def probe_accuracy(train_x: np.ndarray, train_labels: np.ndarray,
-                   eval_sets: Sequence[tuple[np.ndarray, np.ndarray]],
-                   num_classes: int, l2_regs: Sequence[float]
-                   ) -> np.ndarray:
-  """Top-1 accuracy of the linear probe for every l2 in `l2_regs`.
+class LinearProbe:
+  """The paper's few-shot probe fitted on `train_x` [n, d], `train_labels` [n].
 
-  Standardises with the statistics of `train_x`, appends the bias feature,
-  regresses to {-1, 1}^K targets and predicts the argmax. Returns an array
-  [len(eval_sets), len(l2_regs)] of accuracies.
+  Features are standardised with the statistics of `train_x` and get a bias
+  feature; the regression targets are {-1, 1}^K; prediction is the argmax.
+  One eigendecomposition serves every l2 strength.
   """
-  train, *evals = standardize(train_x, *(x for x, _ in eval_sets))
-  solver = RidgeSolver(train, one_vs_rest_targets(train_labels, num_classes))
-  out = np.zeros((len(eval_sets), len(l2_regs)))
-  for j, l2 in enumerate(l2_regs):
-    w = solver.weights(l2)
-    for i, (x, (_, labels)) in enumerate(zip(evals, eval_sets)):
-      if len(labels):
-        out[i, j] = np.mean(np.argmax(x @ w, axis=1) == np.asarray(labels))
-  return out
+
+  def __init__(self, train_x: np.ndarray, train_labels: np.ndarray,
+               num_classes: int):
+    train_x = np.asarray(train_x, np.float64)
+    self._moments = _moments(train_x)
+    self._solver = RidgeSolver(_with_bias(train_x, *self._moments),
+                               one_vs_rest_targets(train_labels, num_classes))
+
+  def accuracy(self, x: np.ndarray, labels: np.ndarray,
+               l2_regs: Sequence[float]) -> np.ndarray:
+    """Top-1 accuracy on (x, labels) for every l2 in `l2_regs`."""
+    if not len(labels):
+      return np.zeros(len(l2_regs))
+    feats = _with_bias(x, *self._moments)
+    labels = np.asarray(labels)
+    return np.array([np.mean(np.argmax(feats @ self._solver.weights(l2), axis=1)
+                             == labels) for l2 in l2_regs])
