@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vit_jax import budget, models, optim, parallel, train_step
-from vit_jax.config_lib import default_sharding_rules
+from vit_jax.parallel import default_sharding_rules
 
 SHAPE = (16, 16, 3)
 TINY = dict(patch_size=(4, 4), hidden_size=32, num_layers=2, mlp_dim=64,
@@ -137,3 +137,22 @@ def test_analytic_flops_match_xla_cost_analysis():
   # XLA also counts LayerNorm, softmax, GELU and the optimizer update: a few
   # percent above the matmul count, never below it.
   assert analytic <= cost['flops'] <= 1.25 * analytic, (analytic, cost['flops'])
+
+
+def test_polyak_average_follows_the_parameters():
+  model = models.get_model('ViT-Ti/16', 10, **TINY)
+  mesh = parallel.make_mesh({'data': -1})
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *SHAPE))))['params']
+  tx = optim.make_optimizer({'name': 'sgd'}, lambda s: 0.1, abstract)
+  state, shardings = train_step.sharded_init(
+      model, tx, SHAPE, mesh, default_sharding_rules(), seed=0, ema=True)
+  step = train_step.make_train_step(model, tx, mesh, shardings, ema_decay=0.75,
+                                    donate=False)
+  p0 = jax.device_get(state['params'])
+  state, _ = step(state, parallel.host_to_global(next(_batches(1)), mesh))
+  p1 = jax.device_get(state['params'])
+  expected = jax.tree.map(lambda a, b: 0.75 * a + 0.25 * b, p0, p1)
+  for a, b in zip(jax.tree.leaves(state['ema_params']),
+                  jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -79,9 +79,8 @@ def run(args: argparse.Namespace) -> dict:
       {'name': 'adam', 'weight_decay': 0.1, 'grad_clip_norm': 1.0,
        'mu_dtype': args.mu_dtype,
        'weight_decay_exclude': ('.*/bias', '.*/scale')}, schedule, abstract)
-  from vit_jax.config_lib import default_sharding_rules  # pylint: disable=g-import-not-at-top
   state, shardings = train_step.sharded_init(
-      model, tx, shape, mesh, default_sharding_rules(), seed=0)
+      model, tx, shape, mesh, parallel.default_sharding_rules(), seed=0)
   step = train_step.make_train_step(model, tx, mesh, shardings,
                                     accum_steps=args.accum_steps,
                                     schedule=schedule)

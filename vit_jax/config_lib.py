@@ -13,6 +13,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from vit_jax.parallel import default_sharding_rules
+
 placeholder = config_dict.placeholder
 
 
@@ -98,25 +100,6 @@ def base_config() -> ml_collections.ConfigDict:
       plan_core_hours=placeholder(float),
   ))
   return c
-
-
-def default_sharding_rules() -> tuple:
-  """Tensor parallelism over `model` for attention heads and the MLP, FSDP
-  for the rest of every large array. With model=1 and fsdp=1 (the default
-  mesh) every rule reduces to replication: plain data parallelism."""
-  block = r'Transformer/encoderblock(_\d+)?(/block)?'
-  attn = block + '/MultiHeadDotProductAttention_1'
-  mlp = block + '/MlpBlock_3'
-  # Scanned blocks carry a leading layer axis, which the rules leave alone.
-  return (
-      (attn + r'/(query|key|value)/kernel', (None, 'model', None, '+fsdp')),
-      (attn + r'/(query|key|value)/bias', ('model', None)),
-      (attn + r'/out/kernel', ('model', None, None, '+fsdp')),
-      (mlp + r'/Dense_0/kernel', (None, 'model', '+fsdp')),
-      (mlp + r'/Dense_0/bias', ('model',)),
-      (mlp + r'/Dense_1/kernel', ('model', None, '+fsdp')),
-      ('.*', 'fsdp'),
-  )
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

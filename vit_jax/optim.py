@@ -124,21 +124,21 @@ def make_optimizer(config: Mapping[str, Any], schedule: optax.Schedule,
                                           mask=decay_mask(params, exclude)))
   core.append(optax.scale_by_learning_rate(schedule))
 
-  mults = list(config.get('lr_mults', ()))
-  if mults:
-    factors = lr_multipliers(params, mults)
-    core.append(_scale_by_tree(factors))
   chain = []
   clip = config.get('grad_clip_norm')
   if clip:
     chain.append(optax.clip_by_global_norm(float(clip)))
-  chain += core
-  tx = optax.chain(*chain)
+  tx = optax.chain(*chain, *core)
+  mults = list(config.get('lr_mults', ()))
   if mults:
+    factors = lr_multipliers(params, mults)
     frozen = jax.tree.map(lambda m: 'frozen' if m == 0 else 'train', factors)
     if any(v == 'frozen' for v in jax.tree.leaves(frozen)):
+      # Frozen parameters get no optimizer state and take no part in the
+      # gradient norm that clipping sees.
       tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
                                  frozen)
+    tx = optax.chain(tx, _scale_by_tree(factors))
   return tx
 
 
