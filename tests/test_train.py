@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 from configs import quickstart  # pylint: disable=wrong-import-position
 
 REQUIRED_METRICS = ('step', 'train_loss', 'learning_rate', 'grad_norm',
-                    'img_per_sec', 'img_per_sec_per_core', 'core_hours')
+                    'img_per_sec', 'img_per_sec_per_core', 'core_hours', 'mfu')
 
 
 def _config(arg='', **overrides):

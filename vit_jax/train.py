@@ -272,6 +272,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
             'grad_norm': float(np.mean(window['grad_norm'])),
         }
         scalars.update(tracker.metrics())  # img/s, per core, MFU, core-hours.
+        scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
         img_per_sec = scalars.get('img_per_sec', img_per_sec)
         evaluated = run_evals(step, force=last)
         scalars.update(evaluated)
