@@ -112,6 +112,37 @@ def test_folder_file_that_passes_the_quick_check_but_does_not_decode(tmp_path):
   assert sum(b['mask'].sum() for b in checked) == 2
 
 
+def test_folder_passes_file_names_for_real(tmp_path):
+  """ImageNet ReaL on a folder of validation files: file_name matches its image."""
+  from vit_jax.evaluate import real  # pylint: disable=g-import-not-at-top
+  for k in range(1, 8):  # grey level 8 * k in ILSVRC2012_val_0000000k.JPEG
+    os.makedirs(tmp_path / 'validation' / f'n0{k % 2}', exist_ok=True)
+    write_image(tmp_path / 'validation' / f'n0{k % 2}' / f'ILSVRC2012_val_{k:08d}.JPEG',
+                8 * k, fmt='JPEG')
+  config = dict(data=dict(name='folder', root=str(tmp_path), split='validation'),
+                pp=real.default_pp(16))
+  lists = [[] for _ in range(real.NUM_VAL_IMAGES)]
+  for k in range(1, 8):
+    lists[k - 1] = [100 + k]
+  found = []
+  for i in range(2):
+    for batch in data.build_eval(config, None, global_batch_size=6, process_index=i,
+                                 process_count=2):
+      valid = batch['mask'] == 1
+      ks = np.round((batch['image'][:, 4, 4, 0] + 1) * 127.5 / 8).astype(int)
+      names = batch['file_name']
+      assert list(names[valid]) == [f'ILSVRC2012_val_{k:08d}.JPEG'.encode() for k in ks[valid]]
+      assert all(n == b'' for n in names[~valid])
+      hot = real.multi_hot(lists, names)
+      np.testing.assert_array_equal(hot.argmax(1)[valid], 100 + ks[valid])
+      assert hot[~valid].sum() == 0
+      found += ks[valid].tolist()
+  assert sorted(found) == list(range(1, 8))
+  plain = data.build_eval(dict(config, pp='decode|resize(8)|onehot(2)'), None,
+                          global_batch_size=8)
+  assert sorted(next(iter(plain))) == ['image', 'labels', 'mask']  # Only kept on request.
+
+
 def test_folder_root_missing():
   with pytest.raises(FileNotFoundError, match='does not exist'):
     data.build_eval(folder_config('/nonexistent/images'), None, global_batch_size=8)

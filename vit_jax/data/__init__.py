@@ -17,7 +17,8 @@
   data.split      split of the training pipeline, with optional slicing:
                   'train', 'train[:98%]', 'train[98%:]', 'test[:1000]'.
                   `build_eval(cfg, split)` overrides it.
-  data.root       ('folder') ROOT of ROOT/<split>/<class>/*.{jpg,jpeg,png}.
+  data.root       ('folder') ROOT of ROOT/<split>/<class>/*.{jpg,jpeg,png};
+                  examples carry `file_name` (the file's base name).
   data.strict     ('folder') raise on the first corrupt image file instead of
                   skipping and reporting it (default False).
   data.check      ('folder') 'quick' (default: signature and end marker of

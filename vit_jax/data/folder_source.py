@@ -1,7 +1,10 @@
 """Users' own images: ROOT/<split>/<class>/*.{jpg,jpeg,png} as a random-access source.
 
 Classes are the sub-folders of ROOT/<split>, sorted by name (label i is the
-i-th). Every file is checked when the source opens: cheaply by default
+i-th). Examples have `image` (the encoded file), `label` and `file_name`
+(the file's base name, e.g. `ILSVRC2012_val_00000001.JPEG`, as in TFDS's
+ImageNet; `keep('image', 'labels', 'file_name')` keeps it, for ReaL).
+Every file is checked when the source opens: cheaply by default
 (`check='quick'`: its signature and its end marker, which a truncated file
 lacks), or by decoding it with PIL (`check='decode'`). A bad file is skipped,
 counted and reported, or with `strict=True` raises an error naming it. A file
@@ -94,11 +97,18 @@ class FolderSource:
         return str(path), problem
     return None
 
+  @property
+  def file_names(self) -> np.ndarray:
+    """Each example's file base name, e.g. 'ILSVRC2012_val_00000001.JPEG'."""
+    return np.array([os.path.basename(p) for p in self.paths])
+
   def tf_lookup(self):
     tf = _tf()
     paths, labels = tf.constant(self.paths), tf.constant(self.labels)
+    names = tf.constant(self.file_names)
     return lambda i: {'image': tf.io.read_file(tf.gather(paths, i)),
-                      'label': tf.gather(labels, i)}
+                      'label': tf.gather(labels, i),
+                      'file_name': tf.gather(names, i)}
 
 
 def _list_split(root: str, base: str) -> tuple[list[str], list[list[str]]]:

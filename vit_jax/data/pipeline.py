@@ -300,14 +300,20 @@ def _pad_and_mask(batches, batch_size: int, num_batches: int, num_valid: int):
     seen += n
     yield batch
   for _ in range(num_batches - math.ceil(max(seen, 1) / batch_size)):
-    yield {k: np.zeros_like(v) for k, v in template.items()}
+    yield {k: _blank(v.shape, v.dtype) for k, v in template.items()}
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:
   if len(x) == size:
     return x
-  pad = np.zeros((size - len(x),) + x.shape[1:], x.dtype)
-  return np.concatenate([x, pad])
+  return np.concatenate([x, _blank((size - len(x),) + x.shape[1:], x.dtype)])
+
+
+def _blank(shape, dtype) -> np.ndarray:
+  """Padding: zeros, or empty strings (e.g. for `file_name`)."""
+  dtype = np.dtype(dtype)
+  fill = {'O': b'', 'S': b'', 'U': ''}.get(dtype.kind, 0)
+  return np.full(shape, fill, dtype)
 
 
 def build_train(input_config, *, global_batch_size: int, seed: int,
