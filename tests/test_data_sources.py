@@ -153,18 +153,24 @@ def test_folder_root_missing():
 SIZES = {'train': 30, 'test': 13}
 
 
+REQUESTED = []  # The split strings the pipelines asked TFDS for.
+
+
 def mock_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
-  """cifar10-like examples whose PNG grey level is 8 * index; honours split slices."""
+  """cifar10-like examples whose PNG grey level is 8 * index and whose id is the index
+  (train) or 100 + index (test); honours slices and '+' concatenations as TFDS does."""
   del self, decoders, read_config, shuffle_files
+  REQUESTED.append(str(split))
   infos = {k: types.SimpleNamespace(num_examples=v) for k, v in SIZES.items()}
-  (ins,) = tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(infos)
-  lo, hi = ins.from_ or 0, SIZES[ins.splitname] if ins.to is None else ins.to
-  offset = 0 if ins.splitname == 'train' else 100
   def png(i):
     buf = io.BytesIO()
     Image.fromarray(np.full((32, 32, 3), 8 * (i % 32), np.uint8)).save(buf, format='PNG')
     return buf.getvalue()
-  examples = [(png(i), i % 10, f'{offset + i}'.encode()) for i in range(lo, hi)]
+  examples = []
+  for ins in tfds.core.ReadInstruction.from_spec(str(split)).to_absolute(infos):
+    lo, hi = ins.from_ or 0, SIZES[ins.splitname] if ins.to is None else ins.to
+    offset = 0 if ins.splitname == 'train' else 100
+    examples += [(png(i), i % 10, f'{offset + i}'.encode()) for i in range(lo, hi)]
   ds = get_tf().data.Dataset.from_tensor_slices(tuple(np.array(c) for c in zip(*examples)))
   return ds.map(lambda img, label, i: {'image': img, 'label': label, 'id': i})
 
@@ -204,6 +210,54 @@ def test_tfds_mock_eval_counts_uneven_split_once():
       for b in batches:
         seen += ids_of(b)[b['mask'] == 1].tolist()
     assert sorted(seen) == list(range(13))
+
+
+def id_strings(batch):
+  """The mock's example ids in a batch (padding left out)."""
+  valid = batch['mask'] == 1 if 'mask' in batch else slice(None)
+  return [int(i) for i in batch['id'][valid]]
+
+
+def test_tfds_mock_concatenated_split_hosts_resume_and_eval():
+  """VTAB's train800val200 shape: parts of two splits; hosts read their own absolute ranges."""
+  split = 'train[24:]+test[:5]+train[:3]'
+  expected = list(range(24, 30)) + list(range(100, 105)) + list(range(3))
+  pp = "decode|resize(8)|onehot(10)|keep('image', 'labels', 'id')"
+  with tfds.testing.mock_data(as_dataset_fn=mock_as_dataset):
+    for i in range(2):
+      REQUESTED.clear()
+      pipe = data.build_train(tfds_config(split, pp), global_batch_size=4, seed=3,
+                              process_index=i, process_count=2)
+      assert pipe.num_examples == 14 and pipe.order.n == 7
+      it = pipe.iterator()
+      batches = [next(it) for _ in range(7)]  # two epochs of 7
+      stream = [j for b in batches for j in id_strings(b)]
+      share = expected[7 * i:7 * (i + 1)]
+      assert sorted(stream[:7]) == sorted(share) and sorted(stream[7:]) == sorted(share)
+      for k in (3, 5):  # positions 6-7 straddle the epoch boundary; 10-11 are in epoch 2
+        resumed = next(pipe.iterator(k))
+        assert id_strings(resumed) == id_strings(batches[k])
+        np.testing.assert_array_equal(resumed['image'], batches[k]['image'])
+      host_split = ['train[24:30]+test[0:1]', 'test[1:5]+train[0:3]'][i]
+      assert REQUESTED[-1] == host_split  # This host's share, nothing more.
+    assert pipe.source.host_split(0, 14) == 'train[24:30]+test[0:5]+train[0:3]'
+    seen = []
+    for i in range(3):
+      for b in data.build_eval(tfds_config(split, pp), None, global_batch_size=6,
+                               process_index=i, process_count=3):
+        seen += id_strings(b)
+    assert sorted(seen) == sorted(expected)
+
+
+@pytest.mark.parametrize('split,message', [
+    ('train[:5]+validation', "has no split 'validation'"),
+    ('train[:5]+test[13:]', r"Part 'test\[13:\]' of split .* selects no examples \(split 'test' has 13\)"),
+])
+def test_tfds_mock_concatenation_errors(split, message):
+  with tfds.testing.mock_data(as_dataset_fn=mock_as_dataset):
+    with pytest.raises(ValueError, match=message) as e:
+      data.build_eval(tfds_config(split), None, global_batch_size=4)
+  assert '\n' not in str(e.value)
 
 
 # ------------------------------------------------------------- TFDS real build
@@ -258,6 +312,21 @@ def test_tfds_real_files_sliced_hosts_and_eval(tiny_tfds):
   it = train.iterator()
   batches = [next(it) for _ in range(8)]  # crosses the epoch at 23 examples
   np.testing.assert_array_equal(next(train.iterator(6))['image'], batches[6]['image'])
+
+
+def test_tfds_real_files_concatenated_split_is_what_tfds_reads(tiny_tfds):
+  split = 'train[3:9]+test[50%:]+train[:10%]'  # 6 + 3 + 2: percentages rounded as TFDS does
+  seen = []
+  for i in range(2):
+    pipe = data.build_eval(tiny_config(tiny_tfds, split), None, global_batch_size=4,
+                           process_index=i, process_count=2)
+    assert pipe.num_examples == 11
+    for b in pipe:
+      seen += ids_of(b)[b['mask'] == 1].tolist()
+  builder = tfds.builder('vit_jax_tiny_images', data_dir=tiny_tfds)
+  expected = [int(round(ex['image'][0, 0, 0] / 8)) for ex in
+              tfds.as_numpy(builder.as_dataset(split=split))]
+  assert len(expected) == 11 and sorted(seen) == sorted(expected)
 
 
 @pytest.mark.parametrize('split,message', [

@@ -15,7 +15,10 @@
   data.name       'digits' | 'arrays' | 'folder' | a TFDS name ('cifar10',
                   'imagenet2012', 'imagenet2012_real', 'oxford_iiit_pet:3.*.*').
   data.split      split of the training pipeline, with optional slicing:
-                  'train', 'train[:98%]', 'train[98%:]', 'test[:1000]'.
+                  'train', 'train[:98%]', 'train[98%:]', 'test[:1000]', and
+                  concatenations of such parts, as in TFDS:
+                  'train[0:800]+train[45000:45200]', 'train+validation'
+                  (one split: the parts in order; every source).
                   `build_eval(cfg, split)` overrides it.
   data.root       ('folder') ROOT of ROOT/<split>/<class>/*.{jpg,jpeg,png};
                   examples carry `file_name` (the file's base name).

@@ -12,6 +12,8 @@ that passes the quick check yet fails to decode stops the pipeline with an
 error naming it (`find_undecodable`).
 Examples are ordered by a fixed permutation (NumPy seed 0) of the sorted
 paths, so a slice such as 'train[:90%]' takes every class in proportion.
+A concatenated split ('train+val[:50%]') joins its parts' examples in order;
+its split folders must hold the same classes.
 """
 
 from __future__ import annotations
@@ -139,12 +141,8 @@ def _list_split(root: str, base: str) -> tuple[list[str], list[list[str]]]:
   return classes, files
 
 
-def open_folder(root: str, split: str, strict: bool = False,
-                check: str = 'quick') -> FolderSource:
-  """Lists and checks ROOT/<split>; `split` may be sliced ('train[:90%]')."""
-  if check not in CHECKS:
-    raise ValueError(f"input.data.check must be one of {sorted(CHECKS)}, got {check!r}.")
-  base, _, _ = sampler.parse_split(split)
+def _open_base(root: str, base: str, strict: bool, check: str):
+  """(classes, paths, labels, skipped) of ROOT/<base>, in the fixed example order."""
   classes, files = _list_split(root, base)
   flat = [(path, label) for label, paths in enumerate(files) for path in paths]
   problems = _check_all([p for p, _ in flat], CHECKS[check])
@@ -165,6 +163,34 @@ def open_folder(root: str, split: str, strict: bool = False,
   order = np.random.default_rng(ORDER_SEED).permutation(len(good))
   paths = np.array([good[i][0] for i in order])
   labels = np.array([good[i][1] for i in order], np.int64)
-  lo, hi = sampler.slice_range(split, len(paths))
-  return FolderSource(paths[lo:hi], labels[lo:hi], classes, f'folder {root}:{split}',
-                      skipped)
+  return classes, paths, labels, skipped
+
+
+def open_folder(root: str, split: str, strict: bool = False,
+                check: str = 'quick') -> FolderSource:
+  """Lists and checks the split folders `split` names; it may be sliced
+  ('train[:90%]') and concatenated ('train+val[:50%]'), its parts in order."""
+  if check not in CHECKS:
+    raise ValueError(f"input.data.check must be one of {sorted(CHECKS)}, got {check!r}.")
+  bases = {}
+  def size_of(base):
+    bases[base] = _open_base(root, base, strict, check)
+    return len(bases[base][1])
+  ranges = sampler.split_ranges(split, size_of)
+  classes = next(iter(bases.values()))[0]
+  for base, (other, *_) in bases.items():
+    if other != classes:
+      first = next(iter(bases))
+      raise ValueError(f'Split folders {first!r} and {base!r} of {root!r} have different '
+                       f'class folders ({_difference(classes, other)}); a concatenated '
+                       'split needs the same classes in every part.')
+  paths = np.concatenate([bases[b][1][lo:hi] for b, lo, hi in ranges])
+  labels = np.concatenate([bases[b][2][lo:hi] for b, lo, hi in ranges])
+  skipped = [item for _, _, _, bad in bases.values() for item in bad]
+  return FolderSource(paths, labels, classes, f'folder {root}:{split}', skipped)
+
+
+def _difference(a: list[str], b: list[str]) -> str:
+  """Class names only in `a` and only in `b` (both are sorted, so sets suffice)."""
+  return (f'only in the first: {sorted(set(a) - set(b))[:3]}, only in the second: '
+          f'{sorted(set(b) - set(a))[:3]}')

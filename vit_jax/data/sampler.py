@@ -2,8 +2,12 @@
 
 Everything here is index arithmetic in NumPy, shared by every source:
 
-* `parse_split('train[:98%]')` -> base split name and the slice bounds;
-  `slice_range(split, size)` -> the absolute [start, stop) it selects.
+* `parse_split('train[:800]+validation')` -> one (base split, start, stop)
+  per '+' part, as TFDS writes concatenations; `split_ranges(split, size_of)`
+  -> the absolute (base, start, stop) of every part. A concatenated split is
+  one sequence of examples (the parts in order), so host shares, epochs and
+  resume positions are positions in that sequence; `sub_ranges` maps such
+  positions back to absolute ranges of the base splits.
 * `host_range(n, i, p)` -> host i's contiguous share of n examples (sizes
   differ by at most one, the first `n % p` hosts get the extra example, as
   `tfds.even_splits`).
@@ -21,20 +25,34 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-_SPLIT_RE = re.compile(r'^\s*([\w\-.]+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*$')
+_PART_RE = re.compile(r'^\s*([\w\-.]+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*$')
 _BOUND_RE = re.compile(r'^(-?\d+)(%?)$')
 
+Range = tuple[str, int, int]  # (base split, start, stop): absolute, stop exclusive.
 
-def parse_split(split: str) -> tuple[str, Optional[str], Optional[str]]:
-  """'train[10%:]' -> ('train', '10%', None); 'test' -> ('test', None, None)."""
-  m = _SPLIT_RE.match(split)
+
+def parse_split(split: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+  """'train[:800]+validation' -> [('train', None, '800'), ('validation', None, None)].
+
+  One (base split, start, stop) per part; parts are joined by '+' as in TFDS.
+  """
+  parts = split.split('+')
+  if any(not p.strip() for p in parts):
+    raise ValueError(f'Split {split!r} has an empty part; join parts with single '
+                     "'+' signs, e.g. 'train[:800]+validation[:200]'.")
+  return [_parse_part(p, split) for p in parts]
+
+
+def _parse_part(part: str, split: str) -> tuple[str, Optional[str], Optional[str]]:
+  m = _PART_RE.match(part)
   if not m:
     raise ValueError(f'Cannot parse split {split!r}; write NAME or NAME[START:STOP] '
-                     "with integers or percentages, e.g. 'train[:98%]'.")
+                     "with integers or percentages, joined by '+', e.g. 'train[:98%]' "
+                     "or 'train[:800]+validation[:200]'.")
   name, start, stop = m.group(1), m.group(2), m.group(3)
   for bound in (start, stop):
     if bound and not _BOUND_RE.match(bound.strip()):
@@ -57,14 +75,42 @@ def _bound(bound: Optional[str], size: int, default: int) -> int:
   return min(max(value, 0), size)
 
 
-def slice_range(split: str, size: int) -> tuple[int, int]:
-  """Absolute [start, stop) of `split` within its base split of `size` examples."""
-  _, start, stop = parse_split(split)
-  lo, hi = _bound(start, size, 0), _bound(stop, size, size)
-  if hi <= lo:
-    raise ValueError(f'Split {split!r} selects no examples (the base split has '
-                     f'{size}); widen the slice.')
-  return lo, hi
+def split_ranges(split: str, size_of: Callable[[str], int]) -> list[Range]:
+  """The absolute (base, start, stop) of every part of `split`, in order.
+
+  `size_of(base)` gives a base split's size, or raises for an unknown one; it is
+  called once per distinct base. A part that selects nothing is an error.
+  """
+  sizes, ranges = {}, []
+  parts = parse_split(split)
+  for text, (base, start, stop) in zip(split.split('+'), parts):
+    if base not in sizes:
+      sizes[base] = size_of(base)
+    size = sizes[base]
+    lo, hi = _bound(start, size, 0), _bound(stop, size, size)
+    if hi <= lo:
+      what = f'Split {split!r}' if len(parts) == 1 else (
+          f'Part {text.strip()!r} of split {split!r}')
+      raise ValueError(f'{what} selects no examples (split {base!r} has {size}); '
+                       'widen the slice.')
+    ranges.append((base, lo, hi))
+  return ranges
+
+
+def ranges_size(ranges: Sequence[Range]) -> int:
+  """Examples in the concatenation of `ranges`."""
+  return sum(hi - lo for _, lo, hi in ranges)
+
+
+def sub_ranges(ranges: Sequence[Range], start: int, stop: int) -> list[Range]:
+  """Positions [start, stop) of the concatenation of `ranges`, as absolute ranges."""
+  out, offset = [], 0
+  for base, lo, hi in ranges:
+    a, b = max(start - offset, 0), min(stop - offset, hi - lo)
+    if a < b:
+      out.append((base, lo + a, lo + b))
+    offset += hi - lo
+  return out
 
 
 def host_range(n: int, process_index: int, process_count: int) -> tuple[int, int]:

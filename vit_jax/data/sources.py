@@ -17,7 +17,9 @@ Random-access sources (the first three) expose `size`, `num_classes`,
 `description`, `in_memory`, `take(indices)` (NumPy, in-memory only) and
 `tf_lookup()` (an index -> example function for tf.data). TFDS is a
 stream source (see tfds_source.py). Splits accept slices such as
-`'train[:98%]'` and `'train[1000:]'` for every source.
+`'train[:98%]'` and `'train[1000:]'` for every source, and concatenations
+of such parts joined by '+', as TFDS writes them (`'train[:800]+train[-200:]'`,
+`'train+validation'`): the selected ranges in order, as one split.
 """
 
 from __future__ import annotations
@@ -81,12 +83,32 @@ def _digits() -> dict[str, dict[str, np.ndarray]]:
 
 def _select(splits: Mapping[str, Mapping[str, Any]], split: str, name: str,
             num_classes: Optional[int]) -> ArraySource:
-  base, _, _ = sampler.parse_split(split)
-  if base not in splits:
-    raise ValueError(f'Dataset {name!r} has no split {base!r}; its splits are '
-                     f'{sorted(splits)}.')
-  source = ArraySource(splits[base], num_classes, f'{name}:{base}')
-  return source.select(*sampler.slice_range(split, source.size))
+  """The examples `split` selects, its '+' parts concatenated in order."""
+  bases = {}
+  def size_of(base):
+    if base not in splits:
+      raise ValueError(f'Dataset {name!r} has no split {base!r}; its splits are '
+                       f'{sorted(splits)}.')
+    bases[base] = ArraySource(splits[base], num_classes, f'{name}:{base}')
+    return bases[base].size
+  ranges = sampler.split_ranges(split, size_of)
+  parts = [bases[base].select(lo, hi) for base, lo, hi in ranges]
+  if len(parts) == 1:
+    return parts[0]
+  return _concatenate(parts, f'{name}:{split}')
+
+
+def _concatenate(parts: list[ArraySource], description: str) -> ArraySource:
+  keys = [sorted(p.arrays) for p in parts]
+  if any(k != keys[0] for k in keys):
+    raise ValueError(f'{description}: the parts have different features '
+                     f'({" vs ".join(map(str, keys))}); join splits with the same keys.')
+  try:
+    arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in keys[0]}
+  except ValueError as e:
+    raise ValueError(f'{description}: the parts cannot be joined ({e}); join splits '
+                     'whose images have the same shape.') from None
+  return ArraySource(arrays, parts[0].num_classes, description)
 
 
 def _num_classes(splits, given) -> Optional[int]:

@@ -7,8 +7,12 @@ Image features are read undecoded (`tfds.decode.SkipDecoding`), so `decode`
 (or the fused `decode_jpeg_and_inception_crop`) in `pp` does the decoding and
 a resumed pipeline skips examples before paying for it.
 
-A host reads the absolute sub-split `base[a:b]` of its share of the selected
-split, so hosts never open each other's examples.
+A split such as `'train[:800]+validation[:200]'` (TFDS's concatenation) is
+one sequence of positions: its parts' examples in order. A host reads the
+absolute sub-splits of its share of those positions (`'train[0:500]'` on
+host 0, `'train[500:800]+validation[0:200]'` on host 1), so hosts never open
+each other's examples and every count is exact; within its share a host
+reads in TFDS's file order (TFDS interleaves the files of a '+' split).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def _prepare_hint(builder, name: str, data_dir: str, manual_dir: Optional[str]) 
 
 
 class TfdsSource:
-  """One (possibly sliced) split of a TFDS dataset."""
+  """One (possibly sliced, possibly concatenated) split of a TFDS dataset."""
 
   in_memory = False
 
@@ -64,38 +68,42 @@ class TfdsSource:
     self.name, self.split = name, split
     self.builder = _builder(tfds, name, data_dir)
     self.description = f'{name}:{split}'
-    self.base, _, _ = sampler.parse_split(split)
-    base_size = self._base_size(tfds, _default_data_dir(data_dir), manual_dir)
-    self.offset, stop = sampler.slice_range(split, base_size)
-    self.size = stop - self.offset
+    self._data_dir, self._manual_dir = _default_data_dir(data_dir), manual_dir
+    self.ranges = sampler.split_ranges(split, self._base_size)
+    self.size = sampler.ranges_size(self.ranges)
     label = self.builder.info.features.get('label') if hasattr(
         self.builder.info.features, 'get') else None
     self.num_classes = getattr(label, 'num_classes', None)
     self.image_keys = [k for k, f in self.builder.info.features.items()
                        if isinstance(f, tfds.features.Image)]
 
-  def _base_size(self, tfds, data_dir: str, manual_dir: Optional[str]) -> int:
+  def _base_size(self, base: str) -> int:
     splits = self.builder.info.splits
     if splits:
-      if self.base not in splits:
-        raise ValueError(f'Dataset {self.name!r} has no split {self.base!r}; its splits '
+      if base not in splits:
+        raise ValueError(f'Dataset {self.name!r} has no split {base!r}; its splits '
                          f'are {sorted(splits.keys())}.')
-      return splits[self.base].num_examples
+      return splits[base].num_examples
     try:  # No split metadata: unprepared, or a mocked builder (tfds.testing).
-      ds = self.builder.as_dataset(split=self.base)
+      ds = self.builder.as_dataset(split=base)
     except AssertionError:
       raise FileNotFoundError(
-          f'Dataset {self.name!r} is not prepared in {data_dir} (looked for '
+          f'Dataset {self.name!r} is not prepared in {self._data_dir} (looked for '
           f'{self.builder.data_dir}); nothing is downloaded at run time: '
-          f'{_prepare_hint(self.builder, self.name, data_dir, manual_dir)}, or set '
-          'input.data_dir to where it is.') from None
+          f'{_prepare_hint(self.builder, self.name, self._data_dir, self._manual_dir)}, '
+          'or set input.data_dir to where it is.') from None
     except ValueError as e:
-      raise ValueError(f'Dataset {self.name!r} has no split {self.base!r}: '
+      raise ValueError(f'Dataset {self.name!r} has no split {base!r}: '
                        f'{str(e).splitlines()[0]}') from None
     size = int(ds.cardinality())
     if size < 0:
-      raise ValueError(f'Cannot tell the size of split {self.base!r} of {self.name!r}.')
+      raise ValueError(f'Cannot tell the size of split {base!r} of {self.name!r}.')
     return size
+
+  def host_split(self, start: int, stop: int) -> str:
+    """The TFDS split string of positions [start, stop) of the selected split."""
+    return '+'.join(f'{base}[{lo}:{hi}]'
+                    for base, lo, hi in sampler.sub_ranges(self.ranges, start, stop))
 
   def host_dataset(self, start: int, stop: int, *, train: bool, seed: int = 0):
     """Examples [start, stop) of the selected split, images still encoded.
@@ -104,10 +112,9 @@ class TfdsSource:
     same every epoch; the pipeline's shuffle buffer reshuffles per epoch).
     """
     tfds = _tfds()
-    split = f'{self.base}[{self.offset + start}:{self.offset + stop}]'
     read_config = tfds.ReadConfig(
         shuffle_seed=seed % 2**31, shuffle_reshuffle_each_iteration=False,
         try_autocache=False, add_tfds_id=False)
     return self.builder.as_dataset(
-        split=split, shuffle_files=train, read_config=read_config,
+        split=self.host_split(start, stop), shuffle_files=train, read_config=read_config,
         decoders={k: tfds.decode.SkipDecoding() for k in self.image_keys})
