@@ -132,6 +132,57 @@ class _Preemption:
     return self.requested
 
 
+class _Window:
+  """Training metrics since the last log line, read back one step late.
+
+  The device runs step s+1 while the host waits for the loss of step s, so
+  the host never idles the accelerator. A NaN/Inf loss, or parameters that an
+  update overflowed, raise NonFiniteLossError naming the step.
+  """
+
+  def __init__(self, checkpointer: TrainCheckpointer):
+    self._checkpointer = checkpointer
+    self._pending = None
+    self._reset()
+
+  def _reset(self):
+    self.losses, self.grad_norms, self.lr = [], [], None
+
+  def push(self, step: int, metrics: dict) -> None:
+    self.settle()
+    self._pending = (step, metrics)
+
+  def settle(self) -> None:
+    """Reads the pending step's metrics (waits for that step)."""
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    loss = float(metrics['train_loss'])
+    param_norm = float(metrics['param_norm'])
+    # The loss of step s comes from the parameters before it; the norm of
+    # the updated ones catches an update that overflowed.
+    if not (np.isfinite(loss) and np.isfinite(param_norm)):
+      self._checkpointer.close()
+      raise NonFiniteLossError(
+          f'the training loss is {loss} (parameter norm {param_norm}) at step '
+          f'{step}; stopping. The last good checkpoint '
+          f'({self._checkpointer.latest_step()}) stays the latest: lower the '
+          f'learning rate or check the data, then rerun.')
+    self.losses.append(loss)
+    self.grad_norms.append(float(metrics['grad_norm']))
+    self.lr = float(metrics['learning_rate'])
+
+  def summary(self) -> dict:
+    """Means since the last summary, after settling the pending step."""
+    self.settle()
+    out = {'train_loss': float(np.mean(self.losses)),
+           'learning_rate': self.lr,
+           'grad_norm': float(np.mean(self.grad_norms))}
+    self._reset()
+    return out
+
+
 # --------------------------------------------------------------------- loop
 
 
@@ -239,7 +290,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                config.batch_size)
   batches = train_data.iterator(start_batch=start_step)
   status, step, eval_metrics = 'done', start_step, {}
-  window = {'loss': [], 'grad_norm': [], 'lr': None}
+  window = _Window(checkpointer)
   img_per_sec = None
   with _Preemption() as preemption:
     tracker.start_training()  # Input time counts: a starved step is slow.
@@ -247,30 +298,14 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       batch = parallel.host_to_global(next(batches), mesh)
       state, step_metrics = compiled(state, batch)
       step += 1
-      loss = float(step_metrics['train_loss'])  # Waits for the step.
       tracker.add_images(config.batch_size)
-      # The loss of step s comes from the parameters before it; the norm of
-      # the updated ones catches an update that overflowed.
-      if not (np.isfinite(loss) and
-              np.isfinite(float(step_metrics['param_norm']))):
-        checkpointer.close()
-        raise NonFiniteLossError(
-            f'the training loss is {loss} (parameter norm '
-            f'{float(step_metrics["param_norm"])}) at step {step}; stopping. '
-            f'The last good checkpoint ({checkpointer.latest_step()}) stays '
-            f'the latest: lower the learning rate or check the data, then '
-            f'rerun.')
-      window['loss'].append(loss)
-      window['grad_norm'].append(float(step_metrics['grad_norm']))
-      window['lr'] = float(step_metrics['learning_rate'])
+      # Read the previous step's metrics while this one runs; every step is
+      # read before anything is logged or saved after it.
+      window.push(step, step_metrics)
 
       last = step == config.total_steps
       if step % config.log_every == 0 or last:
-        scalars = {
-            'train_loss': float(np.mean(window['loss'])),
-            'learning_rate': window['lr'],
-            'grad_norm': float(np.mean(window['grad_norm'])),
-        }
+        scalars = window.summary()
         scalars.update(tracker.metrics())  # img/s, per core, MFU, core-hours.
         scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
         img_per_sec = scalars.get('img_per_sec', img_per_sec)
@@ -280,25 +315,28 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         writer.write(step, scalars)
         rate, eta = progress.update(step)
         metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
-        window = {'loss': [], 'grad_norm': [], 'lr': None}
         progress.reset_clock()
 
       verdict = cap.check(tracker.core_hours)
       if verdict == 'warn':
         logging.warning('%s', cap.warn_message(tracker.core_hours))
       if verdict == 'stop':
+        window.settle()
         save(step)
         status = 'budget_exhausted'
         logging.warning('%s', cap.stop_message(tracker.core_hours, workdir))
         break
       if preemption.reached(step):
+        window.settle()
         save(step)
         status = 'preempted'
         logging.warning('Preemption requested: saved step %d to %s; rerun '
                         'the same command to resume.', step, workdir)
         break
       if step % config.checkpoint_every == 0 or last:
+        window.settle()
         save(step)
+    window.settle()
     tracker.stop()
   checkpointer.close()
   writer.close()
