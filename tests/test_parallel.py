@@ -1,6 +1,5 @@
 """Mesh resolution and the regex sharding rules."""
 
-import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 

@@ -16,32 +16,22 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from vit_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with named arguments: '
     'configs/finetune.py:model=B/16,dataset=cifar10', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
                                'metrics and the exported params.npz.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 (multi-process runs '
-    'outside Cloud TPU and SLURM).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                   'This process\'s id, from 0.')
-
-
-def _fail(message: str, status: int = 2) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(status)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
+    cli.fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
   if _CONFIG.value is None:
-    _fail('--config is required, e.g. --config=configs/quickstart.py')
+    cli.fail('--config is required, e.g. --config=configs/quickstart.py')
   if not _WORKDIR.value:
-    _fail('--workdir is required: the directory for checkpoints and metrics.')
+    cli.fail('--workdir is required: the directory for checkpoints and metrics.')
   logging.getLogger().setLevel(logging.INFO)
   # orbax and clu log every file they touch through absl: keep their warnings.
   for name in ('absl', 'jax'):
@@ -49,16 +39,14 @@ def main(argv) -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
   try:
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                    _PROCESS_ID.value)
-    parallel.configure_cpu()
+    cli.start_distributed()
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
-    _fail(str(e), status=1)
+    cli.fail(str(e), status=1)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    _fail(str(e).strip('"\''))
+    cli.fail(str(e).strip('"\''))
   if jax.process_index() == 0:
     print(summary_line(result), flush=True)
   if result.status == 'budget_exhausted':
@@ -109,7 +97,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       flags.FLAGS['config'].value.get('seed')  # Loads a lazily failing file.
   except (flags.Error, KeyError, TypeError, ValueError, AttributeError,
           OSError) as e:
-    _fail(_config_error(e))
+    cli.fail(_config_error(e))
   return rest
 
 

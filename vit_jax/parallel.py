@@ -13,7 +13,6 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

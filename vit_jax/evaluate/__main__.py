@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from vit_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file with named arguments, e.g. '
@@ -21,42 +22,27 @@ _CONFIG = config_flags.DEFINE_config_file(
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'A released .npz or the workdir of a vit_jax run.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results are written.')
-_COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 (multi-process runs '
-    'outside Cloud TPU and SLURM).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'Number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                   'This process\'s id, from 0.')
-
-
-def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
+    cli.fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
   for flag, example in ((_CONFIG, 'configs/evaluate.py:evals=fewshot'),
                         (_CHECKPOINT, 'runs/quickstart or ViT-B_16.npz'),
                         (_WORKDIR, 'runs/eval')):
     if not flag.value:
-      _fail(f'--{flag.name} is required, e.g. --{flag.name}={example}')
+      cli.fail(f'--{flag.name} is required, e.g. --{flag.name}={example}')
   logging.getLogger().setLevel(logging.INFO)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluate import run  # pylint: disable=g-import-not-at-top
   try:
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                    _PROCESS_ID.value)
-    parallel.configure_cpu()
+    cli.start_distributed()
     results = run.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value,
                                       _WORKDIR.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    _fail(str(e).strip('"\''))
+    cli.fail(str(e).strip('"\''))
   if jax.process_index() == 0:
     print(run.table(results), flush=True)
     print(f'wrote {os.path.join(_WORKDIR.value, run.RESULTS)}', flush=True)
@@ -70,7 +56,7 @@ def _parse_flags(argv):
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     errors = [l for l in lines if l.split(':', 1)[0].endswith(('Error', 'Exception'))]
     line = (errors or lines)[-1]
-    _fail(line.split(': ', 1)[1] if errors else line)
+    cli.fail(line.split(': ', 1)[1] if errors else line)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
