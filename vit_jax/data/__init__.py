@@ -41,8 +41,17 @@
   threads         tf.data worker threads (default 0: one per CPU core).
 
 Without a keep(...) op the batches hold only 'image' and 'labels'.
-The training batch order is a function of (seed, process_index, process_count):
-`iterator(k)` yields what a fresh iterator yields after k batches. `digits`
+Training order. `digits`, `arrays` and `folder` (random-access sources) have
+one global order, a permutation of the whole split per epoch seeded by (seed,
+epoch): global batch s is the examples at positions [s B, (s+1) B) of that
+stream (epochs roll over inside a batch), host i reads and preprocesses only
+its rows [i B/P, (i+1) B/P), and random ops draw from (seed, position), so
+the concatenated host batches are bit-identical for any process count P and
+a run (or a checkpoint) moves between process counts with the same data
+(mixup excepted: it mixes within host batches, see mixup.py). TFDS sources
+are streams read as per-host file shards, shuffled by each host's buffer:
+there the batches are a function of (seed, process_index, process_count).
+Always, `iterator(k)` yields what a fresh iterator yields after k batches. `digits`
 and `arrays` run without importing TensorFlow when every op has a NumPy kernel
 (decode, resize, resize_small, central_crop, flip_lr, value_range, onehot,
 keep, drop, copy, mixup).

@@ -1,10 +1,14 @@
 """Mixup (Zhang et al., 2018) as used in the AugReg study: a batch op in NumPy.
 
-Each host batch draws one weight p ~ Beta(alpha, alpha), takes max(p, 1 - p),
-and mixes every example with its neighbour in the batch (the batch rolled by
-one): x <- p x + (1 - p) roll(x), for the image and the labels alike. The draw
-is a function of (seed, host, batch number), so a resumed run mixes as the
-uninterrupted run did.
+Each batch draws one weight p ~ Beta(alpha, alpha), takes max(p, 1 - p),
+and mixes every example with its neighbour in the host batch (the batch
+rolled by one): x <- p x + (1 - p) roll(x), for the image and the labels
+alike. The draw is a function of (seed, batch number), the same on every
+host, so a resumed run mixes as the uninterrupted run did. Only the host's
+own rows are at hand, so the first row of each host batch is mixed with that
+host batch's last row: with P processes, P rows of a global batch (the first
+of each host's share) differ from what one process would make of the same
+examples; every other row is the same.
 """
 
 from __future__ import annotations

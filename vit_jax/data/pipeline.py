@@ -6,14 +6,22 @@ for the config keys). Three executors produce the same contract:
 * NumPy, for in-memory sources whose ops all have NumPy kernels: batch k is
   computed directly from its stream positions (no TensorFlow at all).
 * tf.data over a random-access source (folders, or arrays with TF-only ops):
-  the per-epoch permutation comes from sampler.TrainOrder, so resuming costs
-  one permutation.
+  each batch's example indices come from sampler.TrainOrder, so resuming
+  costs one permutation.
 * tf.data over a stream source (TFDS): each epoch reshuffles the host's slice
   with a buffer seeded by (seed, host, epoch); resuming skips the consumed part
   of the current epoch before any decoding.
 
-Random ops draw from a seed that is a function of (seed, host, stream
-position), so `iterator(k)` is exactly a fresh iterator advanced by k batches.
+Random-access sources (digits, arrays, folder) train on one global stream: a
+permutation of the whole split per epoch, seeded by (seed, epoch) and the
+same on every host; global batch s is stream positions [s B, (s+1) B) and
+host i reads and preprocesses only its rows [i B/P, (i+1) B/P) of it. Random
+ops draw from (seed, global position), so row r of global batch s is the
+same bits for any process count P, and a checkpoint moves between process
+counts without changing the data. TFDS is read as per-host file shards (one
+host cannot read another's records without reading every file), so there the
+batches depend on (seed, P) and random ops on (seed, host, host position).
+Either way `iterator(k)` is exactly a fresh iterator advanced by k batches.
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ class _Pipeline:
     self.host_batch_size = sampler.host_batch_size(global_batch_size, process_count)
     self.process_index, self.process_count = process_index, process_count
     self.seed = int(seed)
-    self.key_host = process_index  # Evaluation sets 0: its draws ignore the host count.
+    # Stream of the random draws. Training on TFDS: the host's own; evaluation and
+    # training on random-access sources set GLOBAL_STREAM (draws ignore the host).
+    self.key_host = process_index
     data = _cfg(input_config, 'data')
     self.source = sources.open_source(data, _cfg(input_config, 'data_dir'), split)
     pp = _cfg(input_config, 'pp')
@@ -159,8 +169,14 @@ class TrainPipeline(_Pipeline):
     super().__init__(input_config, None, global_batch_size, process_index,
                      process_count, seed)
     self._dataset_at_0 = None
-    self.order = sampler.TrainOrder(self.host_stop - self.host_start, self.seed,
-                                    process_index)
+    self.global_batch_size = int(global_batch_size)
+    self.random_access = hasattr(self.source, 'tf_lookup')
+    if self.random_access:  # One global stream, the same on every host.
+      self.key_host = sampler.GLOBAL_STREAM
+      self.order = sampler.TrainOrder(self.num_examples, self.seed)
+    else:  # This host's share of the split, shuffled by its own buffer.
+      self.order = sampler.TrainOrder(self.host_stop - self.host_start, self.seed,
+                                      process_index)
     self.num_classes = self._labels_width()
 
   def _labels_width(self) -> int:
@@ -186,42 +202,58 @@ class TrainPipeline(_Pipeline):
       yield self._apply_batch_ops(batch, k)
 
   def _apply_batch_ops(self, batch: dict, k: int) -> dict:
-    key = sampler.fold_in(sampler.example_keys(self.seed, self.process_index, k), _BATCH_SALT)
+    """Batch ops (mixup) draw from (seed, k): the same draw on every host."""
+    key = sampler.fold_in(sampler.example_keys(self.seed, sampler.GLOBAL_STREAM, k),
+                          _BATCH_SALT)
     for i, op in enumerate(self.batch_ops):
       batch = op.batch_fn(batch, int(sampler.fold_in(key, i)))
     return batch
 
+  def _host_positions(self, k: int) -> np.ndarray:
+    """Global stream positions of this host's rows of global batch k."""
+    return sampler.host_positions(k, self.global_batch_size, self.process_index,
+                                  self.process_count)
+
   def _np_batch(self, k: int, offsets: Optional[np.ndarray] = None) -> dict:
-    b = self.host_batch_size
-    positions = k * b + (np.arange(b) if offsets is None else offsets)
-    indices = self.host_start + self.order.indices(positions)
-    return self._np_apply(self.source.take(indices), positions)
+    positions = self._host_positions(k)
+    if offsets is not None:
+      positions = positions[offsets]
+    return self._np_apply(self.source.take(self.order.indices(positions)), positions)
 
   def _tf_dataset(self, start_batch: int):
     tf = _tf()
-    first = start_batch * self.host_batch_size
-    epoch0, offset = divmod(first, self.order.n)
-    epochs = tf.data.Dataset.range(epoch0, _FOREVER)
-    if hasattr(self.source, 'tf_lookup'):
-      examples = self._random_access_stream(epochs)
+    if self.random_access:
+      ds = self._global_rows(start_batch)
     else:
-      examples = self._shuffled_stream(epochs)
-    ds = tf.data.Dataset.zip((tf.data.Dataset.range(first, _FOREVER),
-                              examples.skip(offset)))
+      ds = self._host_stream(start_batch)
     ds = ds.map(self._tf_preprocess(), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(self.host_batch_size, drop_remainder=True)
     return self._tf_options(ds.prefetch(self.tf_prefetch))
 
-  def _random_access_stream(self, epochs):
+  def _global_rows(self, start_batch: int):
+    """(global position, example index) of this host's rows, batch after batch."""
     tf = _tf()
-    n, start, order = self.order.n, self.host_start, self.order
-    def permutation(epoch):
-      return (order.epoch_permutation(int(epoch)) + start).astype(np.int64)
-    def one_epoch(epoch):
-      indices = tf.numpy_function(permutation, [epoch], tf.int64, stateful=False)
-      indices.set_shape([n])
-      return tf.data.Dataset.from_tensor_slices(indices)
-    return epochs.flat_map(one_epoch)  # Indices: _tf_preprocess looks them up.
+    b = self.host_batch_size
+    def rows(k):
+      positions = self._host_positions(int(k))
+      return positions, self.order.indices(positions)
+    def one_batch(k):
+      positions, indices = tf.numpy_function(rows, [k], (tf.int64, tf.int64),
+                                             stateful=False)
+      positions.set_shape([b])
+      indices.set_shape([b])
+      return tf.data.Dataset.from_tensor_slices((positions, indices))
+    # Indices: _tf_preprocess looks them up, so only this host's rows are read.
+    return tf.data.Dataset.range(start_batch, _FOREVER).flat_map(one_batch)
+
+  def _host_stream(self, start_batch: int):
+    """(host position, example) of this host's shuffled share, from batch start_batch."""
+    tf = _tf()
+    first = start_batch * self.host_batch_size
+    epoch0, offset = divmod(first, self.order.n)
+    examples = self._shuffled_stream(tf.data.Dataset.range(epoch0, _FOREVER))
+    return tf.data.Dataset.zip((tf.data.Dataset.range(first, _FOREVER),
+                                examples.skip(offset)))
 
   def _shuffled_stream(self, epochs):
     tf = _tf()
@@ -242,7 +274,7 @@ class EvalPipeline(_Pipeline):
                process_index: int = 0, process_count: int = 1):
     super().__init__(input_config, split, global_batch_size, process_index,
                      process_count, seed=0)
-    self.key_host = 0
+    self.key_host = sampler.GLOBAL_STREAM
     self.num_batches = sampler.eval_num_batches(
         self.num_examples, self.host_batch_size, process_count)
     self.num_host_examples = self.host_stop - self.host_start

@@ -1,4 +1,4 @@
-"""Which examples each host reads, in which order: split slices, host shards, epochs.
+"""Which examples each host reads, in which order: split slices, host shares, epochs.
 
 Everything here is index arithmetic in NumPy, shared by every source:
 
@@ -10,14 +10,19 @@ Everything here is index arithmetic in NumPy, shared by every source:
   positions back to absolute ranges of the base splits.
 * `host_range(n, i, p)` -> host i's contiguous share of n examples (sizes
   differ by at most one, the first `n % p` hosts get the extra example, as
-  `tfds.even_splits`).
-* `TrainOrder` maps a host's stream position g (the g-th example it yields
+  `tfds.even_splits`): evaluation, and the training streams of TFDS.
+* `TrainOrder` maps a stream position g (the g-th example of the stream
   since step 0) to an example: epoch g // n, and within it a permutation
-  seeded by (seed, process_index, epoch). Position -> example is a pure
-  function, so resuming at batch k costs nothing.
-* `example_keys(seed, process_index, positions)` -> one 64-bit key per stream
+  seeded by (seed, stream, epoch). Position -> example is a pure function,
+  so resuming at batch k costs nothing. Random-access sources have one
+  global stream (`GLOBAL_STREAM`) over the whole split, the same on every
+  host; `host_positions` gives host i the rows [i B/P, (i+1) B/P) of each
+  global batch of B positions, so global batch s holds stream positions
+  [s B, (s+1) B) whatever the number of processes P.
+* `example_keys(seed, stream, positions)` -> one 64-bit key per stream
   position: random augmentation is a function of that key only, so a resumed
-  run draws exactly the augmentation the uninterrupted run drew.
+  run draws exactly the augmentation the uninterrupted run drew, and on the
+  global stream every process count draws the same for the same example.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ _PART_RE = re.compile(r'^\s*([\w\-.]+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?
 _BOUND_RE = re.compile(r'^(-?\d+)(%?)$')
 
 Range = tuple[str, int, int]  # (base split, start, stop): absolute, stop exclusive.
+# The stream number of the global stream: 0, the number a single process always
+# had, so single-process runs draw the batches they drew when each host had its own.
+GLOBAL_STREAM = 0
 
 
 def parse_split(split: str) -> list[tuple[str, Optional[str], Optional[str]]]:
@@ -153,9 +161,9 @@ def fold_in(keys, data) -> np.ndarray:
                   np.uint64(0x9E3779B97F4A7C15) * (np.asarray(data, np.uint64) + np.uint64(1)))
 
 
-def example_keys(seed: int, process_index: int, positions) -> np.ndarray:
-  """One uint64 key per stream position of one host."""
-  return fold_in(fold_in(np.uint64(seed % 2**64), process_index), positions)
+def example_keys(seed: int, stream: int, positions) -> np.ndarray:
+  """One uint64 key per position of stream `stream` (GLOBAL_STREAM or a host's)."""
+  return fold_in(fold_in(np.uint64(seed % 2**64), stream), positions)
 
 
 def uniform(keys: np.ndarray, salt: int) -> np.ndarray:
@@ -164,24 +172,40 @@ def uniform(keys: np.ndarray, salt: int) -> np.ndarray:
   return bits.astype(np.float64) / float(2**53)
 
 
-class TrainOrder:
-  """Maps a host's stream positions to example indices, epoch by epoch."""
+def host_positions(batch, global_batch_size: int, process_index: int,
+                   process_count: int) -> np.ndarray:
+  """Global stream positions of host `process_index`'s rows of global batch(es) `batch`.
 
-  def __init__(self, num_host_examples: int, seed: int, process_index: int):
-    if num_host_examples < 1:
+  Global batch s is positions [s B, (s+1) B); host i takes its contiguous
+  share [s B + i B/P, s B + (i+1) B/P). Shape: batch's shape + [B/P].
+  """
+  b = host_batch_size(global_batch_size, process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, process_count='
+                     f'{process_count}).')
+  batch = np.asarray(batch, np.int64)
+  return (batch[..., None] * global_batch_size + process_index * b +
+          np.arange(b, dtype=np.int64))
+
+
+class TrainOrder:
+  """Maps the stream positions of n examples to example indices, epoch by epoch."""
+
+  def __init__(self, num_examples: int, seed: int, stream: int = GLOBAL_STREAM):
+    if num_examples < 1:
       raise ValueError('This host has no training examples: the split has fewer '
                        'examples than there are processes.')
-    self.n = num_host_examples
+    self.n = num_examples
     self.seed = seed
-    self.process_index = process_index
+    self.stream = stream
 
   @functools.lru_cache(maxsize=4)
   def epoch_permutation(self, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([self.seed % 2**63, self.process_index, epoch])
+    rng = np.random.default_rng([self.seed % 2**63, self.stream, epoch])
     return rng.permutation(self.n)
 
   def indices(self, positions: np.ndarray) -> np.ndarray:
-    """Host-local example indices for stream positions (any epochs)."""
+    """Example indices (in [0, n)) for stream positions (any epochs)."""
     positions = np.asarray(positions, np.int64)
     epochs, offsets = np.divmod(positions, self.n)
     out = np.empty_like(positions)

@@ -13,6 +13,15 @@ absolute sub-splits of its share of those positions (`'train[0:500]'` on
 host 0, `'train[500:800]+validation[0:200]'` on host 1), so hosts never open
 each other's examples and every count is exact; within its share a host
 reads in TFDS's file order (TFDS interleaves the files of a '+' split).
+
+Training batches therefore depend on the process count: TFRecord shards
+are read sequentially, so a global permutation (as the random-access
+sources have) would make every host read every file to pick out its rows.
+Each host instead shuffles its own share with its own buffer, and the
+global batch is the union of the hosts' streams: the same seed on 1 and on
+4 processes gives other batches (resuming on the same process count is
+still exact). For a run that must move between process counts with the
+same data, export the split to an image folder (`name='folder'`).
 """
 
 from __future__ import annotations
