@@ -97,20 +97,20 @@ def test_resume_is_exact(use_tf):
 
 
 @pytest.mark.parametrize('hosts', [2, 4])
-def test_host_slices_disjoint_and_complete(hosts):
-  n = 37
-  per_host = []
-  for i in range(hosts):
-    pipe = data.build_train(arrays_config(n), global_batch_size=4 * hosts, seed=0,
-                            process_index=i, process_count=hosts)
-    it = pipe.iterator()
-    share = sampler.host_range(n, i, hosts)
-    steps = -(-(share[1] - share[0]) // 4)
-    seen = np.concatenate([ids(next(it)) for _ in range(steps)])[:share[1] - share[0]]
-    assert len(next(it)['image']) == 4  # per-host batch = global / hosts
-    per_host.append(set(seen.tolist()))
-  assert sum(len(s) for s in per_host) == n
-  assert set().union(*per_host) == set(range(n))
+def test_hosts_split_each_global_batch_of_one_global_order(hosts):
+  n, host_batch = 37, 4
+  iterators = [data.build_train(arrays_config(n), global_batch_size=host_batch * hosts, seed=0,
+                                process_index=i, process_count=hosts).iterator()
+               for i in range(hosts)]
+  steps = -(-2 * n // (host_batch * hosts))  # two epochs or more
+  stream = []
+  for _ in range(steps):
+    rows = [ids(next(it)) for it in iterators]
+    assert all(len(r) == host_batch for r in rows)  # per-host batch = global / hosts
+    stream += [j for r in rows for j in r]
+  # Global batches in host order make one stream: a permutation of the split per epoch.
+  assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n:2 * n]) == list(range(n))
+  np.testing.assert_array_equal(stream, sampler.TrainOrder(n, 0).indices(np.arange(len(stream))))
 
 
 @pytest.mark.parametrize('hosts,batch', [(1, 4), (2, 8), (4, 8), (4, 16)])

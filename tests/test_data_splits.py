@@ -63,20 +63,21 @@ EXPECTED = list(range(30, 37)) + list(range(102, 109)) + list(range(4))  # 18 ex
 
 
 def check_train_hosts_and_resume(config, expected, hosts, host_batch, ids_fn, resume_at):
-  """Per host: one epoch is its contiguous share of `expected`; iterator(k) resumes exactly."""
+  """Host batches in host order: each epoch a permutation of `expected`; iterator(k) exact."""
+  n = len(expected)
+  num = max(-(-2 * n // (host_batch * hosts)), max(resume_at) + 1)  # two epochs or more
+  per_host = []
   for i in range(hosts):
     pipe = data.build_train(config, global_batch_size=host_batch * hosts, seed=5,
                             process_index=i, process_count=hosts)
-    lo, hi = sampler.host_range(len(expected), i, hosts)
-    assert pipe.num_examples == len(expected) and pipe.order.n == hi - lo
+    assert pipe.num_examples == n and pipe.order.n == n  # one global order
     it = pipe.iterator()
-    num = max(-(-2 * (hi - lo) // host_batch), max(resume_at) + 1)  # two epochs or more
-    batches = [next(it) for _ in range(num)]
-    stream = np.concatenate([ids_fn(b) for b in batches])
-    assert sorted(stream[:hi - lo]) == sorted(expected[lo:hi])
-    assert sorted(stream[hi - lo:2 * (hi - lo)]) == sorted(expected[lo:hi])
+    per_host.append([next(it) for _ in range(num)])
     for k in resume_at:
-      np.testing.assert_array_equal(next(pipe.iterator(k))['image'], batches[k]['image'])
+      np.testing.assert_array_equal(next(pipe.iterator(k))['image'], per_host[i][k]['image'])
+  stream = np.concatenate([ids_fn(h[s]) for s in range(num) for h in per_host])
+  assert sorted(stream[:n]) == sorted(expected)
+  assert sorted(stream[n:2 * n]) == sorted(expected)
 
 
 def check_eval_once(config, expected, hosts, host_batch, ids_fn):
