@@ -43,10 +43,18 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                                num_processes=num_processes,
                                process_id=process_id)
     return
-  on_tpu_pod = len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
-  on_slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
-  if on_tpu_pod or on_slurm:
-    jax.distributed.initialize()
+  if on_cloud_tpu() or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.distributed.initialize()  # jax reads the cluster from its metadata.
+
+
+def on_cloud_tpu() -> bool:
+  """True on a Cloud TPU VM (GKE sets TPU_WORKER_HOSTNAMES; a VM made with
+  `gcloud compute tpus tpu-vm create` has TPU device files but not that
+  variable). jax.distributed then finds the hosts from the TPU metadata; a
+  single-host slice becomes a one-process cluster."""
+  if os.environ.get('TPU_WORKER_HOSTNAMES'):
+    return True
+  return any(os.path.exists(p) for p in ('/dev/accel0', '/dev/vfio/0'))
 
 
 def configure_cpu() -> None:

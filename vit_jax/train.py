@@ -132,6 +132,23 @@ class _Preemption:
     return self.requested
 
 
+_VERDICTS = ('ok', 'warn', 'stop')
+
+
+def _agreed(verdict: str) -> str:
+  """Process 0's cap verdict on every process.
+
+  Each process times its own clock, so their core-hours differ slightly; if
+  one stopped while the others trained on, the checkpoint would wait forever.
+  """
+  if jax.process_count() == 1:
+    return verdict
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  code = multihost_utils.broadcast_one_to_all(
+      np.int32(_VERDICTS.index(verdict)))
+  return _VERDICTS[int(code)]
+
+
 class _Window:
   """Training metrics since the last log line, read back one step late.
 
@@ -317,7 +334,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
         progress.reset_clock()
 
-      verdict = cap.check(tracker.core_hours)
+      verdict = _agreed(cap.check(tracker.core_hours)) if cap.enabled else 'ok'
       if verdict == 'warn':
         logging.warning('%s', cap.warn_message(tracker.core_hours))
       if verdict == 'stop':
