@@ -51,6 +51,11 @@ def test_quickstart_short_run_learns_and_writes_its_outputs(tmp_path):
   assert params['head']['kernel'].shape == (64, 10)
   # TensorBoard event files next to the JSON lines.
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  # Running a finished run again trains nothing and reports its scores.
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again.step == 200
+  assert again.eval_metrics['val/top1'] == result.eval_metrics['val/top1']
+  assert len(open(tmp_path / 'metrics.jsonl').readlines()) == 4
 
 
 def _main(workdir, *flags, devices=2):

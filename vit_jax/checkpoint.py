@@ -244,7 +244,7 @@ def save_npz(path: PathLike, params: Mapping[str, Any]) -> None:
   try:
     with tmp.open('wb') as f:
       np.savez(f, **arrays)
-    tmp.rename(target)
+    tmp.replace(target)  # Atomic, and overwrites an older export.
   finally:
     if tmp.exists():  # only when writing failed
       tmp.unlink()

@@ -355,6 +355,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         save(step)
     window.settle()
     tracker.stop()
+  if start_step >= config.total_steps:  # A finished run: report its scores.
+    logging.info('The run in %s is already complete (step %d).', workdir,
+                 start_step)
+    eval_metrics = run_evals(step, force=True)
   checkpointer.close()
   writer.close()
 
