@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from launch import gcloud
 from launch import supervise

@@ -290,7 +290,7 @@ class VisionTransformer(nn.Module):
   attention_implementation: Optional[str] = None
   attention_pad_multiple: Optional[int] = None
 
-  def setup_check(self):
+  def _check_options(self):
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f'unknown classifier {self.classifier!r}; choose one of '
                        f'{CLASSIFIERS}.')
@@ -303,7 +303,7 @@ class VisionTransformer(nn.Module):
     returns the representation the head sees (the few-shot probes' features,
     float32) instead of the logits.
     """
-    self.setup_check()
+    self._check_options()
     x = inputs.astype(self.dtype)
     if self.resnet is not None:
       x = resnet.bit_stem(x, self.resnet.num_layers, self.resnet.width_factor,
