@@ -1,13 +1,16 @@
 """Multi-host correctness through launch.local: 1, 2 and 4 processes train alike; N->M restore.
 
-The data set has exactly one global batch (32 images, batch 32), so every
-step's global batch is the same 32 images however they are split across
-hosts and shuffled: the losses of 1, 2 and 4 processes must agree to float
-rounding, which they cannot if a host trains on its own gradient alone or
-sees another host's examples twice. Each run is `python -m vit_jax.main`
-started by launch.local, the code path of a pod.
+The quickstart (configs/quickstart.py: the digits, its preprocessing, optimizer
+and schedule; a narrower ViT to keep it quick) with a global batch of 64 on the
+first 300 training digits: every step is another batch of the seeded global
+order, and the epoch rolls over inside step 5 (positions 256..319).
+The global batch of step s must not depend on the process count, so the
+losses of 1, 2 and 4 processes must agree to float rounding, which they
+cannot if the hosts shuffle their own shares, if a host trains on its own
+gradient alone, or if it sees another host's examples twice. Each run is
+`python -m vit_jax.main` started by launch.local, the code path of a pod.
 
-Runs (slow: each starts jax and TensorFlow in every process):
+Runs (slow: each starts jax in every process):
   one   1 process x 8 devices, 6 steps: the reference
   two   2 processes x 4 devices, 6 steps, checkpoints at 3 and 6
   four  from two's step-3 checkpoint, 4 processes x 2 devices, checkpoints every step
@@ -25,55 +28,25 @@ import pytest
 from launch import local
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN_IMAGES, TEST_IMAGES = 32, 45  # 45: no host count or host batch divides it
-PP = 'decode|resize(16)|value_range(-1, 1)|onehot(10)'
-CONFIG = '''
-from vit_jax import config_lib
+BATCH, TRAIN_DIGITS, TEST_DIGITS = 64, 300, 45  # 45: no host count or host batch divides it
+FLAGS = (
+    f'--config=configs/quickstart.py:steps=6,batch={BATCH}',
+    f'--config.input.data.split=train[:{TRAIN_DIGITS}]',
+    f'--config.evals.val.data.split=test[:{TEST_DIGITS}]',
+    '--config.evals.val.batch_size=16',
+    '--config.evals.val.every=3',
+    '--config.log_every=1',
+    '--config.checkpoint_every=3',
+    '--config.keep_checkpoints=10',
+    '--config.export_npz=False',
+    '--config.model.hidden_size=32', '--config.model.num_layers=2',
+    '--config.model.mlp_dim=64', '--config.model.num_heads=2',
+)
 
 
-def get_config(arg=None):
-  c = config_lib.base_config()
-  c.total_steps = 6
-  c.batch_size = {batch}
-  c.image_size = 16
-  c.num_classes = 10
-  c.model.name = 'ViT-Ti/16'
-  c.model.update(dict(patch_size=4, hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2))
-  c.input.data = dict(name='folder', split='train', root={root!r})
-  c.input.pp = {pp!r}
-  c.optim.name = 'adam'
-  c.schedule = dict(base_lr=1e-2, warmup_steps=0, decay_type='cosine', linear_end=0.0)
-  c.evals.val = dict(type='classify', data=dict(name='folder', split='test', root={root!r}),
-                     pp={pp!r}, batch_size=16, every=3)
-  c.log_every = 1
-  c.checkpoint_every = 3
-  c.keep_checkpoints = 10
-  c.export_npz = False
-  return c
-'''
-
-
-@pytest.fixture(scope='module')
-def config_file(tmp_path_factory):
-  """Digits as PNG files: 32 for training, 45 for evaluation, in ROOT/<split>/<class>/."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  base = tmp_path_factory.mktemp('multihost')
-  digits = load_digits()
-  for split, indices in (('train', range(TRAIN_IMAGES)), ('test', range(100, 100 + TEST_IMAGES))):
-    for i in indices:
-      folder = base / 'data' / split / str(digits.target[i])
-      folder.mkdir(parents=True, exist_ok=True)
-      gray = (digits.images[i] / 16 * 255).astype(np.uint8)
-      Image.fromarray(np.stack([gray] * 3, axis=-1)).save(folder / f'{i:04d}.png')
-  path = base / 'multihost_config.py'
-  path.write_text(CONFIG.format(batch=TRAIN_IMAGES, root=str(base / 'data'), pp=PP))
-  return path
-
-
-def _train(config_file, workdir, num_processes, devices_per_process, *flags):
+def _train(workdir, num_processes, devices_per_process, *flags):
   out = io.StringIO()
-  result = local.run([f'--config={config_file}', f'--workdir={workdir}', *flags],
+  result = local.run([*FLAGS, f'--workdir={workdir}', *flags],
                      num_processes=num_processes, devices_per_process=devices_per_process,
                      cwd=str(REPO), output=out, timeout_s=600)
   assert result.returncode == 0, out.getvalue()[-5000:]
@@ -97,22 +70,22 @@ def _resume_copy(src, dst, keep_through):
 
 
 @pytest.fixture(scope='module')
-def runs(config_file, tmp_path_factory):
+def runs(tmp_path_factory):
   base = tmp_path_factory.mktemp('runs')
   made = {}
 
   def get(name):
     if name not in made:
       if name == 'one':
-        made[name] = (base / name, _train(config_file, base / name, 1, 8))
+        made[name] = (base / name, _train(base / name, 1, 8))
       elif name == 'two':
-        made[name] = (base / name, _train(config_file, base / name, 2, 4))
+        made[name] = (base / name, _train(base / name, 2, 4))
       elif name == 'four':
         workdir = _resume_copy(get('two')[0], base / name, keep_through=3)
-        made[name] = (workdir, _train(config_file, workdir, 4, 2, '--config.checkpoint_every=1'))
+        made[name] = (workdir, _train(workdir, 4, 2, '--config.checkpoint_every=1'))
       elif name == 'back':
         workdir = _resume_copy(get('four')[0], base / name, keep_through=4)
-        made[name] = (workdir, _train(config_file, workdir, 1, 8))
+        made[name] = (workdir, _train(workdir, 1, 8))
     return made[name]
   return get
 
@@ -138,7 +111,7 @@ def test_two_processes_train_like_one(runs):
 def test_evaluation_counts_each_example_once(runs):
   for name in ('one', 'two', 'four'):
     evals = [r for r in _metrics(runs(name)[0]) if 'val/num_examples' in r]
-    assert evals and all(r['val/num_examples'] == TEST_IMAGES for r in evals), name
+    assert evals and all(r['val/num_examples'] == TEST_DIGITS for r in evals), name
 
 
 def test_only_process_zero_writes_metrics(runs):
