@@ -199,10 +199,10 @@ class TrainOrder:
     self.seed = seed
     self.stream = stream
 
-  @functools.lru_cache(maxsize=4)
+  @functools.lru_cache(maxsize=2)  # A batch may straddle two epochs; 4n bytes each.
   def epoch_permutation(self, epoch: int) -> np.ndarray:
     rng = np.random.default_rng([self.seed % 2**63, self.stream, epoch])
-    return rng.permutation(self.n)
+    return rng.permutation(self.n).astype(np.int32 if self.n < 2**31 else np.int64)
 
   def indices(self, positions: np.ndarray) -> np.ndarray:
     """Example indices (in [0, n)) for stream positions (any epochs)."""
