@@ -188,6 +188,12 @@ def host_positions(batch, global_batch_size: int, process_index: int,
           np.arange(b, dtype=np.int64))
 
 
+@functools.lru_cache(maxsize=2)  # A batch may straddle two epochs; 4n bytes each.
+def _permutation(n: int, seed: int, stream: int, epoch: int) -> np.ndarray:
+  rng = np.random.default_rng([seed, stream, epoch])
+  return rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64)
+
+
 class TrainOrder:
   """Maps the stream positions of n examples to example indices, epoch by epoch."""
 
@@ -199,10 +205,8 @@ class TrainOrder:
     self.seed = seed
     self.stream = stream
 
-  @functools.lru_cache(maxsize=2)  # A batch may straddle two epochs; 4n bytes each.
   def epoch_permutation(self, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([self.seed % 2**63, self.stream, epoch])
-    return rng.permutation(self.n).astype(np.int32 if self.n < 2**31 else np.int64)
+    return _permutation(self.n, self.seed % 2**63, self.stream, epoch)
 
   def indices(self, positions: np.ndarray) -> np.ndarray:
     """Example indices (in [0, n)) for stream positions (any epochs)."""
