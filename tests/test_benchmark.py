@@ -36,7 +36,7 @@ def test_benchmark_prints_one_json_line_without_heavy_imports():
   # 3 x 2 x forward MACs of ViT-Ti/16 at 32 px with 10 classes.
   d, n, l, m = 192, 5, 12, 768
   macs = l * (4 * n * d * d + 2 * n * d * m + 2 * n * n * d) + 4 * 16 * 16 * 3 * d
-  assert abs(result['train_gflops_per_image'] - 6 * macs / 1e9) < 0.01
+  assert abs(result['gflops_per_image'] - 6 * macs / 1e9) < 0.01
 
 
 def test_benchmark_rejects_a_batch_that_does_not_split():

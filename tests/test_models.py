@@ -254,6 +254,60 @@ def test_attention_padding_masks_the_padded_keys():
   assert not np.allclose(unmasked[:, :65], y, atol=1e-3)
 
 
+def _padding_case(dtype, monkeypatch=None):
+  """Logits and gradients of a 2-block ViT, unpadded and padded 17 -> 32 tokens.
+
+  Both use the XLA attention with the true key length masked (the cuDNN
+  kernel takes the same `key_value_seq_lengths` on a GPU). With a
+  `monkeypatch`, the padded model forgets the mask: the control case.
+  """
+  images = _images((3, 64, 64, 3), seed=5)  # 16 patches + class token
+  kwargs = dict(TINY, dtype=dtype, attention_implementation='xla')
+  plain = get_model('ViT-Ti/16', 10, **kwargs)
+  padded = get_model('ViT-Ti/16', 10, attention_pad_multiple=32, **kwargs)
+  params = _init(plain, images)
+  labels = jax.nn.one_hot(jnp.arange(3) % 10, 10)
+
+  def logits_and_grads(model):
+    def loss(p):
+      logits = model.apply({'params': p}, images)
+      return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), -1)), logits
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        params)
+    return logits, jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+
+  ref = logits_and_grads(plain)
+  if monkeypatch is not None:
+    attention = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, 'dot_product_attention', lambda *a, **k: (
+        attention(*a, **dict(k, key_value_seq_lengths=None))))
+  return ref, logits_and_grads(padded)
+
+
+# Worst logit / gradient error allowed, relative to the largest value: float32
+# rounding, and bfloat16 rounding (8 bits of mantissa: 2^-8 = 0.4% per op).
+_PADDING_TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_padded_attention_gives_the_same_logits_and_gradients(dtype):
+  (logits, grads), (logits_pad, grads_pad) = _padding_case(dtype)
+  tol = _PADDING_TOLERANCE[dtype]
+  scale = float(jnp.max(jnp.abs(logits)))
+  assert scale > 0.5 and float(jnp.std(logits)) > 0.1
+  assert float(jnp.max(jnp.abs(logits_pad - logits))) <= tol * scale
+  gscale = float(jnp.max(jnp.abs(grads)))
+  assert float(jnp.max(jnp.abs(grads_pad - grads))) <= tol * gscale
+
+
+def test_padded_attention_without_the_mask_would_fail_that_tolerance(
+    monkeypatch):
+  (logits, _), (logits_pad, _) = _padding_case('bfloat16', monkeypatch)
+  scale = float(jnp.max(jnp.abs(logits)))
+  assert float(jnp.max(jnp.abs(logits_pad - logits))) > (
+      5 * _PADDING_TOLERANCE['bfloat16'] * scale)
+
+
 def test_unknown_names_and_options_say_what_is_valid():
   with pytest.raises(ValueError, match=r'Did you mean .*ViT-B/16'):
     get_model('ViT-B/61', 10)

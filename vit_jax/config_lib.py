@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Model: a registered name plus any VisionTransformer field to override.
   c.model = ml_collections.ConfigDict(dict(
       name='ViT-B/16',
-      dtype='float32',
+      dtype=placeholder(str),  # None: the backend's (models/fast_path.py).
       remat_policy='none',
       scan_layers=False,
       classifier='token',
@@ -92,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.keep_checkpoint_every = placeholder(int)
   c.export_npz = True
+  # A jax.profiler trace of steps [start_step, start_step + num_steps) into
+  # WORKDIR/plugins/profile (vit_jax/profiling.py); start_step None: off.
+  c.profile = ml_collections.ConfigDict(dict(start_step=placeholder(int),
+                                             num_steps=3))
 
   # Compute budget (vit_jax.budget): a cap and an optional plan to compare.
   c.budget = ml_collections.ConfigDict(dict(

@@ -21,7 +21,7 @@ import numpy as np
 
 from vit_jax import budget, optim, parallel, train_step
 from vit_jax import metrics as metrics_lib
-from vit_jax import models
+from vit_jax import models, profiling
 from vit_jax.train_checkpoint import TrainCheckpointer
 
 #: Exit status when the compute cap stopped the run (see vit_jax.budget).
@@ -75,7 +75,8 @@ def model_overrides(model_config) -> dict:
 
 def build_model(model_config, num_classes: int):
   """The module and the ModelSpec (with overrides) the FLOP count uses."""
-  overrides = model_overrides(model_config)
+  overrides = models.backend_defaults(model_overrides(model_config),
+                                      jax.default_backend())
   model = models.get_model(model_config.name, num_classes, **overrides)
   spec = models.get_spec(model_config.name)
   arch = {k: overrides[k] for k in ('hidden_size', 'num_layers', 'mlp_dim',
@@ -308,12 +309,15 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   batches = train_data.iterator(start_batch=start_step)
   status, step, eval_metrics = 'done', start_step, {}
   window = _Window(checkpointer)
+  profiler = profiling.ProfileWindow.from_config(config.get('profile'), workdir)
   img_per_sec = None
   with _Preemption() as preemption:
     tracker.start_training()  # Input time counts: a starved step is slow.
     while step < config.total_steps:
       batch = parallel.host_to_global(next(batches), mesh)
+      profiler.before(step)
       state, step_metrics = compiled(state, batch)
+      profiler.after(step, step_metrics)
       step += 1
       tracker.add_images(config.batch_size)
       # Read the previous step's metrics while this one runs; every step is
@@ -354,6 +358,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         window.settle()
         save(step)
     window.settle()
+    profiler.stop()
     tracker.stop()
   if start_step >= config.total_steps:  # A finished run: report its scores.
     logging.info('The run in %s is already complete (step %d).', workdir,
