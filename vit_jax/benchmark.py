@@ -16,6 +16,7 @@ TensorFlow nor clu nor ml_collections, so it runs on a bare JAX host.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--mode', default='train', choices=('train', 'eval'),
                  help='train: the training step; eval: the forward pass')
   p.add_argument('--batch', type=int, default=256, help='global batch size')
+  p.add_argument('--num_layers', type=int, default=None,
+                 help="fewer blocks than the registry's (quick checks)")
   p.add_argument('--image_size', type=int, default=224)
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--dtype', default='bfloat16',
@@ -50,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--mesh', default='data=-1',
                  help='axis sizes, e.g. data=4,fsdp=2')
   args = p.parse_args(argv)
-  if args.batch <= 0 or args.steps <= 0:
-    p.error('--batch and --steps must be positive')
+  if args.batch <= 0 or args.steps <= 0 or (args.num_layers or 1) <= 0:
+    p.error('--batch, --steps and --num_layers must be positive')
   return args
 
 
@@ -72,8 +75,8 @@ def run(args: argparse.Namespace) -> dict:
       dtype=args.dtype, remat_policy=args.remat_policy,
       scan_layers=args.scan_layers,
       attention_implementation=args.attention_implementation,
-      attention_pad_multiple=args.attention_pad_multiple),
-      jax.default_backend())
+      attention_pad_multiple=args.attention_pad_multiple,
+      num_layers=args.num_layers), jax.default_backend())
   model = models.get_model(args.model, args.num_classes, **options)
   mesh = parallel.make_mesh(_mesh_sizes(args.mesh))
   parallel.check_batch_divisible(args.batch, args.accum_steps, mesh)
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace) -> dict:
   img_per_sec = args.batch * args.steps / seconds
   kind = jax.devices()[0].device_kind
   spec = models.get_spec(args.model)
+  if args.num_layers:
+    spec = dataclasses.replace(spec, num_layers=args.num_layers)
   flops_per_image = budget.train_flops_per_image(spec, args.image_size,
                                                  args.num_classes)
   if args.mode == 'eval':  # One forward pass: a third of the training FLOPs.
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> dict:
   if 'peak_bytes_in_use' in stats:
     memory = stats['peak_bytes_in_use']
   return {
-      'model': args.model, 'mode': args.mode, 'batch': args.batch,
+      'model': args.model, 'num_layers': spec.num_layers, 'mode': args.mode,
+      'batch': args.batch,
       'image_size': args.image_size, 'dtype': args.dtype,
       'remat_policy': args.remat_policy, 'mu_dtype': args.mu_dtype,
       'attention_implementation': options.get('attention_implementation'),
