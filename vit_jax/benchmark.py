@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--batch', type=int, default=256, help='global batch size')
   p.add_argument('--num_layers', type=int, default=None,
                  help="fewer blocks than the registry's (quick checks)")
+  p.add_argument('--arch', default='',
+                 help='architecture overrides, e.g. the quickstart model: '
+                 'hidden_size=64,mlp_dim=128,num_heads=4,patch_size=4')
   p.add_argument('--image_size', type=int, default=224)
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--dtype', default='bfloat16',
@@ -58,25 +61,41 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-def _mesh_sizes(text: str) -> dict:
+_ARCH_KEYS = ('hidden_size', 'num_layers', 'mlp_dim', 'num_heads', 'patch_size')
+
+
+def _arch(args) -> dict:
+  """--arch and --num_layers as ModelSpec fields (patch_size as a pair)."""
+  arch = {}
+  for key, value in _mesh_sizes(args.arch, '--arch').items():
+    if key not in _ARCH_KEYS:
+      raise ValueError(f'--arch key {key!r} is not one of {_ARCH_KEYS}')
+    arch[key] = (value, value) if key == 'patch_size' else value
+  if args.num_layers:
+    arch['num_layers'] = args.num_layers
+  return arch
+
+
+def _mesh_sizes(text: str, flag: str = '--mesh') -> dict:
   sizes = {}
   for item in filter(None, text.split(',')):
     key, _, value = item.partition('=')
     try:
       sizes[key] = int(value)
     except ValueError:
-      raise ValueError(f'--mesh entry {item!r} is not AXIS=INT') from None
+      raise ValueError(f'{flag} entry {item!r} is not KEY=INT') from None
   return sizes
 
 
 def run(args: argparse.Namespace) -> dict:
   """Compiles and times the step; returns the JSON-able result."""
+  arch = _arch(args)
   options = models.backend_defaults(dict(
       dtype=args.dtype, remat_policy=args.remat_policy,
       scan_layers=args.scan_layers,
       attention_implementation=args.attention_implementation,
-      attention_pad_multiple=args.attention_pad_multiple,
-      num_layers=args.num_layers), jax.default_backend())
+      attention_pad_multiple=args.attention_pad_multiple, **arch),
+      jax.default_backend())
   model = models.get_model(args.model, args.num_classes, **options)
   mesh = parallel.make_mesh(_mesh_sizes(args.mesh))
   parallel.check_batch_divisible(args.batch, args.accum_steps, mesh)
@@ -120,9 +139,7 @@ def run(args: argparse.Namespace) -> dict:
   n = jax.device_count()
   img_per_sec = args.batch * args.steps / seconds
   kind = jax.devices()[0].device_kind
-  spec = models.get_spec(args.model)
-  if args.num_layers:
-    spec = dataclasses.replace(spec, num_layers=args.num_layers)
+  spec = dataclasses.replace(models.get_spec(args.model), **arch)
   flops_per_image = budget.train_flops_per_image(spec, args.image_size,
                                                  args.num_classes)
   if args.mode == 'eval':  # One forward pass: a third of the training FLOPs.
