@@ -2,6 +2,7 @@
 
   python -m vit_jax.predict --model ViT-B/16 --checkpoint ViT-B_16_imagenet2012.npz \
       [--labels imagenet|FILE] [--image_size 384] [--top_k 5] IMAGE...
+  python -m vit_jax.predict --checkpoint TRANSFORMERS_DIR IMAGE...
 
 Images are preprocessed like the released fine-tuned models: resized to
 image_size x image_size (bilinear) and scaled to [-1, 1]. The class count,
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vit_jax import checkpoint
+from vit_jax import checkpoint, hf_interop
 from vit_jax.models import get_model, get_spec, param_shapes
 
 IMAGENET_LABELS = 'imagenet1k_labels.txt'
@@ -33,10 +34,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.predict',
       description='Prints the top-k classes of each image under a ViT checkpoint.')
-  parser.add_argument('--model', required=True,
-                      help='registered model name, e.g. ViT-B/16 or ViT-B_16')
+  parser.add_argument('--model', default=None,
+                      help='registered model name, e.g. ViT-B/16 or ViT-B_16 '
+                           '(not needed for a transformers directory)')
   parser.add_argument('--checkpoint', required=True,
-                      help='.npz in the released layout (local path or gs://)')
+                      help='.npz in the released layout (local path or gs://) '
+                           'or a transformers ViT directory')
   parser.add_argument('--labels', default=None,
                       help='"imagenet" (the bundled 1,000 names) or a text file '
                            'with one class name per line; default: imagenet '
@@ -107,8 +110,20 @@ def _native_image_size(restored: dict, model_name: str) -> int:
   return side * get_spec(model_name).stride
 
 
-def build(model_name: str, checkpoint_path: str, image_size: Optional[int]):
-  """Returns (model, params, image_size) for a released-layout checkpoint."""
+def build(model_name: Optional[str], checkpoint_path: str,
+          image_size: Optional[int]):
+  """Returns (model, params, image_size) for a released-layout checkpoint.
+
+  A transformers ViT directory names its own model (config.json).
+  """
+  overrides = {}
+  if hf_interop.is_transformers_dir(checkpoint_path):
+    arch = hf_interop.model_for_checkpoint(checkpoint_path)
+    model_name, overrides = arch.name, arch.overrides
+    image_size = image_size or arch.image_size[0]
+  elif model_name is None:
+    raise ValueError(f'{checkpoint_path} does not name its model; pass --model, '
+                     f'e.g. --model ViT-B/16.')
   get_spec(model_name)  # an unknown name fails before the file is read
   restored = checkpoint.load_npz(checkpoint_path)
   if 'head' not in restored:
@@ -122,7 +137,8 @@ def build(model_name: str, checkpoint_path: str, image_size: Optional[int]):
                            if pre_logits else None),
       posemb='learn' if 'posembed_input' in restored.get('Transformer', {})
       else 'sincos2d',
-      scan_layers=True)  # one compiled block: compiles fastest
+      scan_layers=True,  # one compiled block: compiles fastest
+      **overrides)
   image_size = image_size or _native_image_size(restored, model_name)
   params = checkpoint.load_pretrained(
       restored, param_shapes(model, image_size), name=checkpoint_path)
