@@ -17,6 +17,7 @@ max |logit diff| is printed and recorded as a junit property.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -124,6 +125,7 @@ report['processor'] = type(processor).__name__
 
 # pytorch_model.bin: read through torch.load(weights_only=True), or refused.
 import os
+import re
 from vit_jax import hf_interop
 # torch.save of a live model holds transformers 5's module names (q_proj, ...).
 safe = hf_interop.load_released(job['bin']['safetensors_dir'])
@@ -508,3 +510,36 @@ def test_export_cli_npz_and_labels(runs, tmp_path):
   prep = json.loads((tmp_path / 'in1k' / 'preprocessor_config.json').read_text())
   assert prep['size'] == {'height': 224, 'width': 224} and prep['resample'] == 2
   assert prep['image_mean'] == prep['image_std'] == [0.5, 0.5, 0.5]
+
+
+def test_fused_qkv_new_module_names_and_no_qkv_bias_read_alike():
+  """transformers 5 names, a fused qkv and qkv_bias=False map to the same tree."""
+  model = _our_model(32)
+  flat = checkpoint.flatten_params(_trained_like(param_shapes(model, 32), 7))
+  state = hf_interop.from_released(flat)
+  config = {'model_type': 'vit', 'num_attention_heads': 4}
+  variant = {}
+  for key, value in state.items():
+    new = key.replace('vit.encoder.layer.', 'vit.layers.').replace(
+        '.intermediate.dense.', '.mlp.fc1.').replace('.output.dense.', '.mlp.fc2.')
+    new = new.replace('.attention.mlp.fc2.', '.attention.o_proj.')
+    variant[new] = value
+  for i in range(2):
+    attention = f'vit.layers.{i}.attention.attention.'
+    for part in ('weight', 'bias'):
+      variant[f'vit.layers.{i}.attention.qkv.{part}'] = np.concatenate(
+          [variant.pop(f'{attention}{n}.{part}') for n in ('query', 'key', 'value')])
+  assert any('.mlp.fc1.' in k for k in variant)
+  back = hf_interop.to_released(variant, config)
+  assert set(back) == set(flat)
+  for key in flat:
+    np.testing.assert_array_equal(back[key], flat[key], err_msg=key)
+  # qkv_bias=False: no q/k/v biases on disk read as zeros.
+  no_bias = {k: v for k, v in state.items()
+             if not re.search(r'attention\.attention\.\w+\.bias$', k)}
+  zeros = hf_interop.to_released(no_bias, config)
+  bias = 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/key/bias'
+  assert zeros[bias].shape == (4, 16) and not np.any(zeros[bias])
+  with pytest.raises(ValueError, match='does not know'):
+    hf_interop.to_released(dict(state, **{'vit.extra.weight': np.zeros(1)}),
+                           config)

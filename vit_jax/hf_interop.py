@@ -194,9 +194,6 @@ def architecture(config: Mapping[str, Any],
   if config.get('num_channels', 3) != 3:
     raise ValueError(f'config.json num_channels={config["num_channels"]}; '
                      f'vit_jax models read RGB images (3 channels).')
-  if config.get('pooler_act', 'tanh') != 'tanh' and has_pooler is not False:
-    raise ValueError(f'config.json pooler_act={config["pooler_act"]!r}; our '
-                     f"pre-logits layer is tanh: only 'tanh' maps to it.")
   hidden = int(config.get('hidden_size', 768))
   wanted = dict(hidden_size=hidden,
                 num_layers=int(config.get('num_hidden_layers', 12)),
@@ -215,6 +212,9 @@ def architecture(config: Mapping[str, Any],
   classifies = any('ImageClassification' in a for a in archs)
   if has_pooler is None:
     has_pooler = not classifies
+  if has_pooler and config.get('pooler_act', 'tanh') != 'tanh':
+    raise ValueError(f'config.json pooler_act={config["pooler_act"]!r}; our '
+                     f"pre-logits layer is tanh: only 'tanh' maps to it.")
   labels = _labels(config)
   num_classes = None
   if classifies:
@@ -388,6 +388,10 @@ def to_released(state: Mapping[str, np.ndarray], config: Mapping[str, Any],
 def load_released(path: PathLike) -> dict[str, np.ndarray]:
   """Reads a transformers ViT directory into our flat released layout."""
   config = read_config(path)
+  eps = config.get('layer_norm_eps', 1e-12)
+  if eps != OUR_LAYER_NORM_EPS:
+    logging.info('%s: layer_norm_eps=%g; vit_jax layer norms use %g.', path,
+                 eps, OUR_LAYER_NORM_EPS)
   return to_released(read_state_dict(path), config, os.fspath(path))
 
 
@@ -422,10 +426,10 @@ def _shape_of(flat: Mapping[str, np.ndarray],
               grid: Optional[Sequence[int]]) -> _Shape:
   for key in ('embedding/kernel', 'cls', 'Transformer/posembed_input/pos_embedding'):
     if key not in flat:
-      why = ('a class token' if key == 'cls' else
-             'a learned position embedding' if 'posembed' in key else key)
-      raise ValueError(f'the checkpoint has no {why}; transformers ViTs need '
-                       f'one (classifier token, posemb learn).')
+      why = ('class token' if key == 'cls' else
+             'learned position embedding' if 'posembed' in key else key)
+      raise ValueError(f'the checkpoint has no {why}, which a transformers ViT '
+                       f'needs (models with classifier=token, posemb=learn).')
   if any(k.startswith(('conv_root', 'block1/')) for k in flat):
     raise ValueError('hybrid (ResNet + ViT) checkpoints have no transformers '
                      'ViT equivalent; export them with --format=npz.')
@@ -498,6 +502,9 @@ def from_released(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     linear('pooler.dense', 'pre_logits')
   if classify:
     linear('classifier', 'head', name_prefix='')
+  elif shape.classes is None and shape.representation is None:
+    logging.info('transformers export: no head and no pre-logits layer; load '
+                 'it with ViTModel.from_pretrained(DIR, add_pooling_layer=False).')
   elif shape.classes is not None:
     logging.info('transformers export: the head (%d classes) after the '
                  'pre-logits layer is left out; ViTModel has no classifier.',
