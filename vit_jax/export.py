@@ -21,15 +21,13 @@ Bad input: a one-line error and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 from typing import Any, Optional, Sequence
 
 import jax
 
-from vit_jax import checkpoint, hf_interop, models, predict
+from vit_jax import checkpoint, hf_interop, models, predict, pretrained
 
 FORMATS = ('transformers', 'npz')
 
@@ -51,61 +49,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _run_config(path: str) -> Optional[dict]:
-  file = os.path.join(path, 'config.json')
-  if not os.path.isfile(file):
-    return None
-  with open(file, encoding='utf-8') as f:
-    return json.load(f)
-
-
 def read_source(path: str) -> tuple[dict[str, Any], dict]:
   """(flat released-layout params, what the source says about the model).
 
   The second item may hold `gelu_approximate` and `labels`.
   """
-  if hf_interop.is_transformers_dir(path):
-    arch = hf_interop.architecture(hf_interop.read_config(path))
-    return checkpoint.read_released(path), dict(
-        gelu_approximate=arch.overrides['gelu_approximate'], labels=arch.labels)
-  if not os.path.isdir(path):
-    if '://' not in path and not os.path.exists(path):
-      raise FileNotFoundError(f'--checkpoint {path} does not exist; pass an '
-                              f'.npz, a transformers directory or a run workdir.')
-    return checkpoint.read_released(path), {}
-  run = _run_config(path) or {}
+  tree, run_config = pretrained.read(path)
+  scanned = tree.get('Transformer', {}).get('encoderblock')
+  if scanned is not None:  # a run's orbax checkpoint with scan_layers=True
+    tree = models.scan_to_layers(tree, jax.tree.leaves(scanned)[0].shape[0])
   info = {}
-  model = run.get('model') or {}
-  if 'gelu_approximate' in model:
-    info['gelu_approximate'] = bool(model['gelu_approximate'])
-  info['labels'] = _folder_labels(run)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only for workdirs)
-    params = train_checkpoint.restore_params(path)
-    scanned = params.get('Transformer', {}).get('encoderblock')
-    if scanned is not None:
-      depth = jax.tree.leaves(scanned)[0].shape[0]
-      params = models.scan_to_layers(params, depth)
-    return checkpoint.flatten_params(params), info
-  exported = os.path.join(path, 'params.npz')
-  if os.path.isfile(exported):
-    return checkpoint.read_released(exported), info
-  raise FileNotFoundError(f'{path} holds neither checkpoints/ nor params.npz '
-                          f'nor a transformers config.json; pass a run workdir, '
-                          f'an .npz or a transformers directory.')
-
-
-def _folder_labels(run: dict) -> Optional[list[str]]:
-  """Class names of a run trained on an image folder: ROOT/<split>'s sub-folders."""
-  data = (run.get('input') or {}).get('data') or {}
-  if data.get('name') != 'folder' or not data.get('root'):
-    return None
-  base = re.split(r'[\[+]', str(data.get('split', 'train')))[0]
-  split_dir = os.path.join(data['root'], base)
-  if not os.path.isdir(split_dir):
-    return None
-  return sorted(d for d in os.listdir(split_dir)
-                if os.path.isdir(os.path.join(split_dir, d)))
+  if run_config:
+    model = run_config.get('model') or {}
+    if model.get('gelu_approximate') is not None:
+      info['gelu_approximate'] = bool(model['gelu_approximate'])
+    info['labels'] = pretrained.describe(path, tree, run_config).class_names
+  return checkpoint.flatten_params(tree), info
 
 
 def _labels(flag: Optional[str], info: dict, flat: dict) -> Optional[list[str]]:

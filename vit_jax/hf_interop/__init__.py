@@ -48,7 +48,7 @@ models differ:
 """
 
 from vit_jax.hf_interop.config import (CONFIG, OUR_LAYER_NORM_EPS, PREPROCESSOR_CONFIG,
-                                      Architecture, architecture,
+                                      Architecture, architecture, as_run_config,
                                       gelu_approximate, is_transformers_dir,
                                       preprocessor_config, read_config,
                                       transformers_config)
@@ -58,7 +58,7 @@ from vit_jax.hf_interop.weights import (from_released, read_state_dict,
                                        to_released)
 
 __all__ = ['CONFIG', 'OUR_LAYER_NORM_EPS', 'PREPROCESSOR_CONFIG', 'Architecture',
-           'architecture', 'from_released', 'gelu_approximate',
+           'architecture', 'as_run_config', 'from_released', 'gelu_approximate',
            'is_transformers_dir', 'load_released', 'model_for_checkpoint',
            'preprocessor_config', 'read_config', 'read_state_dict',
            'save_transformers', 'to_released', 'transformers_config']

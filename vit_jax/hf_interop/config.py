@@ -216,3 +216,22 @@ def preprocessor_config(image_size: Sequence[int]) -> dict[str, Any]:
       'image_std': [0.5, 0.5, 0.5],
   }
 
+
+
+def as_run_config(config: Mapping[str, Any]) -> dict[str, Any]:
+  """config.json as the parts of a vit_jax run's config that describe a model.
+
+  `{'model': {name, overrides, classifier, posemb}, 'image_size',
+  'class_names'}` (class names only when id2label holds more than
+  transformers' LABEL_i defaults). The representation size and the class
+  count are left to the weights.
+  """
+  arch = architecture(config, has_pooler=False)
+  height, width = arch.image_size
+  labels = arch.labels
+  if labels and all(name == f'LABEL_{i}' for i, name in enumerate(labels)):
+    labels = None
+  return {'model': dict(arch.overrides, name=arch.name, classifier='token',
+                        posemb='learn'),
+          'image_size': height if height == width else [height, width],
+          'class_names': list(labels) if labels else None}
