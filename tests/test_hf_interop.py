@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint, export, hf_interop, predict
+from vit_jax import checkpoint, export, hf_interop, predict, pretrained
 from vit_jax.models import get_model, param_shapes
 
 TOLERANCE = 1e-4
@@ -552,3 +552,20 @@ def test_fused_qkv_new_module_names_and_no_qkv_bias_read_alike():
   with pytest.raises(ValueError, match='does not know'):
     hf_interop.to_released(dict(state, **{'vit.extra.weight': np.zeros(1)}),
                            config)
+
+
+def test_pretrained_describes_and_loads_a_transformers_directory(tmp_path):
+  """The shared loader (predict, evaluate, init_from) reads config.json's model."""
+  model = _our_model(32, num_classes=5)
+  params = _trained_like(param_shapes(model, 32), 3)
+  target = tmp_path / 'vit'
+  hf_interop.save_transformers(target, checkpoint.flatten_params(params),
+                               gelu_approximate=True, labels=list('abcde'))
+  assert not pretrained.is_run(str(target))
+  module, loaded, info = pretrained.load(str(target))
+  assert (info.image_size, info.num_classes, info.class_names) == (
+      32, 5, list('abcde'))
+  assert module.hidden_size == 64 and module.gelu_approximate
+  images = _images(32, 0)
+  np.testing.assert_array_equal(_apply(module, loaded, images),
+                                _apply(model, params, images))
