@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vit_jax import checkpoint, files, models, train_checkpoint
+from vit_jax import checkpoint, files, hf_interop, models, train_checkpoint
 
 CONFIG = 'config.json'
 
@@ -46,12 +46,20 @@ class Described:
 
 
 def is_run(path: str) -> bool:
-  """A vit_jax run's workdir: a directory with config.json."""
-  return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG))
+  """A vit_jax run's workdir: a directory with config.json (not transformers')."""
+  return (os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG))
+          and not hf_interop.is_transformers_dir(path))
 
 
 def read(path: str) -> tuple[dict, Optional[dict]]:
-  """(parameter tree, the run's config as a dict, or None) of `path`."""
+  """(parameter tree, the run's config as a dict, or None) of `path`.
+
+  A transformers ViT directory's config.json is read as the run config's
+  `model`, `image_size` and `class_names` (`hf_interop.as_run_config`).
+  """
+  if hf_interop.is_transformers_dir(path):
+    return checkpoint.load_npz(path), hf_interop.as_run_config(
+        hf_interop.read_config(path))
   if path.endswith('.npz'):
     if '://' not in path and not os.path.exists(path):
       raise FileNotFoundError(f'checkpoint {path} does not exist; pass a '
@@ -164,6 +172,8 @@ def describe(path: str, tree: Optional[dict] = None,
 
 def _class_names(run_config: Optional[dict]) -> Optional[list]:
   """The class names of a run that trained on a folder (its sub-directories)."""
+  if (run_config or {}).get('class_names'):  # a transformers config's id2label
+    return list(run_config['class_names'])
   data = ((run_config or {}).get('input') or {}).get('data') or {}
   root = data.get('root')
   if data.get('name') != 'folder' or not root:
