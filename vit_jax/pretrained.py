@@ -51,6 +51,15 @@ def is_run(path: str) -> bool:
           and not hf_interop.is_transformers_dir(path))
 
 
+def run_config(path: str) -> Optional[dict]:
+  """The config a run's (or a transformers) directory describes itself with."""
+  if hf_interop.is_transformers_dir(path):
+    return hf_interop.as_run_config(hf_interop.read_config(path))
+  if is_run(path):
+    return files.read_json(os.path.join(path, CONFIG))
+  return None
+
+
 def read(path: str) -> tuple[dict, Optional[dict]]:
   """(parameter tree, the run's config as a dict, or None) of `path`.
 
@@ -62,7 +71,7 @@ def read(path: str) -> tuple[dict, Optional[dict]]:
         hf_interop.read_config(path))
   if path.endswith('.npz'):
     if '://' not in path and not os.path.exists(path):
-      raise FileNotFoundError(f'checkpoint {path} does not exist; pass a '
+      raise FileNotFoundError(f'checkpoint file not found: {path}; pass a '
                               f'released .npz or the workdir of a run.')
     return checkpoint.load_npz(path), None
   if not os.path.isdir(path):
