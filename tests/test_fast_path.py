@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from vit_jax import models, train
+from vit_jax import models
 from vit_jax.models import fast_path
 
 
@@ -50,11 +50,11 @@ def test_training_builds_the_backend_default_model(monkeypatch):
       name='ViT-Ti/16', dtype=None, attention_implementation=None,
       attention_pad_multiple=None, hidden_size=32, num_layers=1, mlp_dim=64,
       num_heads=2))
-  model, _ = train.build_model(config, 10)
+  model, _ = models.build(config, 10)
   assert model.attention_implementation is None
   assert jnp.dtype(model.dtype) == jnp.float32
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  model, spec = train.build_model(config, 10)
+  model, spec = models.build(config, 10)
   assert jnp.dtype(model.dtype) == jnp.bfloat16
   assert model.attention_implementation == 'cudnn'
   assert model.attention_pad_multiple == 64
