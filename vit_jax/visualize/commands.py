@@ -177,14 +177,16 @@ def run_distance(loaded: Loaded, paths: Sequence[str], out: str,
         weights, loaded.grid, loaded.stride,
         loaded.num_prefix_tokens).sum(axis=1)
   distances = total / len(images)
+  uniform = float(rollout.token_distances(loaded.grid, loaded.stride).mean())
   numbers = dict(
       loaded.description, num_images=len(images),
       what=('mean attention distance in input pixels per layer (rows) and '
             'head (columns): patch queries to patch keys, weights '
             'renormalised over the patches, averaged over queries and images'),
+      uniform_attention_pixels=round(uniform, 4),
       distance_pixels=distances.round(4).tolist())
   plots.distance_figure(
-      _png(out, 'distance'), distances, loaded.image_size,
+      _png(out, 'distance'), distances, loaded.image_size, uniform,
       f'{loaded.name} at {loaded.image_size}px, {len(images)} images')
   return _write(out, 'distance', numbers)
 
@@ -195,4 +197,6 @@ def distance_table(numbers: dict[str, Any]) -> str:
   head = 'layer ' + ' '.join(f'{f"h{h + 1}":>7}' for h in range(len(rows[0])))
   lines = [head] + [f'{i + 1:>5} ' + ' '.join(f'{d:7.2f}' for d in row)
                     for i, row in enumerate(rows)]
+  lines.append(f'uniform attention: {numbers["uniform_attention_pixels"]:.2f} '
+               f'pixels')
   return '\n'.join(lines)

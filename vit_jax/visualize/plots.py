@@ -55,7 +55,7 @@ def attention_figure(path: str, images: np.ndarray, maps: np.ndarray,
     if i == 0:
       axes[i, 1].set_title(map_label, fontsize=7)
       for h in range(heads):
-        axes[i, 2 + h].set_title(f'{heads_label} {h}', fontsize=7)
+        axes[i, 2 + h].set_title(f'{heads_label} {h + 1}', fontsize=7)
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
@@ -106,13 +106,18 @@ def filters_figure(path: str, components: np.ndarray, ratio: np.ndarray,
 
 
 def distance_figure(path: str, distances: np.ndarray, image_size: int,
-                    suptitle: str) -> None:
-  """Figure 7 right: mean attention distance [layers, heads] against depth."""
+                    uniform: float, suptitle: str) -> None:
+  """Figure 7 right: mean attention distance [layers, heads] against depth.
+
+  `uniform` (a dashed line) is the distance of attention spread evenly.
+  """
   layers, heads = distances.shape
   fig, ax = plt.subplots(figsize=(4.2, 3.2))
   for h in range(heads):
     ax.scatter(np.arange(1, layers + 1), distances[:, h], s=12,
                label=f'head {h + 1}')
+  ax.axhline(uniform, color='gray', linestyle='--', linewidth=0.8,
+             label='uniform attention')
   ax.set_xlabel('network depth (layer)')
   ax.set_ylabel('mean attention distance (pixels)')
   ax.set_xticks(np.arange(1, layers + 1))
