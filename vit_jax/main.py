@@ -38,11 +38,12 @@ def main(argv) -> None:
     logging.getLogger(name).setLevel(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+  # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax import train, transfer  # pylint: disable=g-import-not-at-top
   try:
     cli.start_distributed()
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = transfer.run(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except (ValueError, FileNotFoundError, KeyError) as e:
@@ -57,6 +58,8 @@ def summary_line(result) -> str:
   """One line a person reads at the end: how it ended and what it measured."""
   parts = [f'SUMMARY status={result.status}',
            f'steps={result.step}/{result.total_steps}']
+  if result.stopped_in:
+    parts.append(f'stopped_in="{result.stopped_in}"')
   parts += [f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
             if isinstance(v, float) and 'num_examples' not in k]
   if result.img_per_sec:
