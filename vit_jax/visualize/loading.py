@@ -17,20 +17,18 @@ model computes in float32 whatever the run used.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
 from typing import Any, Optional
 
-from vit_jax import checkpoint, train_checkpoint
+from vit_jax import checkpoint, models, pretrained
 from vit_jax.models import (MODELS, VisionTransformer, get_model, get_spec,
                             param_shapes)
 
 # Run-config model keys that only change how a model computes, not what.
 _COMPUTE_ONLY = ('dtype', 'remat_policy', 'scan_layers',
                  'attention_implementation', 'attention_pad_multiple')
-_BLOCK = re.compile(r'^encoderblock_(\d+)$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +56,11 @@ def load(path: str, model_name: Optional[str] = None,
   """The model of checkpoint `path` (an .npz or a run directory); see module doc."""
   if os.path.isdir(path):
     tree, name, overrides, run_size = _from_workdir(path, model_name)
+    label = models.describe(name, overrides)
   elif path.endswith('.npz') or '://' in path or os.path.isfile(path):
     tree = checkpoint.load_npz(path)  # refuses files that are not a ViT
     name, overrides = _npz_model(tree, path, model_name)
+    label = _arrays_label(overrides) if overrides else name
     run_size = None
   else:
     raise FileNotFoundError(f'checkpoint not found: {path}; pass a released '
@@ -78,12 +78,12 @@ def load(path: str, model_name: Optional[str] = None,
   image_size = image_size or run_size or _native_image_size(tree, stride)
   if image_size < stride or image_size % stride:
     raise ValueError(f'--image_size {image_size} does not divide into '
-                     f'{stride}x{stride}-pixel tokens of {name}; pass a '
+                     f'{stride}x{stride}-pixel tokens of {label}; pass a '
                      f'multiple of {stride}, e.g. {max(1, round(image_size / stride)) * stride}.')
   params = checkpoint.load_pretrained(tree, param_shapes(model, image_size),
                                       name=path)
   side = image_size // stride
-  return Loaded(model=model, params=params, name=_label(name, overrides),
+  return Loaded(model=model, params=params, name=label,
                 image_size=image_size, grid=(side, side), stride=stride,
                 num_prefix_tokens=1 if model.classifier in (
                     'token', 'token_unpooled') else 0,
@@ -95,27 +95,14 @@ def _from_workdir(path: str, model_name: Optional[str]):
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f'{path} has no config.json: it is not the workdir '
                             f'of a vit_jax run; pass such a directory or an .npz.')
-  with open(config_path, encoding='utf-8') as f:
-    run = json.load(f)
+  tree, run = pretrained.read(path)
   model_config = dict(run.get('model') or {})
-  name = model_name or model_config.pop('name', None)
-  model_config.pop('name', None)
+  name = model_name or model_config.get('name')
   if not name:
     raise ValueError(f'{config_path} names no model; pass --model.')
   get_spec(name)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    tree = train_checkpoint.restore_params(path)
-  elif os.path.isfile(os.path.join(path, 'params.npz')):
-    tree = checkpoint.load_npz(os.path.join(path, 'params.npz'))
-  else:
-    raise FileNotFoundError(f'{path} holds neither checkpoints/ nor params.npz; '
-                            f'the run has not saved parameters yet.')
-  overrides = {k: v for k, v in model_config.items()
-               if v is not None and k not in _COMPUTE_ONLY}
-  if isinstance(overrides.get('patch_size'), int):
-    overrides['patch_size'] = (overrides['patch_size'],) * 2
-  elif overrides.get('patch_size') is not None:
-    overrides['patch_size'] = tuple(overrides['patch_size'])
+  overrides = {k: v for k, v in models.model_overrides(model_config).items()
+               if k not in _COMPUTE_ONLY}
   size = run.get('image_size')
   if isinstance(size, (list, tuple)):
     if size[0] != size[1]:
@@ -136,7 +123,14 @@ def _npz_model(tree: dict, path: str, model_name: Optional[str]):
   if 'conv_root' in tree:
     raise ValueError(f'cannot tell which hybrid {path} holds from its name; '
                      f'pass --model, e.g. --model R50+ViT-B/16.')
-  return 'ViT-B/16', _architecture(tree)
+  arch = pretrained.fitting_overrides(tree)
+  missing = [k for k in ('hidden_size', 'num_layers', 'mlp_dim', 'num_heads',
+                         'patch_size') if k not in arch]
+  if missing:
+    raise ValueError(f'{path} is not a ViT checkpoint: its arrays give no '
+                     f'{", ".join(missing)} (no Transformer/encoderblock_0).')
+  arch['patch_size'] = (arch['patch_size'],) * 2
+  return 'ViT-B/16', arch
 
 
 def _name_in_file_name(path: str) -> Optional[str]:
@@ -146,21 +140,6 @@ def _name_in_file_name(path: str) -> Optional[str]:
   hits = [s for s in stems if re.search(rf'(^|[^A-Za-z0-9+]){re.escape(s)}'
                                         rf'($|[^A-Za-z0-9])', base)]
   return get_spec(max(hits, key=len)).name if hits else None
-
-
-def _architecture(tree: dict) -> dict:
-  """Width, depth, MLP size, heads and patch size of a plain ViT's arrays."""
-  kernel = tree['embedding']['kernel']
-  blocks = [k for k in tree.get('Transformer', {}) if _BLOCK.match(k)]
-  if not blocks:
-    raise ValueError('the checkpoint has no Transformer/encoderblock_0: it is '
-                     'not a ViT checkpoint.')
-  block = tree['Transformer']['encoderblock_0']
-  return dict(hidden_size=int(kernel.shape[-1]), num_layers=len(blocks),
-              mlp_dim=int(block['MlpBlock_3']['Dense_0']['kernel'].shape[-1]),
-              num_heads=int(block['MultiHeadDotProductAttention_1']['query'][
-                  'kernel'].shape[1]),
-              patch_size=(int(kernel.shape[0]), int(kernel.shape[1])))
 
 
 def _head_overrides(tree: dict) -> dict:
@@ -189,15 +168,8 @@ def _native_image_size(tree: dict, stride: int) -> int:
   return side * stride
 
 
-def _label(name: str, overrides: dict) -> str:
-  arch = {k: overrides[k] for k in ('hidden_size', 'num_layers', 'mlp_dim',
-                                    'num_heads', 'patch_size') if k in overrides}
-  if not arch:
-    return name
-  spec = get_spec(name)
-  if all(arch[k] == getattr(spec, k) for k in arch):
-    return name
-  p = arch.get('patch_size', spec.patch_size)[0]
-  return (f'ViT (width {arch.get("hidden_size", spec.hidden_size)}, '
-          f'{arch.get("num_layers", spec.num_layers)} layers, '
-          f'{arch.get("num_heads", spec.num_heads)} heads, patch {p})')
+def _arrays_label(arch: dict) -> str:
+  """How a ViT rebuilt from its arrays is reported."""
+  return (f'ViT (width {arch["hidden_size"]}, depth {arch["num_layers"]}, '
+          f'mlp {arch["mlp_dim"]}, heads {arch["num_heads"]}, patch '
+          f'{arch["patch_size"][0]}; read from the arrays)')
