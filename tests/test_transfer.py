@@ -108,7 +108,8 @@ def test_sigterm_during_vtab_after_training_saves_stops_and_resumes(
   stop = threading.Event()
   watcher = threading.Thread(target=_watch_and_sigterm,
                              args=(str(vtab_root), stop), daemon=True)
-  with tfds.testing.mock_data(num_examples=48):
+  # As many mock examples as the split sizes say (test is test[500:1000]).
+  with tfds.testing.mock_data(num_examples=1000):
     watcher.start()
     first = transfer.run(config, str(tmp_path))
     stop.set()

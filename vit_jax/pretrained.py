@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vit_jax import checkpoint, files, models, train_checkpoint
+from vit_jax import checkpoint, files, hf_interop, models, train_checkpoint
 
 CONFIG = 'config.json'
 
@@ -46,15 +46,32 @@ class Described:
 
 
 def is_run(path: str) -> bool:
-  """A vit_jax run's workdir: a directory with config.json."""
-  return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG))
+  """A vit_jax run's workdir: a directory with config.json (not transformers')."""
+  return (os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG))
+          and not hf_interop.is_transformers_dir(path))
+
+
+def run_config(path: str) -> Optional[dict]:
+  """The config a run's (or a transformers) directory describes itself with."""
+  if hf_interop.is_transformers_dir(path):
+    return hf_interop.as_run_config(hf_interop.read_config(path))
+  if is_run(path):
+    return files.read_json(os.path.join(path, CONFIG))
+  return None
 
 
 def read(path: str) -> tuple[dict, Optional[dict]]:
-  """(parameter tree, the run's config as a dict, or None) of `path`."""
+  """(parameter tree, the run's config as a dict, or None) of `path`.
+
+  A transformers ViT directory's config.json is read as the run config's
+  `model`, `image_size` and `class_names` (`hf_interop.as_run_config`).
+  """
+  if hf_interop.is_transformers_dir(path):
+    return checkpoint.load_npz(path), hf_interop.as_run_config(
+        hf_interop.read_config(path))
   if path.endswith('.npz'):
     if '://' not in path and not os.path.exists(path):
-      raise FileNotFoundError(f'checkpoint {path} does not exist; pass a '
+      raise FileNotFoundError(f'checkpoint file not found: {path}; pass a '
                               f'released .npz or the workdir of a run.')
     return checkpoint.load_npz(path), None
   if not os.path.isdir(path):
@@ -164,6 +181,8 @@ def describe(path: str, tree: Optional[dict] = None,
 
 def _class_names(run_config: Optional[dict]) -> Optional[list]:
   """The class names of a run that trained on a folder (its sub-directories)."""
+  if (run_config or {}).get('class_names'):  # a transformers config's id2label
+    return list(run_config['class_names'])
   data = ((run_config or {}).get('input') or {}).get('data') or {}
   root = data.get('root')
   if data.get('name') != 'folder' or not root:

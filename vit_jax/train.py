@@ -97,13 +97,14 @@ def resolve_model(config) -> None:
   """
   if config.model.name:
     return
-  if not (config.init_from and pretrained.is_run(config.init_from)):
+  run = pretrained.run_config(config.init_from) if config.init_from else None
+  if not run:
     raise ValueError('model.name is empty: name a registered model (e.g. '
-                     'ViT-B/16), or set init_from to a run directory whose '
-                     'config.json says it.')
-  run = files.read_json(os.path.join(config.init_from, pretrained.CONFIG))
+                     'ViT-B/16), or set init_from to a run directory (or a '
+                     'transformers directory) whose config.json says it.')
   for key in _ARCHITECTURE:
-    config.model[key] = run['model'].get(key)
+    if key in run['model']:
+      config.model[key] = run['model'][key]
 
 
 class _Preemption:

@@ -65,16 +65,5 @@ def main(argv) -> None:
             f'to resume.', flush=True)
 
 
-def _parse_flags(argv):
-  """absl's parser, with a config file's error as one line and status 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    errors = [l for l in lines if l.split(':', 1)[0].endswith(('Error', 'Exception'))]
-    line = (errors or lines)[-1]
-    cli.fail(line.split(': ', 1)[1] if errors else line)
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
