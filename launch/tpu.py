@@ -161,6 +161,25 @@ def plan(args: argparse.Namespace) -> supervise.Plan:
       delete_when_done=full and args.delete_when_done)
 
 
+def print_run(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int:
+  """`run --dry_run`: the commands `run` runs, in order, and when; no answer is made up."""
+  target, start = _target(args), start_command(args)  # Bad flags fail before anything is printed.
+  describe, status = gcloud.describe_state(target), gcloud.ssh(target, 'status', gcloud.status_script())
+  log('1. the slice must be READY with vit_jax installed on every worker (`install`); '
+      'a job already running there is followed, not started again:')
+  runner.run(describe)
+  runner.run(status)
+  log('2. start the job on every worker:')
+  runner.run(start)
+  log("3. follow worker 0's log while the job runs:")
+  runner.stream(gcloud.ssh(target, 'logs', gcloud.logs_script(), worker='0'))
+  log(f'4. every {args.poll_s:g} s until the job has ended on every worker; a failure on one worker '
+      "stops the others; `run` exits with the job's status (0 done or checkpointed, 75 compute cap):")
+  runner.run(describe)
+  runner.run(status)
+  return 0
+
+
 def execute(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int:
   """Runs one subcommand through `runner`; returns the exit status."""
   target = _target(args)
@@ -172,6 +191,8 @@ def execute(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int
       if code:
         return code
     return 0
+  if args.command == 'run' and args.dry_run:
+    return print_run(args, runner, log)
   if args.command in ('run', 'supervise'):
     loop = supervise.Supervisor(plan(args), runner, log=log,
                                 sleep=(lambda s: None) if args.dry_run else time.sleep)
