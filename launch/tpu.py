@@ -22,6 +22,7 @@ credentials come from `--project` or gcloud's configuration, never from files he
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import signal
@@ -216,12 +217,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument('--name', required=True, help='TPU VM (and queued resource) name')
   common.add_argument('--zone', required=True, help='e.g. europe-west4-a')
-  common.add_argument('--project', default=None, help='default: gcloud config get project')
+  common.add_argument('--project', default=None, help='None: gcloud config get project')
   common.add_argument('--queued', action='store_true', help='use a queued resource of this name')
   common.add_argument('--accelerator_type', default=None, help='v3-8, v3-32, v4-32, v5p-16, v6e-16, ...')
   common.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   create = argparse.ArgumentParser(add_help=False)
-  create.add_argument('--runtime_version', default=None, help='default: per TPU generation')
+  create.add_argument('--runtime_version', default=None, help="None: the TPU generation's")
   create.add_argument('--spot', action='store_true', help='preemptible (Spot) capacity')
   install = argparse.ArgumentParser(add_help=False)
   install.add_argument('--source', default='.', help='git checkout whose HEAD is installed')
@@ -234,7 +235,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   run.add_argument('--env', action='append', default=[], help='KEY=VALUE for the job (repeatable)')
   run.add_argument('--poll_s', type=float, default=60.0, help='seconds between status checks')
   parser = argparse.ArgumentParser(prog='python -m launch.tpu', description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest='command', required=True)
+  sub = parser.add_subparsers(dest='command', required=True, parser_class=functools.partial(
+      argparse.ArgumentParser, formatter_class=argparse.ArgumentDefaultsHelpFormatter))
   sub.add_parser('create', parents=[common, create], help='create the slice')
   sub.add_parser('install', parents=[common, install], help='install vit_jax on every worker')
   sub.add_parser('run', parents=[common, run], help='start the job on every worker, follow worker 0')

@@ -1,13 +1,14 @@
-"""Command-line pieces the entry points share: the multi-process flags and one-line failures.
+"""Command-line pieces the entry points share: the multi-process flags, --help and one-line failures.
 
 Importing this module defines --coordinator_address, --num_processes and
---process_id (absl flags) once for whichever entry point runs.
+--process_id (absl flags) once for whichever entry point runs. An entry point
+that calls `flags.adopt_module_key_flags(cli)` lists them in its --help.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import NoReturn, Sequence
 
 from absl import flags
 
@@ -18,6 +19,34 @@ NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                      'Number of processes.')
 PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                   'This process\'s id, from 0.')
+
+
+# absl's help flags (and argparse's -h) -> whether the short help is asked for.
+_HELP_ARGS = {'--help': True, '-help': True, '--helpshort': True,
+              '-helpshort': True, '-?': True, '-h': True, '--helpfull': False,
+              '-helpfull': False}
+
+
+def exit_on_help(argv: Sequence[str]) -> None:
+  """--help (or -h): the entry point's docstring and its flags on stdout, exit 0.
+
+  absl's own --help exits 1 and heads the flags with the file's path; here
+  they are headed with the module as users type it (`python -m vit_jax.main`).
+  --help lists the main module's key flags (those defined there and those it
+  adopts); --helpfull lists every flag.
+  """
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  wanted = [_HELP_ARGS[a] for a in args if a in _HELP_ARGS]
+  if not wanted:
+    return
+  main = sys.modules['__main__']
+  spec = getattr(main, '__spec__', None)
+  prog = ('python -m ' + spec.name.removesuffix('.__main__')) if spec else sys.argv[0]
+  listed = (flags.FLAGS.main_module_help() if all(wanted) else
+            flags.FLAGS.get_help())
+  print(f'{(main.__doc__ or prog).strip()}\n\nflags:\n'
+        + listed.lstrip('\n').replace(f'{sys.argv[0]}:', f'{prog}:'))
+  sys.exit(0)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -23,6 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'configs/finetune.py:model=B/16,dataset=cifar10', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
                                'metrics and the exported params.npz.')
+flags.adopt_module_key_flags(cli)  # --help lists the multi-process flags.
 
 
 def main(argv) -> None:
@@ -48,13 +50,16 @@ def main(argv) -> None:
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
   if jax.process_index() == 0:
-    print(summary_line(result), flush=True)
+    exported = result.status == 'done' and _CONFIG.value.export_npz
+    print(summary_line(result, os.path.join(_WORKDIR.value, 'params.npz')
+                       if exported else None), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
 
 
-def summary_line(result) -> str:
-  """One line a person reads at the end: how it ended and what it measured."""
+def summary_line(result, params_path: Optional[str] = None) -> str:
+  """One line a person reads at the end: how it ended, what it measured and
+  where the final parameters were written (`params_path`, when exported)."""
   parts = [f'SUMMARY status={result.status}',
            f'steps={result.step}/{result.total_steps}']
   parts += [f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
@@ -62,6 +67,8 @@ def summary_line(result) -> str:
   if result.img_per_sec:
     parts.append(f'img/s={result.img_per_sec:.1f}')
   parts.append(f'core_hours={result.core_hours:.4f}')
+  if params_path:
+    parts.append(f'params={params_path}')
   return '  '.join(parts)
 
 
@@ -91,6 +98,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   A missing config file, an unknown `--config.key` or a value of the wrong
   type is reported before anything is imported or compiled.
   """
+  cli.exit_on_help(argv)
   try:
     rest = flags.FLAGS(argv)
     if flags.FLAGS['config'].value is not None:

@@ -22,6 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'A released .npz or the workdir of a vit_jax run.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results are written.')
+flags.adopt_module_key_flags(cli)  # --help lists the multi-process flags.
 
 
 def main(argv) -> None:
@@ -50,6 +51,7 @@ def main(argv) -> None:
 
 def _parse_flags(argv):
   """absl's parser, with a config file's error as one line and status 2."""
+  cli.exit_on_help(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
