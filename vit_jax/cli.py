@@ -7,10 +7,14 @@ that calls `flags.adopt_module_key_flags(cli)` lists them in its --help.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import NoReturn, Sequence
 
 from absl import flags
+# absl.logging defines --verbosity and --logger_levels (read by configure_logging).
+from absl import logging as absl_logging  # pylint: disable=unused-import
 
 COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 (multi-process runs '
@@ -47,6 +51,30 @@ def exit_on_help(argv: Sequence[str]) -> None:
   print(f'{(main.__doc__ or prog).strip()}\n\nflags:\n'
         + listed.lstrip('\n').replace(f'{sys.argv[0]}:', f'{prog}:'))
   sys.exit(0)
+
+
+# Libraries that log routine INFO lines (orbax and clu log every file they
+# touch through absl's logger; jax its compilation cache; TensorFlow its ops).
+THIRD_PARTY_LOGGERS = ('absl', 'jax', 'tensorflow')
+
+
+def configure_logging() -> None:
+  """Our INFO lines on the console; other libraries' only when asked for.
+
+  Asking: absl's `--verbosity=0` (INFO) or `=1` (DEBUG), `-v` for short,
+  sets that level for every logger and leaves TensorFlow's C++ log on;
+  absl's `--logger_levels=absl:INFO,jax:DEBUG` sets the named loggers only
+  (orbax and clu log through `absl`); TF_CPP_MIN_LOG_LEVEL from the
+  environment is kept.
+  """
+  if flags.FLAGS['verbosity'].present:
+    return  # absl already set the level the user asked for.
+  logging.getLogger().setLevel(logging.INFO)
+  asked = flags.FLAGS['logger_levels'].value
+  for name in THIRD_PARTY_LOGGERS:
+    if name not in asked:
+      logging.getLogger(name).setLevel(logging.WARNING)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

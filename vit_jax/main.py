@@ -8,7 +8,6 @@ run, 1 on a non-finite loss, 2 on bad input.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -34,11 +33,7 @@ def main(argv) -> None:
     cli.fail('--config is required, e.g. --config=configs/quickstart.py')
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
-  logging.getLogger().setLevel(logging.INFO)
-  # orbax and clu log every file they touch through absl: keep their warnings.
-  for name in ('absl', 'jax'):
-    logging.getLogger(name).setLevel(logging.WARNING)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  cli.configure_logging()  # Third-party INFO lines only with -v 1 or --logger_levels.
 
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top

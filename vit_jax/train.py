@@ -297,6 +297,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         with tracker.paused('eval'):
           for k, v in ev.run(params).items():
             results[f'{ev.name}/{k}'] = v
+    metrics_lib.log_evals(step, results)
     return results
 
   # 4. The loop.

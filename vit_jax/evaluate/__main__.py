@@ -8,7 +8,6 @@ vtab_results.{json,md}). Exit status 0 on success, 2 on bad input.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from absl import app, flags
@@ -33,8 +32,7 @@ def main(argv) -> None:
                         (_WORKDIR, 'runs/eval')):
     if not flag.value:
       cli.fail(f'--{flag.name} is required, e.g. --{flag.name}={example}')
-  logging.getLogger().setLevel(logging.INFO)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  cli.configure_logging()  # Third-party INFO lines only with -v 1 or --logger_levels.
 
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluate import run  # pylint: disable=g-import-not-at-top

@@ -1,7 +1,8 @@
 """Prints the registered models: python -m vit_jax.models [--image_size 224] [--num_classes 1000].
 
 One row per model: parameters, tokens, forward GFLOPs and training GFLOPs per
-image (training = 3 x forward, DESIGN.md's formula, as vit_jax.budget counts).
+image (training = 3 x forward: the backward pass costs twice the forward, as
+vit_jax.budget counts).
 """
 
 import argparse
