@@ -27,6 +27,8 @@ CASES = [
      ['(default: False)']),
     (['vit_jax.predict'], 'usage: python -m vit_jax.predict',
      ['--model', '--checkpoint', '--labels', '--top_k', 'IMAGE'], ['(default: 5)', '(default: 32)']),
+    (['vit_jax.export'], 'usage: python -m vit_jax.export', ['--format', '--checkpoint', '--out'],
+     ['(default: transformers)']),
     (['vit_jax.models'], 'usage: python -m vit_jax.models', ['--image_size', '--num_classes'],
      ['(default: 224)', '(default: 1000)']),
     (['vit_jax.data.benchmark'], 'usage: python -m vit_jax.data.benchmark',
