@@ -81,7 +81,7 @@ def detect_layout(root: str) -> tuple[str, list[str]]:
 
 
 def list_class(root: str, layout: str, label: int, name: str) -> list[Entry]:
-  """The entries of one class, sorted by key (tar members in archive order)."""
+  """The entries of one class, sorted by key (the same for a folder and its tar)."""
   gfile = _tf().io.gfile
   if layout == 'folders':
     top = _join(root, name)
@@ -107,7 +107,7 @@ def list_class(root: str, layout: str, label: int, name: str) -> list[Entry]:
   except tarfile.TarError as e:
     raise ValueError(f'{path} is not a readable tar archive ({e}); replace it or move '
                      'it out of the source.') from None
-  return entries
+  return sorted(entries, key=lambda e: e.key)  # Stable: '#2' after its first.
 
 
 def list_source(root: str, map_fn=map) -> Listing:
