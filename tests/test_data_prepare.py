@@ -169,7 +169,7 @@ def test_max_side_resizes_only_larger_images(prepared):
   big = Image.open(io.BytesIO(examples['n01/big.jpg'][1]))
   assert big.size == (20, 12)  # 64x40 -> longer side 20.
   assert examples['n01/img_0.jpg'][1] == files['n01/img_0.jpg']  # 16x12: kept.
-  assert Image.open(io.BytesIO(examples['n02/img_4.jpg'][1])).size == (20, 16)  # 24x16.
+  assert Image.open(io.BytesIO(examples['n02/img_4.jpg'][1])).size == (20, 13)  # 24x16 -> 20x13.
 
 
 def test_check_reasons():
@@ -191,8 +191,9 @@ def test_plan_is_deterministic_and_splits_by_count_or_percent():
   b = plan.make_shards(src, split='train', holdout='10%', holdout_split='val',
                        examples_per_shard=20, seed=3)
   assert a == b
-  assert [(s.split, len(s.entries)) for s in a] == [
-      ('val', 10), ('train', 19), ('train', 19), ('train', 19), ('train', 18), ('train', 18)]
+  assert [(s.split, s.index, s.num_shards) for s in a] == [('val', 0, 1)] + [
+      ('train', i, 5) for i in range(5)]  # 10 held out; 93 in ceil(93 / 20) = 5 shards.
+  assert [len(s.entries) for s in a] == [10, 19, 18, 19, 18, 19]  # As even as can be.
   keys = [e.key for s in a for e in s.entries]
   assert sorted(keys) == sorted(e.key for e in entries)  # Every file exactly once.
   assert keys != [e.key for e in entries]  # Shuffled across classes.
