@@ -66,7 +66,7 @@ class Writer:
     self.directory = version_dir(data_dir, name, version)
     self.name, self.version, self.class_names = name, version, tuple(class_names)
     self.file_format, self.max_side, self.quality = file_format, max_side, quality
-    self._features = None
+    self._features = self._serializer = None
 
   @property
   def progress_dir(self) -> str:
@@ -117,8 +117,13 @@ class Writer:
     tfds, gfile = tfds_module(), _tf().io.gfile
     if self._features is None:
       self._features = features(self.class_names)
+      self._serializer = tfds.core.example_serializer.ExampleSerializer(
+          self._features.get_serialized_info())
     stored, skipped = self.examples(shard)
-    records = [(key, self._features.serialize_example(ex)) for key, ex, _ in stored]
+    # Deterministic: a proto map's order otherwise depends on the process's hash
+    # seed, and a shard written again after a kill must be the same bytes.
+    records = [(key, self._serializer.get_tf_example(self._features.encode_example(ex))
+                .SerializeToString(deterministic=True)) for key, ex, _ in stored]
     gfile.makedirs(self.progress_dir)
     final = self.shard_path(shard)
     tmp = _join(self.progress_dir, f'{shard.id}.{uuid.uuid4().hex}.tmp')
