@@ -52,7 +52,9 @@ def check(data: bytes, max_side: int = 0, quality: int = 95) -> Checked:
       image.load()
   except Image.DecompressionBombError as e:  # pragma: no cover - disabled above.
     return Checked(None, f'not decodable: {e}')
-  except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+  except Image.UnidentifiedImageError:  # Its message names a memory address.
+    return Checked(None, 'not decodable: no image format PIL knows')
+  except (OSError, SyntaxError, ValueError) as e:
     return Checked(None, f'not decodable: {str(e).splitlines()[0] if str(e) else type(e).__name__}')
   width, height = image.size
   if width < 1 or height < 1:
