@@ -266,8 +266,8 @@ def test_quickstart_trains_on_a_prepared_dataset(tmp_path):
   run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
-  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
-  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3]
+  losses = [r['train_loss'] for r in rows if 'train_loss' in r]
+  assert [r['step'] for r in rows if 'train_loss' in r] == [1, 2, 3]
   assert all(np.isfinite(losses)) and 1.0 < losses[0] < 5.0  # ~ln(10) at the start.
 
 
