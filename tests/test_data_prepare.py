@@ -296,3 +296,16 @@ def test_beam_direct_runner_gives_the_same_dataset_as_the_local_path(prepared):
   beam = json.load(open(tmp / 'beam' / 'mine' / '1.0.0' / 'prepare_report.json'))
   for k in ('splits', 'skipped', 'num_skipped', 'reencoded', 'num_classes', 'num_files'):
     assert beam[k] == local[k], k
+
+
+def test_resuming_with_other_options_or_files_is_refused(tmp_path):
+  from vit_jax.data.prepare import job, shards
+  writer = shards.Writer(data_dir=str(tmp_path), name='mine', version='1.0.0',
+                         class_names=['a'])
+  record = {'options': {'seed': 0}, 'fingerprint': 'abc', 'shards': ['full-00000-of-00001']}
+  assert job.check_or_write_plan(writer, record) is False  # First run: written.
+  assert job.check_or_write_plan(writer, record) is True  # Same plan: resumed.
+  with pytest.raises(ValueError, match='other options'):
+    job.check_or_write_plan(writer, {**record, 'options': {'seed': 1}})
+  with pytest.raises(ValueError, match='other source files'):
+    job.check_or_write_plan(writer, {**record, 'fingerprint': 'abd'})
