@@ -108,11 +108,12 @@ ENTRY %main (g: f32[1000], h: bf16[10,100]) -> f32[125] {
 
 
 def test_parse_counts_kinds_groups_loops_and_sliced_reductions():
-  found = {c.name: c for c in collectives.parse(HLO, 8)}
+  parsed = collectives.parse(HLO, 8)
+  found = {c.name: c for c in parsed}
   # The combined all-reduce: its f32 element is only sliced per partition
   # (a reduce-scatter on TPU/GPU), its bf16 element is used whole.
-  rs = [c for c in found.values() if c.kind == 'reduce-scatter']
-  ar = [c for c in found.values() if c.kind == 'all-reduce']
+  rs = [c for c in parsed if c.kind == 'reduce-scatter']
+  ar = [c for c in parsed if c.kind == 'all-reduce']
   assert [(c.operand_bytes, c.group) for c in rs] == [(4000, 8)]
   assert [(c.operand_bytes, c.group) for c in ar] == [(2000, 8)]
   assert found['ag'].group == 4 and found['ag'].executions == 12

@@ -82,11 +82,9 @@ def group_size(attributes: str, num_devices: int) -> int:
   iota = re.search(r'replica_groups=\[(\d+),(\d+)\]<=', attributes)
   if iota:
     return int(iota[2])
-  match = re.search(r'replica_groups=\{(.*?)\}(?:,|$)', attributes)
-  if match and match[1].strip():
-    first = re.search(r'\{([\d,\s]*)\}', match[1])
-    if first:
-      return len([d for d in first[1].split(',') if d.strip()])
+  first = re.search(r'replica_groups=\{\s*\{([\d,\s]*)\}', attributes)
+  if first:
+    return len([d for d in first[1].split(',') if d.strip()])
   return num_devices
 
 
