@@ -148,6 +148,19 @@ def test_hardware_memory_and_interconnect_per_device():
   assert set(hardware.SOURCES) == set(hardware.HARDWARE)
 
 
+def test_cli_bad_input_is_one_line_and_exit_2(capsys):
+  for argv, words in (
+      (['--hardware', 'h100', '--chips', '16'], 'several nodes'),
+      (['--hardware', 'v3-8', '--mesh', 'data=x'], 'AXIS=INT'),
+      (['--hardware', 'v3-7'], 'v3-7'),
+      (['--hardware', 'v3-8', '--margin', '1.5'], 'margin'),
+      (['--hardware', 'v3-8', '--config', 'nowhere.py'], 'no config file')):
+    assert cli.main(['fit', '--model', 'ViT-B/16', '--batch-size', '64',
+                     *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and words in err, err
+
+
 # ------------------------------------------------- compiled steps, 8 devices
 
 

@@ -355,10 +355,7 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
             layers: Sequence[int] = DEFAULT_LAYERS) -> Fit:
   """Compiles the step at two depths and extrapolates to the model's depth."""
   hw, _, n = slice_of(hardware, chips)
-  if not 0 < mfu <= 1:
-    raise ValueError(f'mfu must lie in (0, 1], got {mfu!r}.')
-  if not 0 <= overlap <= 1:
-    raise ValueError(f'overlap must lie in [0, 1], got {overlap!r}.')
+  _check_fractions(mfu, overlap, margin)
   if remat not in RECOMPUTE:
     raise ValueError(f'unknown remat policy {remat!r}; choose one of '
                      f'{sorted(RECOMPUTE)}.')
@@ -423,6 +420,15 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
       compile_s=compile_s, layers_compiled=used, lower_bound=lower_bound)
 
 
+def _check_fractions(mfu: float, overlap: float, margin: float) -> None:
+  if not 0 < mfu <= 1:
+    raise ValueError(f'mfu must lie in (0, 1], got {mfu!r} (e.g. 0.5).')
+  if not 0 <= overlap <= 1:
+    raise ValueError(f'overlap must lie in [0, 1], got {overlap!r}.')
+  if not 0 <= margin < 1:
+    raise ValueError(f'margin must lie in [0, 1), got {margin!r} (e.g. 0.1).')
+
+
 def _spec_with_options(spec: StepSpec):
   base = models.get_spec(spec.model)
   arch = {k: spec.model_options[k] for k in
@@ -466,7 +472,12 @@ def search(spec: StepSpec, hardware: str, *, chips: Optional[int] = None,
   not fit); returns every measured Fit, the fitting ones first by predicted
   step time, then the rest by memory."""
   hw, _, n = slice_of(hardware, chips)
+  _check_fractions(mfu, overlap, margin)
   meshes = list(meshes) if meshes else candidate_meshes(spec, n)
+  if not meshes:
+    raise ValueError(f'no mesh of {n} devices divides batch '
+                     f'{spec.batch_size} into equal shards; use a batch that '
+                     f'is a multiple of {n}.')
   results = []
   for mesh in meshes:
     sizes = dict(zip(parallel.MESH_AXES, parallel.mesh_shape(dict(mesh), n)))
