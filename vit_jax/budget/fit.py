@@ -564,10 +564,12 @@ def format_table(fits: Sequence[Fit]) -> str:
             f'{f.comm_s * 1e3:,.0f})')
     mfu = '-' if f.predicted_mfu is None else f'{f.predicted_mfu:.1%}'
     hbm = '?' if f.hbm_bytes is None else f'{f.hbm_bytes / GiB:.1f}'
+    at_least = '>= ' if f.lower_bound else ''
     rows.append(
         f'| {f.model} | {f.hardware} | {f.mesh_name} | {f.remat} | '
-        f'{"yes" if f.fits else "no"} | {f.total_bytes / GiB:.2f} ({hbm}) | '
-        f'{f.collective_total / GiB:.3f} | {step} | {mfu} |')
+        f'{"yes" if f.fits else "no"} | {at_least}{f.total_bytes / GiB:.2f} '
+        f'({hbm}) | {at_least}{f.collective_total / GiB:.3f} | {step} | '
+        f'{mfu} |')
   return '\n'.join(rows)
 
 
