@@ -304,3 +304,33 @@ def test_h14_without_fsdp_misses_16gb_and_fits_with_fsdp():
   sharded = fit.fit_one(spec, 'v3-8', {'fsdp': N}, remat='full')
   assert sharded.fits, fit.format_fit(sharded)
   assert sharded.params_bytes < dp.params_bytes / 7
+
+
+def test_plan_with_fit_uses_the_best_layouts_predicted_mfu(monkeypatch,
+                                                            capsys):
+  best = fit.Fit(
+      model='ViT-H/14', hardware='v3-32', num_devices=32, batch_size=4096,
+      mesh={'data': 4, 'fsdp': 8, 'model': 1}, remat='full',
+      params_bytes=1e8, opt_state_bytes=2e8, ema_bytes=0, batch_bytes=1e8,
+      temp_bytes=1.3e10, total_bytes=13.1 * 2**30, hbm_bytes=16 * 2**30,
+      margin=0.1, collective_bytes={'all-gather': 2**30,
+                                    'reduce-scatter': 1.1 * 2**30},
+      collective_count={'all-gather': 64, 'reduce-scatter': 1},
+      compute_s=10., comm_s=1., step_s=11., mfu=0.5, overlap=0.,
+      predicted_mfu=0.41, flops_per_step=1e18, compile_s=1.,
+      layers_compiled=(1, 2))
+  seen = {}
+
+  def fake_fits(args, mfu):
+    seen['mfu'] = mfu
+    return [best]
+  monkeypatch.setattr(cli, '_fits', fake_fits)
+  assert cli.main(['plan', '--model', 'ViT-H/14', '--dataset', 'jft-300m',
+                   '--epochs', '14', '--batch-size', '4096', '--hardware',
+                   'v3-32', '--mfu', '0.5', '--fit']) == 0
+  out = capsys.readouterr().out
+  assert seen['mfu'] == 0.5
+  assert 'at 41.0% MFU' in out
+  assert ('fit              ViT-H/14, v3-32, data=4 x fsdp=8, remat=full: '
+          'fits at 13.1 GiB/core; 2.10 GiB of collectives per step; '
+          'predicted 41% MFU') in out
