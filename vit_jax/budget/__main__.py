@@ -110,6 +110,9 @@ def _fit_options(p: argparse.ArgumentParser, plan: bool) -> None:
   p.add_argument('--remat-policy', '--remat_policy', dest='remat_policy',
                  help='one remat policy (default: none, then dots, then full '
                  'while the step does not fit)')
+  p.add_argument('--accum-steps', '--accum_steps', dest='accum_steps',
+                 type=int, help='gradient accumulation micro-batches '
+                 '(default: the config\'s, 1)')
   p.add_argument('--overlap', type=float, default=0.0,
                  help='fraction of communication hidden behind compute '
                  '(default 0: none)')
@@ -166,6 +169,10 @@ def _fits(args, mfu: float):
     config.batch_size = args.batch_size
   if args.image_size:
     config.image_size = args.image_size
+  if args.accum_steps is not None:
+    if args.accum_steps < 1:
+      raise ValueError(f'--accum-steps must be >= 1, got {args.accum_steps}.')
+    config.accum_steps = args.accum_steps
   spec = fit_lib.spec_from_config(config)
   try:
     layers = tuple(int(x) for x in args.layers.split(','))
