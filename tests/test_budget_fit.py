@@ -238,9 +238,10 @@ def test_param_and_optimizer_bytes_follow_the_rules_and_fall_with_fsdp():
   assert fsdp['params'] == sharded / N + replicated
   sharded4, replicated4 = fsdp_split(shapes, 4)
   assert fsdp4['params'] == sharded4 / 4 + replicated4
-  # Adam: two moments of the parameters' size, and a 4-byte step count.
-  assert dp['opt_state'] == 2 * total + 4
-  assert fsdp['opt_state'] == 2 * (sharded / N + replicated) + 4
+  # Adam: two moments of the parameters' size, and two int32 step counts
+  # (Adam's bias correction and the learning-rate schedule's).
+  assert dp['opt_state'] == 2 * total + 8
+  assert fsdp['opt_state'] == 2 * (sharded / N + replicated) + 8
   # XLA's own account of the compiled step's inputs agrees: state, step
   # counter and this device's slice of the batch.
   batch = BATCH // N * (IMAGE * IMAGE * 3 + 10) * F32
