@@ -1,15 +1,21 @@
-"""Command-line pieces the entry points share: the multi-process flags and one-line failures.
+"""Command-line pieces the entry points share: the multi-process flags, --help and one-line failures.
 
 Importing this module defines --coordinator_address, --num_processes and
---process_id (absl flags) once for whichever entry point runs.
+--process_id (absl flags) once for whichever entry point runs. An entry point
+that calls `flags.adopt_module_key_flags(cli)` lists them in its --help.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
-from typing import NoReturn
+from typing import NoReturn, Sequence
 
 from absl import flags
+# absl.logging defines --verbosity and --logger_levels (read by configure_logging).
+from absl import logging as absl_logging  # pylint: disable=unused-import
 
 COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 (multi-process runs '
@@ -18,6 +24,58 @@ NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                      'Number of processes.')
 PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                   'This process\'s id, from 0.')
+
+
+# absl's help flags (and argparse's -h) -> whether the short help is asked for.
+_HELP_ARGS = {'--help': True, '-help': True, '--helpshort': True,
+              '-helpshort': True, '-?': True, '-h': True, '--helpfull': False,
+              '-helpfull': False}
+
+
+def exit_on_help(argv: Sequence[str]) -> None:
+  """--help (or -h): the entry point's docstring and its flags on stdout, exit 0.
+
+  absl's own --help exits 1 and heads the flags with the file's path; here
+  they are headed with the module as users type it (`python -m vit_jax.main`).
+  --help lists the main module's key flags (those defined there and those it
+  adopts); --helpfull lists every flag.
+  """
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  wanted = [_HELP_ARGS[a] for a in args if a in _HELP_ARGS]
+  if not wanted:
+    return
+  main = sys.modules['__main__']
+  spec = getattr(main, '__spec__', None)
+  prog = ('python -m ' + spec.name.removesuffix('.__main__')) if spec else sys.argv[0]
+  listed = (flags.FLAGS.main_module_help() if all(wanted) else
+            flags.FLAGS.get_help())
+  print(f'{(main.__doc__ or prog).strip()}\n\nflags:\n'
+        + listed.lstrip('\n').replace(f'{sys.argv[0]}:', f'{prog}:'))
+  sys.exit(0)
+
+
+# Libraries that log routine INFO lines (orbax and clu log every file they
+# touch through absl's logger; jax its compilation cache; TensorFlow its ops).
+THIRD_PARTY_LOGGERS = ('absl', 'jax', 'tensorflow')
+
+
+def configure_logging() -> None:
+  """Our INFO lines on the console; other libraries' only when asked for.
+
+  Asking: absl's `--verbosity=0` (INFO) or `=1` (DEBUG), `-v` for short,
+  sets that level for every logger and leaves TensorFlow's C++ log on;
+  absl's `--logger_levels=absl:INFO,jax:DEBUG` sets the named loggers only
+  (orbax and clu log through `absl`); TF_CPP_MIN_LOG_LEVEL from the
+  environment is kept.
+  """
+  if flags.FLAGS['verbosity'].present:
+    return  # absl already set the level the user asked for.
+  logging.getLogger().setLevel(logging.INFO)
+  asked = flags.FLAGS['logger_levels'].value
+  for name in THIRD_PARTY_LOGGERS:
+    if name not in asked:
+      logging.getLogger(name).setLevel(logging.WARNING)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -32,3 +90,42 @@ def start_distributed() -> None:
   parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
                                   PROCESS_ID.value)
   parallel.configure_cpu()
+
+
+def config_error(e: BaseException) -> str:
+  """The most specific line of a config-loading error chain."""
+  top = str(e)
+  if top.startswith('flag --') and 'Traceback' not in top:
+    return top.splitlines()[0] + ' (a value of the wrong type)'
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  text = str(e)
+  if isinstance(e, (KeyError, flags.UnrecognizedFlagError)):
+    key = re.search(r"[\w.]+", text.split('Did you mean')[0].replace(
+        'Unknown command line flag', ''))
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    return (f'unknown config key {key[0] if key else text!r}'
+            + (f' (did you mean {hint[1]!r}?)' if hint else '')
+            + '; the keys and their types are declared in '
+            'vit_jax/config_lib.py.')
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return ' '.join(lines[:1] + [l for l in lines[1:] if 'Errno' in l])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors for bad config files, keys and values.
+
+  What every entry point with a --config flag uses as `flags_parser`.
+
+  A missing config file, an unknown `--config.key` or a value of the wrong
+  type is reported before anything is imported or compiled. --help exits 0.
+  """
+  exit_on_help(argv)
+  try:
+    rest = flags.FLAGS(argv)
+    if flags.FLAGS['config'].value is not None:
+      flags.FLAGS['config'].value.get('seed')  # Loads a lazily failing file.
+  except (flags.Error, KeyError, TypeError, ValueError, AttributeError,
+          OSError) as e:
+    fail(config_error(e))
+  return rest

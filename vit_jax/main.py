@@ -8,10 +8,9 @@ run, 1 on a non-finite loss, 2 on bad input.
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import sys
+from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -23,6 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'configs/finetune.py:model=B/16,dataset=cifar10', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
                                'metrics and the exported params.npz.')
+flags.adopt_module_key_flags(cli)  # --help lists the multi-process flags.
 
 
 def main(argv) -> None:
@@ -32,74 +32,42 @@ def main(argv) -> None:
     cli.fail('--config is required, e.g. --config=configs/quickstart.py')
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
-  logging.getLogger().setLevel(logging.INFO)
-  # orbax and clu log every file they touch through absl: keep their warnings.
-  for name in ('absl', 'jax'):
-    logging.getLogger(name).setLevel(logging.WARNING)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  cli.configure_logging()  # Third-party INFO lines only with -v 0 or --logger_levels.
 
+  # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax import train, transfer  # pylint: disable=g-import-not-at-top
   try:
     cli.start_distributed()
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = transfer.run(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
   if jax.process_index() == 0:
-    print(summary_line(result), flush=True)
+    exported = result.status == 'done' and _CONFIG.value.export_npz
+    print(summary_line(result, os.path.join(_WORKDIR.value, 'params.npz')
+                       if exported else None), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
 
 
-def summary_line(result) -> str:
-  """One line a person reads at the end: how it ended and what it measured."""
+def summary_line(result, params_path: Optional[str] = None) -> str:
+  """One line a person reads at the end: how it ended, what it measured and
+  where the final parameters were written (`params_path`, when exported)."""
   parts = [f'SUMMARY status={result.status}',
            f'steps={result.step}/{result.total_steps}']
+  if result.stopped_in:
+    parts.append(f'stopped_in="{result.stopped_in}"')
   parts += [f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
             if isinstance(v, float) and 'num_examples' not in k]
   if result.img_per_sec:
     parts.append(f'img/s={result.img_per_sec:.1f}')
   parts.append(f'core_hours={result.core_hours:.4f}')
+  if params_path:
+    parts.append(f'params={params_path}')
   return '  '.join(parts)
 
 
-def _config_error(e: BaseException) -> str:
-  """The most specific line of a config-loading error chain."""
-  top = str(e)
-  if top.startswith('flag --') and 'Traceback' not in top:
-    return top.splitlines()[0] + ' (a value of the wrong type)'
-  while (e.__cause__ or e.__context__) is not None:
-    e = e.__cause__ or e.__context__
-  text = str(e)
-  if isinstance(e, (KeyError, flags.UnrecognizedFlagError)):
-    key = re.search(r"[\w.]+", text.split('Did you mean')[0].replace(
-        'Unknown command line flag', ''))
-    hint = re.search(r'Did you mean "(\w+)"', text)
-    return (f'unknown config key {key[0] if key else text!r}'
-            + (f' (did you mean {hint[1]!r}?)' if hint else '')
-            + '; the keys and their types are declared in '
-            'vit_jax/config_lib.py.')
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  return ' '.join(lines[:1] + [l for l in lines[1:] if 'Errno' in l])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with one-line errors for bad config files, keys and values.
-
-  A missing config file, an unknown `--config.key` or a value of the wrong
-  type is reported before anything is imported or compiled.
-  """
-  try:
-    rest = flags.FLAGS(argv)
-    if flags.FLAGS['config'].value is not None:
-      flags.FLAGS['config'].value.get('seed')  # Loads a lazily failing file.
-  except (flags.Error, KeyError, TypeError, ValueError, AttributeError,
-          OSError) as e:
-    cli.fail(_config_error(e))
-  return rest
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,18 +14,27 @@ import dataclasses
 import json
 import os
 import statistics
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+
+from vit_jax import models
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
 _PROJECTION_WINDOW = 10  # log rows whose slope projects the rest of the run
 
 
+class NotARunError(FileNotFoundError):
+  """A path given as a workdir is not one: not a directory, or no metrics.jsonl."""
+
+
 def read_metrics(workdir: str) -> list[dict]:
   path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isdir(workdir):
+    what = 'is not a directory' if os.path.exists(workdir) else 'does not exist'
+    raise NotARunError(f'{workdir} {what}; pass the --workdir of a training run.')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'no {METRICS_FILE} in {workdir}; is it the '
-                            f'--workdir of a training run?')
+    raise NotARunError(f'no {METRICS_FILE} in {workdir}; is it the '
+                       f'--workdir of a training run?')
   rows = []
   with open(path) as f:
     for number, line in enumerate(f, 1):
@@ -126,6 +135,17 @@ class RunReport:
     return os.path.basename(os.path.normpath(self.workdir))
 
 
+def _model_label(config: Mapping[str, Any]) -> Optional[str]:
+  """The run's model as it is reported: not a registered name if overridden."""
+  model = lookup(config, 'model') or {}
+  if not model.get('name'):
+    return None
+  try:
+    return models.describe(model['name'], models.model_overrides(model))
+  except ValueError:
+    return model['name']
+
+
 def _median(rows: list[dict], key: str) -> Optional[float]:
   values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
   return statistics.median(values) if values else None
@@ -165,7 +185,7 @@ def summarize(workdir: str) -> RunReport:
   max_hours = lookup(config, 'budget.max_core_hours') or (
       24. * (lookup(config, 'budget.max_core_days') or 0) or None)
   return RunReport(
-      workdir=workdir, model=lookup(config, 'model.name'), step=int(last['step']),
+      workdir=workdir, model=_model_label(config), step=int(last['step']),
       total_steps=total_steps, core_hours=core_hours,
       core_hours_by_kind={k.split('/', 1)[1]: float(v) for k, v in last.items()
                           if k.startswith('core_hours/')},
@@ -179,6 +199,24 @@ def summarize(workdir: str) -> RunReport:
       max_core_hours=max_hours, eval_metric=keys[0] if evals else None,
       best_eval=max(evals) if evals else None,
       train_loss=losses[-1] if losses else None)
+
+
+def summarize_runs(workdirs: list[str]) -> tuple[list[RunReport], list[str]]:
+  """Reports of the paths that are runs, and why each other path was skipped.
+
+  Raises NotARunError when none of `workdirs` is a run.
+  """
+  reports, skipped = [], []
+  for workdir in workdirs:
+    try:
+      reports.append(summarize(workdir))
+    except NotARunError as e:
+      skipped.append(str(e))
+  if not reports:
+    raise NotARunError(skipped[0] if len(skipped) == 1 else
+                       f'none of the {len(skipped)} paths is the --workdir of a '
+                       f'training run (no {METRICS_FILE} in any of them).')
+  return reports, skipped
 
 
 def _fmt(value: Optional[float], spec: str = ',.2f', none: str = '-') -> str:
