@@ -10,7 +10,6 @@ import dataclasses
 import math
 
 import jax
-import numpy as np
 import pytest
 
 from vit_jax import models
