@@ -86,6 +86,7 @@ def fail(message: str, status: int = 2) -> NoReturn:
 
 def start_distributed() -> None:
   """jax.distributed from the flags (or the environment), then CPU settings."""
+  # Late: a CLI parses its flags before jax loads (a bad flag fails fast).
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
                                   PROCESS_ID.value)
