@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean
+# The dataset preparation job on Apache Beam has its own venv: apache-beam's
+# pins (protobuf<7, pyarrow<26) exclude the training stack's (constraints.txt).
+PREP_VENV := .venv-prepare
+PREP_STAMP := $(PREP_VENV)/.installed
+
+.PHONY: run test install clean prepare-env
 
 install: $(STAMP)
 
@@ -20,8 +25,17 @@ $(STAMP): setup.py constraints.txt
 run: $(STAMP)
 	$(PY) -m vit_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR)
 
-test: $(STAMP)
+test: $(STAMP) $(PREP_STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+prepare-env: $(PREP_STAMP)
+
+$(PREP_STAMP): setup.py constraints-prepare.txt
+	test -x $(PREP_VENV)/bin/python || $(PYTHON) -m venv $(PREP_VENV)
+	$(PREP_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PREP_VENV)/bin/python -m pip install -q --no-deps -r constraints-prepare.txt
+	$(PREP_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(PREP_STAMP)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PREP_VENV) runs .pytest_cache

@@ -20,6 +20,12 @@ EXTRAS = {
     'data': ['tensorflow-cpu>=2.21,<3', 'tensorflow-datasets>=4.9.10,<5',
              'importlib_resources'],
     'eval': ['scikit-learn>=1.5', 'matplotlib>=3.8'],
+    # Dataset preparation on Apache Beam (`python -m vit_jax.data.prepare
+    # --beam`). Its own environment: apache-beam needs protobuf<7 and
+    # pyarrow<26, below constraints.txt's pins; `make prepare-env` installs
+    # constraints-prepare.txt into .venv-prepare.
+    'prepare': ['apache-beam>=2.77,<3', 'tensorflow-cpu>=2.21,<3',
+                'tensorflow-datasets>=4.9.10,<5', 'importlib_resources'],
     # timm (with torch and torchvision builds that match) checks our npz files
     # against another implementation; scikit-image ships sample photographs.
     'test': ['pytest>=8', 'pytest-xdist>=3', 'timm>=1.0', 'torch>=2.9',

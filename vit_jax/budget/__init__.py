@@ -6,7 +6,10 @@
     tracker = budget.CoreHoursTracker(kind, jax.device_count(), flops_per_image=...)
     cap = budget.BudgetCap.from_config(config.budget)
 
-CLI: `python -m vit_jax.budget {plan,paper,report,plot}`; see docs/budget.md.
+CLI: `python -m vit_jax.budget {plan,fit,paper,report,plot}`; see docs/budget.md.
+`vit_jax.budget.fit` (not imported here: it builds the training step)
+compiles the sharded step on simulated devices to check memory and
+collectives.
 This package imports jax and flax (through the model registry), never
 TensorFlow, clu or ml_collections.
 """

@@ -1,9 +1,11 @@
-"""Command line of the compute budget: plan, paper, report, plot.
+"""Command line of the compute budget: plan, fit, paper, report, plot.
 
     python -m vit_jax.budget plan --model ViT-L/16 --dataset imagenet21k \
         --epochs 90 --batch-size 4096 --hardware v3-8 --mfu 0.4
+    python -m vit_jax.budget fit --model ViT-H/14 --hardware v3-32 \
+        --batch-size 4096 [--mesh fsdp=8,data=4] [--remat-policy full]
     python -m vit_jax.budget paper
-    python -m vit_jax.budget report WORKDIR [WORKDIR ...]
+    python -m vit_jax.budget report WORKDIR [WORKDIR ...]  (skips paths that are not runs)
     python -m vit_jax.budget plot WORKDIR [WORKDIR ...] --out compute.png
 
 Bad input ends with one line on stderr (no traceback) and exit status 2.
@@ -13,13 +15,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
 
 class _Parser(argparse.ArgumentParser):
-  """Reports a usage error on one line (the usage is one --help away)."""
+  """Reports a usage error on one line (the usage is one --help away); --help shows defaults."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+    super().__init__(*args, **kwargs)
 
   def error(self, message):
     self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
@@ -33,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser('plan', help='FLOPs, core-days, wall-clock and cost of a run')
   p.add_argument('--model', required=True, help='e.g. ViT-B/16, R50+ViT-B/16')
-  p.add_argument('--image-size', type=int, default=224)
+  p.add_argument('--image-size', type=int, default=224, help='input resolution')
   size = p.add_mutually_exclusive_group()
   size.add_argument('--dataset', help='imagenet2012, imagenet21k, jft-300m, ...')
   size.add_argument('--num-examples', type=int, help='images per epoch')
@@ -51,14 +59,39 @@ def _parser() -> argparse.ArgumentParser:
   price = p.add_mutually_exclusive_group()
   price.add_argument('--price-per-core-hour', type=float)
   price.add_argument('--price-per-chip-hour', type=float)
-  p.add_argument('--num-classes', type=int, default=1000)
+  p.add_argument('--num-classes', type=int, default=1000, help='classifier head width')
   p.add_argument('--representation-size', type=int)
+  p.add_argument('--fit', action='store_true',
+                 help='compile the sharded step for the slice (as `fit`) and '
+                 'plan with the predicted MFU of the best layout; --mfu is '
+                 'then the compute-only MFU')
+  _fit_options(p, plan=True)
+  p.add_argument('--json', action='store_true', help='print JSON')
+
+  p = sub.add_parser(
+      'fit', help='per-device memory and collectives of the sharded step on '
+      'a slice, compiled on simulated CPU devices; the layouts that fit, '
+      'fastest first')
+  p.add_argument('--model', help='e.g. ViT-H/14 (default: the config\'s)')
+  p.add_argument('--batch-size', type=int, help='global batch (default: '
+                 'the config\'s, 4096 in the pretraining recipe)')
+  p.add_argument('--image-size', type=int)
+  p.add_argument('--hardware', required=True,
+                 help='a TPU slice (v3-32) or a GPU key with --chips')
+  p.add_argument('--chips', type=int, help='number of chips (GPUs)')
+  p.add_argument('--mfu', type=float, default=None,
+                 help='compute-only MFU for the predicted step time '
+                 '(default 0.5)')
+  _fit_options(p, plan=False)
+  p.add_argument('--table', action='store_true',
+                 help='print markdown table rows')
   p.add_argument('--json', action='store_true', help='print JSON')
 
   p = sub.add_parser('paper', help="reconstruct the paper's Tables 6 and 2")
   p.add_argument('--json', action='store_true', help='print JSON')
 
-  p = sub.add_parser('report', help='compute spent by one or more runs')
+  p = sub.add_parser('report', help='compute spent by one or more runs (paths '
+                     'that are not runs are skipped with a warning)')
   p.add_argument('workdirs', nargs='+', metavar='WORKDIR')
   p.add_argument('--json', action='store_true', help='print JSON')
 
@@ -71,11 +104,129 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _fit_options(p: argparse.ArgumentParser, plan: bool) -> None:
+  p.add_argument('--config', metavar='FILE[:ARGS]',
+                 help='training config whose step is compiled (default: '
+                 'configs/pretrain.py:model=MODEL,batch=BATCH, the paper\'s '
+                 'pretraining recipe)')
+  p.add_argument('--mesh', action='append',
+                 help='a layout to try, e.g. data=4,fsdp=8,model=1; repeat '
+                 'for several (default: the sensible ones for the slice)')
+  p.add_argument('--remat-policy', '--remat_policy', dest='remat_policy',
+                 help='one remat policy (default: none, then dots, then full '
+                 'while the step does not fit)')
+  p.add_argument('--accum-steps', '--accum_steps', dest='accum_steps',
+                 type=int, help='gradient accumulation micro-batches '
+                 '(default: the config\'s, 1)')
+  p.add_argument('--overlap', type=float, default=0.0,
+                 help='fraction of communication hidden behind compute '
+                 '(default 0: none)')
+  p.add_argument('--margin', type=float, default=0.1,
+                 help='fraction of HBM kept free (default 0.1)')
+  p.add_argument('--layers', default='1,2',
+                 help='the two encoder depths compiled and extrapolated from')
+
+
+def _load_config(spec: str):
+  """get_config(ARGS) of a config file 'path.py[:ARGS]'."""
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    if os.path.exists(os.path.join(root, path)):
+      path = os.path.join(root, path)
+    else:
+      raise FileNotFoundError(f'no config file {path}; give --config '
+                              f'PATH/TO/configs/pretrain.py.')
+  module_spec = importlib.util.spec_from_file_location('fit_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _mesh_arg(text: str) -> dict:
+  sizes = {}
+  for item in filter(None, text.split(',')):
+    key, _, value = item.partition('=')
+    try:
+      sizes[key.strip()] = int(value)
+    except ValueError:
+      raise ValueError(f'--mesh entry {item!r} is not AXIS=INT (e.g. '
+                       f'--mesh data=4,fsdp=8).') from None
+  return sizes
+
+
+def _fits(args, mfu: float):
+  """Runs the fit search of `fit` and `plan --fit`; returns ranked Fits."""
+  from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  _, _, devices = fit_lib.slice_of(args.hardware, args.chips)
+  if args.config:
+    config = _load_config(args.config)
+  else:
+    if not args.model or not args.batch_size:
+      raise ValueError('give --model and --batch-size (or --config).')
+    model = args.model.removeprefix('ViT-')
+    config = _load_config(f'configs/pretrain.py:model={model},'
+                          f'batch={args.batch_size}')
+  if args.model and args.config:
+    config.model.name = args.model
+  if args.batch_size:
+    config.batch_size = args.batch_size
+  if args.image_size:
+    config.image_size = args.image_size
+  if args.accum_steps is not None:
+    if args.accum_steps < 1:
+      raise ValueError(f'--accum-steps must be >= 1, got {args.accum_steps}.')
+    config.accum_steps = args.accum_steps
+  spec = fit_lib.spec_from_config(config)
+  try:
+    layers = tuple(int(x) for x in args.layers.split(','))
+  except ValueError:
+    raise ValueError(f'--layers {args.layers!r} is not two depths such as '
+                     f'1,2.') from None
+  fit_lib.use_simulated_devices(devices)
+  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.configure_cpu()
+  meshes = [_mesh_arg(m) for m in args.mesh] if args.mesh else None
+  remats = ([args.remat_policy] if args.remat_policy
+            else list(fit_lib.REMAT_ORDER))
+  return fit_lib.search(
+      spec, args.hardware, chips=args.chips, mfu=mfu, overlap=args.overlap,
+      margin=args.margin, layers=layers, remats=remats, meshes=meshes,
+      log=lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def _fit(args) -> str:
+  from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  mfu = fit_lib.DEFAULT_MFU if args.mfu is None else args.mfu
+  fits = _fits(args, mfu)
+  if args.json:
+    return json.dumps([f.to_dict() for f in fits], indent=1)
+  if args.table:
+    return fit_lib.format_table(fits)
+  best = fits[0]
+  lines = [fit_lib.format_fit(f) for f in fits]
+  head = ('best: ' + fit_lib.summary_line(best) if best.fits is not False
+          else 'no layout tried fits; the closest is listed first')
+  return '\n\n'.join([head] + lines)
+
+
 def _plan(args) -> str:
   from vit_jax.budget import plan as plan_lib  # pylint: disable=g-import-not-at-top
   mfu = args.mfu
   if mfu is None:
     mfu = plan_lib.mfu_from_file(args.mfu_from, model=args.model)
+  fit_line = None
+  if args.fit:
+    from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
+    best = _fits(args, mfu)[0]
+    if best.fits is False:
+      raise ValueError(f'no layout fits: {fit_lib.summary_line(best)}; '
+                       f'try a larger slice, a smaller batch or --remat-'
+                       f'policy full.')
+    fit_line = fit_lib.summary_line(best)
+    if best.predicted_mfu is not None:
+      mfu = best.predicted_mfu
   plan = plan_lib.make_plan(
       args.model, batch_size=args.batch_size, hardware=args.hardware, mfu=mfu,
       image_size=args.image_size, dataset=args.dataset,
@@ -84,8 +235,11 @@ def _plan(args) -> str:
       price_per_chip_hour=args.price_per_chip_hour,
       num_classes=args.num_classes,
       representation_size=args.representation_size)
-  return json.dumps(plan.to_dict(), indent=1) if args.json else \
-      plan_lib.format_plan(plan)
+  if args.json:
+    return json.dumps(dict(plan.to_dict(), fit=fit_line), indent=1)
+  text = plan_lib.format_plan(plan)
+  return text if fit_line is None else text + f'\nfit              {fit_line}'
+
 
 
 def _paper(args) -> str:
@@ -101,7 +255,10 @@ def _paper(args) -> str:
 
 def _report(args) -> str:
   from vit_jax.budget import report  # pylint: disable=g-import-not-at-top
-  reports = [report.summarize(w) for w in args.workdirs]
+  reports, skipped = report.summarize_runs(args.workdirs)
+  for why in skipped:
+    print(f'python -m vit_jax.budget report: warning: skipped: {why}',
+          file=sys.stderr)
   if args.json:
     return json.dumps([dict(dataclasses.asdict(r), name=r.name)
                        for r in reports], indent=1)
@@ -114,7 +271,8 @@ def _plot(args) -> str:
                                    args.logx)
 
 
-_COMMANDS = {'plan': _plan, 'paper': _paper, 'report': _report, 'plot': _plot}
+_COMMANDS = {'plan': _plan, 'fit': _fit, 'paper': _paper, 'report': _report,
+             'plot': _plot}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""Accelerator peaks: bf16 dense FLOP/s per chip, per TensorCore and per JAX device.
+"""Accelerator peaks: bf16 dense FLOP/s, HBM and interconnect bandwidth per chip, core and JAX device.
 
 A *chip* is what Cloud TPU and GPU prices are quoted per (one GPU is one chip);
 a *core* is a TensorCore, the unit of the paper's "TPUv3-core-days" (two per
@@ -6,6 +6,11 @@ v2/v3/v4/v5p chip, one per v5e/v6e chip, one per GPU); a *device* is what
 `jax.devices()` lists. On v2 and v3 each core is a JAX device; on v4 and v5p
 the two cores of a chip form one "megacore" device; elsewhere a device is a
 chip. Peaks are the vendors' dense (not 2:4 sparse) bf16 figures.
+
+Memory is the HBM per chip; the interconnect figure is the bandwidth one chip
+sends with at once, in one direction, to the other chips of its slice or node
+(ICI on TPUs, NVLink through NVSwitch on GPUs); `SOURCES` says where each
+figure comes from. None where no published figure was found.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ class Hardware:
   peak_flops_per_chip: float    # bf16 dense FLOP/s
   cores_per_chip: int
   devices_per_chip: int
+  hbm_bytes_per_chip: Optional[float] = None
+  #: Unidirectional bytes/s one chip sends to its slice (ICI) or node (NVLink).
+  interconnect_bytes_per_s_per_chip: Optional[float] = None
 
   @property
   def peak_flops_per_core(self) -> float:
@@ -36,21 +44,67 @@ class Hardware:
   def cores_per_device(self) -> float:
     return self.cores_per_chip / self.devices_per_chip
 
+  @property
+  def hbm_bytes_per_device(self) -> Optional[float]:
+    """HBM one JAX device addresses (a v3 core has half of its chip's)."""
+    if self.hbm_bytes_per_chip is None:
+      return None
+    return self.hbm_bytes_per_chip / self.devices_per_chip
+
+  @property
+  def interconnect_bytes_per_s_per_device(self) -> Optional[float]:
+    """The chip's interconnect bandwidth, shared by its JAX devices."""
+    if self.interconnect_bytes_per_s_per_chip is None:
+      return None
+    return self.interconnect_bytes_per_s_per_chip / self.devices_per_chip
+
+
+GiB = 2.**30
+GB = 1e9
 
 HARDWARE: dict[str, Hardware] = {h.key: h for h in [
-    Hardware('v2', 'TPU v2', 45e12, 2, 2),
-    Hardware('v3', 'TPU v3', 123e12, 2, 2),
-    Hardware('v4', 'TPU v4', 275e12, 2, 1),
-    Hardware('v5e', 'TPU v5e', 197e12, 1, 1),
-    Hardware('v5p', 'TPU v5p', 459e12, 2, 1),
-    Hardware('v6e', 'TPU v6e', 918e12, 1, 1),
-    Hardware('a100', 'NVIDIA A100', 312e12, 1, 1),
-    Hardware('h100', 'NVIDIA H100 SXM', 989.4e12, 1, 1),
-    Hardware('h100-pcie', 'NVIDIA H100 PCIe', 756e12, 1, 1),
-    Hardware('h100-nvl', 'NVIDIA H100 NVL', 835.5e12, 1, 1),
-    Hardware('h200', 'NVIDIA H200 SXM', 989.4e12, 1, 1),
-    Hardware('h200-nvl', 'NVIDIA H200 NVL', 835.5e12, 1, 1),
+    Hardware('v2', 'TPU v2', 45e12, 2, 2, 16 * GiB),
+    Hardware('v3', 'TPU v3', 123e12, 2, 2, 32 * GiB, 340e12 / 1024),
+    Hardware('v4', 'TPU v4', 275e12, 2, 1, 32 * GiB, 1.1e15 / 4096),
+    Hardware('v5e', 'TPU v5e', 197e12, 1, 1, 16 * GB, 51.2e12 / 256),
+    Hardware('v5p', 'TPU v5p', 459e12, 2, 1, 95 * GB, 4800e9 / 8),
+    Hardware('v6e', 'TPU v6e', 918e12, 1, 1, 32 * GB),
+    Hardware('a100', 'NVIDIA A100', 312e12, 1, 1, 80 * GB, 600 * GB / 2),
+    Hardware('h100', 'NVIDIA H100 SXM', 989.4e12, 1, 1, 80 * GB, 900 * GB / 2),
+    Hardware('h100-pcie', 'NVIDIA H100 PCIe', 756e12, 1, 1, 80 * GB,
+             600 * GB / 2),
+    Hardware('h100-nvl', 'NVIDIA H100 NVL', 835.5e12, 1, 1, 94 * GB,
+             600 * GB / 2),
+    Hardware('h200', 'NVIDIA H200 SXM', 989.4e12, 1, 1, 141 * GB,
+             900 * GB / 2),
+    Hardware('h200-nvl', 'NVIDIA H200 NVL', 835.5e12, 1, 1, 141 * GB,
+             900 * GB / 2),
 ]}
+
+#: Where the memory and interconnect figures come from. TPU interconnect:
+#: Cloud TPU system-architecture pages, "all-reduce bandwidth per Pod" divided
+#: by the chips of the pod (v3 340 TB/s / 1024; v4 1.1 PB/s / 4096; v5e
+#: 51.2 TB/s / 256, equal to its 1,600 Gbps "interchip interconnect BW") or
+#: the per-chip "interchip interconnect BW" (v5p 4,800 Gbps). GPUs: NVIDIA's
+#: data sheets give total (both directions) NVLink bandwidth per GPU; half of
+#: it is what one GPU sends.
+SOURCES = {
+    'v2': 'Cloud TPU v2 page: 16 GiB HBM per chip; no ICI figure',
+    'v3': 'Cloud TPU v3 page: 32 GiB HBM2 per chip; all-reduce 340 TB/s per '
+          '1024-chip pod',
+    'v4': 'Cloud TPU v4 page: 32 GiB HBM2 per chip; all-reduce 1.1 PB/s per '
+          '4096-chip pod',
+    'v5e': 'Cloud TPU v5e page: 16 GB HBM2; ICI 1,600 Gbps per chip (400 GB/s '
+           'both ways); all-reduce 51.2 TB/s per 256-chip pod',
+    'v5p': 'Cloud TPU v5p page: 95 GB HBM2e; ICI 4,800 Gbps per chip',
+    'v6e': 'Cloud TPU v6e page: 32 GB HBM per chip; no ICI figure used',
+    'a100': 'NVIDIA A100 data sheet: 80 GB (SXM 80GB part); NVLink 600 GB/s',
+    'h100': 'NVIDIA H100 data sheet: SXM 80 GB; NVLink 900 GB/s',
+    'h100-pcie': 'NVIDIA H100 data sheet: PCIe 80 GB; NVLink bridge 600 GB/s',
+    'h100-nvl': 'NVIDIA H100 data sheet: NVL 94 GB; NVLink 600 GB/s',
+    'h200': 'NVIDIA H200 data sheet: SXM 141 GB; NVLink 900 GB/s',
+    'h200-nvl': 'NVIDIA H200 data sheet: NVL 141 GB; NVLink 900 GB/s',
+}
 
 # jax's `device.device_kind` strings -> hardware keys (compared lower-case).
 _DEVICE_KINDS = {

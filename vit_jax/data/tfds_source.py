@@ -80,11 +80,12 @@ class TfdsSource:
     self._data_dir, self._manual_dir = _default_data_dir(data_dir), manual_dir
     self.ranges = sampler.split_ranges(split, self._base_size)
     self.size = sampler.ranges_size(self.ranges)
-    label = self.builder.info.features.get('label') if hasattr(
-        self.builder.info.features, 'get') else None
+    features = self.builder.info.features  # A FeaturesDict has keys(), no get().
+    label = features['label'] if 'label' in getattr(features, 'keys', dict)() else None
     self.num_classes = getattr(label, 'num_classes', None)
     self.image_keys = [k for k, f in self.builder.info.features.items()
                        if isinstance(f, tfds.features.Image)]
+    self.encoded_images = bool(self.image_keys)  # Read undecoded: `decode` comes first.
 
   def _base_size(self, base: str) -> int:
     splits = self.builder.info.splits

@@ -1,0 +1,299 @@
+"""Collective operations of a compiled XLA program, and the bytes each device sends for them.
+
+Reads the optimised HLO text (`jax.jit(f).lower(...).compile().as_text()`)
+and finds every all-reduce, all-gather, reduce-scatter, all-to-all and
+collective-permute, including their asynchronous `-start` forms and those
+inside while loops (counted once per iteration, from XLA's
+`known_trip_count`). Bytes per device are those a bandwidth-optimal ring
+sends over the links of one device, with S the operand bytes of the
+collective on one device and g the size of its replica group:
+
+| collective | bytes sent per device |
+|---|---|
+| all-reduce | 2 (g-1)/g x S |
+| all-gather | (g-1) x S         (S is one shard: (g-1)/g of the result) |
+| reduce-scatter | (g-1)/g x S   (S is the whole unreduced operand) |
+| all-to-all | (g-1)/g x S |
+| collective-permute | S |
+
+So pure data parallelism over n devices, which all-reduces the gradients
+once, sends 2 (n-1)/n x the gradient bytes per device.
+
+XLA's CPU compiler leaves a reduction whose result each device only slices
+its 1/g part of as an all-reduce followed by that slice; the TPU and GPU
+compilers turn the pair into a reduce-scatter (XLA's ReduceScatterCreator
+pass). So that a program compiled on CPU reports what a TPU or GPU sends,
+`parse` counts an all-reduce (or one element of a combined, tuple-shaped
+all-reduce) as a reduce-scatter when every use of it reads the partition id
+and keeps at most 1/g of it (FSDP's gradients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Iterable, Optional
+
+KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
+         'collective-permute')
+
+#: Bytes of one element of each HLO primitive type.
+DTYPE_BYTES = {
+    'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 'f8e4m3fn': 1,
+    'f8e5m2': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4,
+    'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16, 'token': 0,
+}
+
+_ARRAY = re.compile(r'\b([a-z][a-z0-9]*)\[([0-9,]*)\]')
+# `%name = TYPE opcode(` ; the name may lack the % in newer printers.
+_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$')
+_COMPUTATION = re.compile(r'^\s*(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
+_TRIP_COUNT = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
+_CALLS = re.compile(
+    r'\b(?:body|to_apply|calls|branch_computations|true_computation|'
+    r'false_computation)=\{?([%\w.\-, ]+)\}?')
+
+
+def shape_bytes(text: str) -> float:
+  """Bytes of every array in an HLO type ('(f32[2,3]{1,0}, bf16[4])' -> 32)."""
+  total = 0.0
+  for dtype, dims in _ARRAY.findall(text):
+    if dtype not in DTYPE_BYTES:
+      continue
+    total += DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(',')
+                                             if d)
+  return total
+
+
+def shape_elements(text: str) -> int:
+  """Elements of every array in an HLO type."""
+  return sum(math.prod(int(d) for d in dims.split(',') if d)
+             for dtype, dims in _ARRAY.findall(text) if dtype in DTYPE_BYTES)
+
+
+def group_size(attributes: str, num_devices: int) -> int:
+  """Devices in each replica group of a collective's attributes.
+
+  Explicit groups `{{0,1},{2,3}}`, iota groups `[2,4]<=[8]` (2 groups of
+  4), or none / `{}` (one group of all `num_devices`).
+  """
+  iota = re.search(r'replica_groups=\[(\d+),(\d+)\]<=', attributes)
+  if iota:
+    return int(iota[2])
+  first = re.search(r'replica_groups=\{\s*\{([\d,\s]*)\}', attributes)
+  if first:
+    return len([d for d in first[1].split(',') if d.strip()])
+  return num_devices
+
+
+def sent_bytes(kind: str, operand_bytes: float, group: int) -> float:
+  """Bytes one device sends for one collective (the table above)."""
+  if group <= 1:
+    return 0.0
+  if kind == 'all-reduce':
+    return 2. * (group - 1) / group * operand_bytes
+  if kind == 'all-gather':
+    return (group - 1) * operand_bytes
+  if kind in ('reduce-scatter', 'all-to-all'):
+    return (group - 1) / group * operand_bytes
+  if kind == 'collective-permute':
+    return operand_bytes
+  raise ValueError(f'unknown collective {kind!r}; known: {KINDS}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+  """One collective instruction of the program, per execution."""
+  kind: str
+  name: str
+  computation: str
+  operand_bytes: float
+  group: int
+  executions: int          # times it runs per call of the program
+
+  @property
+  def bytes_per_device(self) -> float:
+    """Bytes one device sends for it over one call of the program."""
+    return self.executions * sent_bytes(self.kind, self.operand_bytes,
+                                        self.group)
+
+
+def _kind(opcode: str) -> Optional[str]:
+  base = opcode.removesuffix('-start')
+  return base if base in KINDS else None
+
+
+def _split_operands(text: str) -> str:
+  """The operand list of `opcode(...)`, up to its closing parenthesis."""
+  depth = 1
+  for i, ch in enumerate(text):
+    depth += {'(': 1, ')': -1}.get(ch, 0)
+    if depth == 0:
+      return text[:i]
+  return text
+
+
+def parse(hlo_text: str, num_devices: int) -> list[Collective]:
+  """Every collective of an HLO module, with how often one call runs it.
+
+  A collective in a while body runs `known_trip_count` times per iteration
+  of its caller; a loop without a known trip count is an error (the bytes
+  would be a guess).
+  """
+  computations: dict[str, list[str]] = {}
+  entry = None
+  current = None
+  for line in hlo_text.splitlines():
+    if current is None:
+      match = _COMPUTATION.match(line)
+      if match and '=' not in line.split('{')[0].split('->')[0].split('(')[0]:
+        current = match[2]
+        computations[current] = []
+        if match[1]:
+          entry = current
+      continue
+    if line.strip() == '}':
+      current = None
+      continue
+    computations[current].append(line)
+  if entry is None:
+    raise ValueError('the HLO text has no ENTRY computation; pass '
+                     'compiled.as_text() of a jitted function.')
+
+  shapes: dict[str, str] = {}
+  opcodes: dict[str, str] = {}
+  operands_of: dict[str, list[str]] = {}
+  users: dict[str, list[str]] = {}
+  tuple_index: dict[str, int] = {}
+  parsed: dict[str, list[tuple[str, str, str, str]]] = {}
+  for comp, lines in computations.items():
+    parsed[comp] = []
+    for line in lines:
+      match = _INSTRUCTION.match(line)
+      if match:
+        name, type_text, opcode, rest = match.groups()
+        shapes[name] = type_text
+        opcodes[name] = opcode
+        operands_of[name] = re.findall(r'%([\w.\-]+)', _split_operands(rest))
+        for op in operands_of[name]:
+          users.setdefault(op, []).append(name)
+        if opcode == 'get-tuple-element':
+          index = re.search(r'index=(\d+)', rest)
+          tuple_index[name] = int(index[1]) if index else 0
+        parsed[comp].append((name, type_text, opcode, rest))
+
+  def sliced(value: str, elements: int, group: int, depth: int = 0) -> bool:
+    """Every use of `value` keeps this device's 1/group of it, possibly
+    after element-wise conversions (f32 -> bf16), copies and reshapes."""
+    uses = users.get(value, [])
+    if not uses or depth > 4:
+      return False
+    for use in uses:
+      out = shape_elements(shapes[use])
+      reads_id = any(opcodes.get(o) in ('partition-id', 'replica-id')
+                     for o in operands_of[use])
+      if not reads_id and len(operands_of[use]) == 1 and out == elements:
+        if not sliced(use, elements, group, depth + 1):
+          return False
+        continue
+      if not (reads_id or opcodes[use] == 'dynamic-slice') or \
+          out * group > elements:
+        return False
+    return True
+
+  def split_reduce_scatter(name: str, type_text: str, group: int
+                           ) -> tuple[float, float]:
+    """(all-reduce bytes, reduce-scatter bytes) of an all-reduce."""
+    if group <= 1:
+      return shape_bytes(type_text), 0.0
+    if not type_text.lstrip().startswith('('):
+      size = shape_bytes(type_text)
+      return ((0.0, size) if sliced(name, shape_elements(type_text), group)
+              else (size, 0.0))
+    arrays = _ARRAY.findall(type_text)
+    sizes = [DTYPE_BYTES.get(d, 0) * math.prod(int(x) for x in dims.split(',')
+                                                if x) for d, dims in arrays]
+    counts = [math.prod(int(x) for x in dims.split(',') if x)
+              for _, dims in arrays]
+    scattered = set()
+    by_index: dict[int, list[str]] = {}
+    for use in users.get(name, []):
+      if opcodes[use] != 'get-tuple-element':
+        return float(sum(sizes)), 0.0
+      by_index.setdefault(tuple_index[use], []).append(use)
+    for i, size in enumerate(sizes):
+      gtes = by_index.get(i, [])
+      if gtes and all(sliced(g, counts[i], group) for g in gtes):
+        scattered.add(i)
+    rs = float(sum(sizes[i] for i in scattered))
+    return float(sum(sizes)) - rs, rs
+
+  found: list[Collective] = []
+
+  def visit(comp: str, times: int, stack: tuple[str, ...]) -> None:
+    if comp in stack:
+      raise ValueError(f'HLO computation {comp} calls itself.')
+    for name, type_text, opcode, rest in parsed.get(comp, []):
+      kind = _kind(opcode)
+      if kind is not None:
+        operands = _split_operands(rest)
+        size = shape_bytes(operands)
+        if not size:  # Operands printed without their shapes.
+          size = sum(shape_bytes(shapes.get(op, ''))
+                     for op in operands_of[name])
+        group = group_size(rest, num_devices)
+        if opcode == 'all-reduce':
+          reduced, scattered = split_reduce_scatter(name, type_text, group)
+          if scattered:
+            found.append(Collective('reduce-scatter', name, comp, scattered,
+                                    group, times))
+          if reduced:
+            found.append(Collective(kind, name, comp, reduced, group, times))
+          continue
+        found.append(Collective(kind, name, comp, size, group, times))
+        continue
+      calls = [c.strip().lstrip('%') for m in _CALLS.findall(rest)
+               for c in m.split(',') if c.strip()]
+      if not calls:
+        continue
+      repeat = 1
+      if opcode == 'while':
+        trip = _TRIP_COUNT.search(rest)
+        if trip is None:
+          raise ValueError(f'while loop {name} has no known trip count, so '
+                           f'the collectives in it cannot be counted; use '
+                           f'loops of static length (lax.scan).')
+        repeat = int(trip[1])
+      for callee in calls:
+        visit(callee, times * repeat, stack + (comp,))
+
+  visit(entry, 1, ())
+  return found
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectiveSummary:
+  """Collectives of one program call, per kind: how many run, bytes sent."""
+  count: dict
+  bytes_per_device: dict
+
+  @property
+  def total_bytes_per_device(self) -> float:
+    return float(sum(self.bytes_per_device.values()))
+
+
+def summarize(collectives: Iterable[Collective]) -> CollectiveSummary:
+  count = {k: 0 for k in KINDS}
+  sent = {k: 0.0 for k in KINDS}
+  for c in collectives:
+    if c.group > 1:
+      count[c.kind] += c.executions
+      sent[c.kind] += c.bytes_per_device
+  return CollectiveSummary(count, sent)
+
+
+def summarize_hlo(hlo_text: str, num_devices: int) -> CollectiveSummary:
+  """Per-kind count and bytes sent per device of one call of the program."""
+  return summarize(parse(hlo_text, num_devices))
