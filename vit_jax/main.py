@@ -1,9 +1,12 @@
 """Command-line entry: python -m vit_jax.main --config=configs/X.py:ARGS --workdir=DIR.
 
 Trains (pretraining or fine-tuning) with the config file's recipe; rerunning
-the same command resumes from the workdir's latest checkpoint. Exit status: 0
-when done or saved after a preemption, 75 when the compute cap stopped the
-run, 1 on a non-finite loss, 2 on bad input.
+the same command resumes from the workdir's latest good checkpoint. Exit
+status: 0 when done, saved after a preemption, or stopped by SIGTERM before
+the first step; 75 when the compute cap stopped the run; 74 when a checkpoint
+could not be written (disk full or another OS error; earlier checkpoints are
+intact); 1 on a non-finite loss; 2 on bad input (including a config file that
+raises, a workdir locked by another run, or no readable checkpoint).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -32,6 +37,8 @@ def main(argv) -> None:
     cli.fail('--config is required, e.g. --config=configs/quickstart.py')
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
+  # Until the training loop takes over SIGTERM: nothing is trained yet.
+  signal.signal(signal.SIGTERM, _stop_before_training)
   logging.getLogger().setLevel(logging.INFO)
   # orbax and clu log every file they touch through absl: keep their warnings.
   for name in ('absl', 'jax'):
@@ -40,17 +47,35 @@ def main(argv) -> None:
 
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   try:
     cli.start_distributed()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # train handles it now.
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
+  except train.SaveError as e:
+    cli.fail(str(e), status=train.EXIT_SAVE_FAILED)
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
+  except OSError as e:
+    if e.errno not in train_checkpoint.DISK_FULL_ERRNOS:
+      raise
+    cli.fail(f'{e.filename or _WORKDIR.value}: {e.strerror} [errno {e.errno}]'
+             f'; free space, then rerun to resume from the last checkpoint.',
+             status=train.EXIT_SAVE_FAILED)
   if jax.process_index() == 0:
     print(summary_line(result), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
+
+
+def _stop_before_training(signum, frame) -> None:
+  del signum, frame
+  print('SIGTERM before the first step: nothing was trained in this run; '
+        'rerun the same command to start or resume.', file=sys.stderr,
+        flush=True)
+  sys.exit(0)
 
 
 def summary_line(result) -> str:
@@ -98,7 +123,18 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, KeyError, TypeError, ValueError, AttributeError,
           OSError) as e:
     cli.fail(_config_error(e))
+  except Exception as e:  # pylint: disable=broad-except
+    cli.fail(_raised_in_config(e))
   return rest
+
+
+def _raised_in_config(e: BaseException) -> str:
+  """'FILE:LINE: get_config raised X: message' for any other error."""
+  frame = traceback.extract_tb(e.__traceback__)[-1]
+  first = (str(e).strip().splitlines() or [''])[0]
+  return (f'{frame.filename}:{frame.lineno}: the config file raised '
+          f'{type(e).__name__}: {first}; fix the config file or its '
+          f'arguments.')
 
 
 if __name__ == '__main__':
