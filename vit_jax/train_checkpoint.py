@@ -67,6 +67,37 @@ def _os_error(e: BaseException) -> Optional[OSError]:
   return None
 
 
+def _errno_of(e: BaseException) -> tuple[Optional[int], Optional[str]]:
+  """(errno, file name) of an OS error in the chain, also TensorStore's."""
+  os_error = _os_error(e)
+  if os_error is not None:
+    return os_error.errno, os_error.filename
+  code = re.search(r"os_error_code='?(\d+)", str(e))
+  return (int(code[1]), None) if code else (None, None)
+
+
+class _QuietSaveErrors(logging.Filter):
+  """Drops orbax's and asyncio's tracebacks of OS errors in save threads.
+
+  `SaveError` reports them in one line; a full disk otherwise prints
+  hundreds of lines from every thread that hit it.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and _errno_of(exc)[0] is not None:
+      return False
+    text = str(record.msg)
+    return not ('os_error_code' in text or 'No space left' in text or (
+        record.args and any('os_error_code' in str(a) for a in (
+            record.args if isinstance(record.args, tuple) else ()))))
+
+
+_QUIET = _QuietSaveErrors()
+for _name in ('absl', 'asyncio'):
+  logging.getLogger(_name).addFilter(_QUIET)
+
+
 def _host_array(x: Any) -> Optional[np.ndarray]:
   """The whole array on this host, or None when other hosts hold parts of it."""
   if isinstance(x, jax.Array):
@@ -164,6 +195,7 @@ class TrainCheckpointer:
   def __init__(self, workdir: str, *, keep: int = 2,
                keep_every: Optional[int] = None, async_save: bool = True):
     self.directory = os.path.join(_abs(workdir), 'checkpoints')
+    self._saving: Optional[int] = None  # The step of the last save started.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every,
         enable_async_checkpointing=async_save, create=True)
@@ -184,6 +216,7 @@ class TrainCheckpointer:
     A failure of this or an earlier save raises SaveError.
     """
     meta = dict(meta, checksums=array_checksums(state))
+    self._saving = step
     self._guard(step, lambda: self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)),
@@ -191,10 +224,10 @@ class TrainCheckpointer:
 
   def check_for_errors(self) -> None:
     """Raises SaveError if an asynchronous save has failed (cheap)."""
-    self._guard(None, self._manager.check_for_errors)
+    self._guard(self._saving, self._manager.check_for_errors)
 
   def wait(self) -> None:
-    self._guard(None, self._manager.wait_until_finished)
+    self._guard(self._saving, self._manager.wait_until_finished)
 
   def close(self) -> None:
     self.wait()
@@ -204,21 +237,21 @@ class TrainCheckpointer:
     try:
       return fn()
     except Exception as e:  # pylint: disable=broad-except
-      os_error = _os_error(e)
+      code, filename = _errno_of(e)
       what = f'saving checkpoint step {step}' if step is not None else (
           'saving a checkpoint')
-      if os_error is None:
+      if code is None:
+        text = re.split(r' See full TensorStore details| \[tensorstore_spec',
+                        ' '.join(str(e).split()))[0]
         raise SaveError(f'{what} to {self.directory} failed: '
-                        f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
-                        ) from e
-      where = os_error.filename or self.directory
+                        f'{type(e).__name__}: {text[:300]}') from e
       hint = ('free space (or pass another --workdir), then rerun to resume '
-              'from the last checkpoint' if os_error.errno in DISK_FULL_ERRNOS
+              'from the last checkpoint' if code in DISK_FULL_ERRNOS
               else 'fix the storage, then rerun to resume from the last '
               'checkpoint')
-      raise SaveError(f'{what} failed: {where}: {os_error.strerror} '
-                      f'[errno {os_error.errno}]; {hint}.',
-                      os_error.errno) from e
+      raise SaveError(f'{what} failed: {filename or self.directory}: '
+                      f'{os.strerror(code)} [errno {code}]; {hint}.',
+                      code) from e
 
   # ------------------------------------------------------------ damage
 
@@ -245,10 +278,17 @@ class TrainCheckpointer:
                if not epath.Path(step_dir, name).exists()]
     if missing:
       return f'{os.path.join(step_dir, missing[0])}: missing'
-    text = ' '.join(str(e).split())
-    found = re.search(re.escape(step_dir) + r'[^\s\'",:)]*', text)
-    where = found[0] if found else step_dir
-    return f'{where}: {type(e).__name__}: {text[:200]}'
+    chain, seen = [], e
+    while seen is not None and len(chain) < 8:
+      chain.append(' '.join(str(seen).split()))
+      seen = seen.__cause__ or seen.__context__
+    # TensorStore appends its whole spec; the reason comes before it.
+    text = re.split(r' See full TensorStore details| \[tensorstore_spec',
+                    chain[0])[0]
+    found = re.findall(re.escape(step_dir) + r'[^\s\'",:)\]]*',
+                       ' '.join(chain))
+    where = max(found, key=len) if found else step_dir
+    return f'{where}: {type(e).__name__}: {text[:300]}'
 
   def _read_verified(self, step: int, abstract_state: Any, shardings: Any
                      ) -> tuple[Any, dict]:
