@@ -89,14 +89,14 @@ def _no_marker_and_truncated(step_dir):
 
 
 DAMAGE = {
-    'truncated data file': (_truncate_largest, 'Encountered error while reading'),
+    'truncated data file': (_truncate_largest, '/20/state/'),
     'deleted manifest': (lambda d: os.remove(os.path.join(d, 'state', 'manifest.ocdbt')),
                          'does not exist'),
     'garbage meta': (lambda d: open(os.path.join(d, 'meta', 'metadata'), 'w').write('{garbage'),
                      'JSONDecodeError'),
     'deleted state': (lambda d: shutil.rmtree(os.path.join(d, 'state')), '/20/state: missing'),
     'empty step directory': (_empty, '/20/state: missing'),
-    'no completion marker, truncated': (_no_marker_and_truncated, 'Encountered error while reading'),
+    'no completion marker, truncated': (_no_marker_and_truncated, '/20/state/'),
 }
 
 
