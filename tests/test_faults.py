@@ -73,9 +73,9 @@ def _data_files(step_dir):
                           recursive=True), key=os.path.getsize)
 
 
-def _truncate_largest(step_dir):
-  path = _data_files(step_dir)[-1]
-  os.truncate(path, os.path.getsize(path) // 2)
+def _truncate_data(step_dir):
+  for path in _data_files(step_dir):
+    os.truncate(path, os.path.getsize(path) // 2)
 
 
 def _empty(step_dir):
@@ -85,11 +85,11 @@ def _empty(step_dir):
 
 def _no_marker_and_truncated(step_dir):
   os.remove(os.path.join(step_dir, 'commit_success.txt'))
-  _truncate_largest(step_dir)
+  _truncate_data(step_dir)
 
 
 DAMAGE = {
-    'truncated data file': (_truncate_largest, '/20/state/'),
+    'truncated data file': (_truncate_data, '/20/state/'),
     'deleted manifest': (lambda d: os.remove(os.path.join(d, 'state', 'manifest.ocdbt')),
                          'does not exist'),
     'garbage meta': (lambda d: open(os.path.join(d, 'meta', 'metadata'), 'w').write('{garbage'),
@@ -117,9 +117,6 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
                  if 'Checkpoint step 20 is damaged' in r.getMessage())
   assert os.path.join(workdir, 'checkpoints', '20') in warning and reason in warning, warning
   assert aside[0] in warning
-  if case == 'truncated data file':  # Names the very file.
-    assert os.path.basename(_data_files(os.path.join(
-        workdir, 'checkpoints_aside', aside[0]))[-1]) in warning
 
 
 def _plain_read(checkpoints):
@@ -148,9 +145,9 @@ def test_silent_corruption_is_caught_by_the_checksum_and_the_resume_is_exact(
   # Find a flipped byte that orbax reads back without an error but with other
   # values (compressed chunks without their own checksum).
   silent = None
-  for path in reversed(_data_files(step_dir)[-4:]):
+  for path in reversed(_data_files(step_dir)):
     data = bytearray(open(path, 'rb').read())
-    for frac in (0.3, 0.5, 0.7):
+    for frac in (0.3, 0.5, 0.7, 0.9):
       flipped = bytearray(data)
       flipped[int(len(data) * frac)] ^= 0x40
       open(path, 'wb').write(bytes(flipped))
@@ -176,7 +173,7 @@ def test_silent_corruption_is_caught_by_the_checksum_and_the_resume_is_exact(
 def test_no_good_checkpoint_is_one_line(base, tmp_path):
   workdir = _copy(base[0], tmp_path)
   for step in ('10', '20'):
-    _truncate_largest(os.path.join(workdir, 'checkpoints', step))
+    _truncate_data(os.path.join(workdir, 'checkpoints', step))
   with pytest.raises(ValueError, match='no good checkpoint') as e:
     train.train_and_evaluate(_config(), workdir)
   assert '\n' not in str(e.value)

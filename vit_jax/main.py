@@ -55,7 +55,11 @@ def main(argv) -> None:
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except train.SaveError as e:
-    cli.fail(str(e), status=train.EXIT_SAVE_FAILED)
+    # orbax's save threads may still run; exiting without joining them keeps
+    # their shutdown errors off the console (the checkpoints on disk are final).
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(train.EXIT_SAVE_FAILED)  # pylint: disable=protected-access
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
   except OSError as e:

@@ -83,9 +83,12 @@ class _QuietSaveErrors(logging.Filter):
   hundreds of lines from every thread that hit it.
   """
 
+  last: tuple[Optional[int], Optional[str]] = (None, None)
+
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     if exc is not None and _errno_of(exc)[0] is not None:
+      self.last = _errno_of(exc)  # orbax may swallow it: SaveError reports it.
       return False
     text = str(record.msg)
     return not ('os_error_code' in text or 'No space left' in text or (
@@ -225,9 +228,24 @@ class TrainCheckpointer:
   def check_for_errors(self) -> None:
     """Raises SaveError if an asynchronous save has failed (cheap)."""
     self._guard(self._saving, self._manager.check_for_errors)
+    if self._saving is not None and not self._manager.is_saving_in_progress():
+      self._check_finalized()
 
   def wait(self) -> None:
     self._guard(self._saving, self._manager.wait_until_finished)
+    self._check_finalized()
+
+  def _check_finalized(self) -> None:
+    """orbax logs and skips a failed background save; its step is then missing."""
+    step, self._saving = self._saving, None
+    if step is None or epath.Path(self.directory, str(step)).exists():
+      return
+    code, filename = _QUIET.last
+    if code is None:
+      raise SaveError(f'saving checkpoint step {step} to {self.directory} '
+                      f'failed (see the log above); fix the storage, then '
+                      f'rerun to resume from the last checkpoint.')
+    raise self._save_error(step, code, filename)
 
   def close(self) -> None:
     self.wait()
@@ -245,13 +263,18 @@ class TrainCheckpointer:
                         ' '.join(str(e).split()))[0]
         raise SaveError(f'{what} to {self.directory} failed: '
                         f'{type(e).__name__}: {text[:300]}') from e
-      hint = ('free space (or pass another --workdir), then rerun to resume '
-              'from the last checkpoint' if code in DISK_FULL_ERRNOS
-              else 'fix the storage, then rerun to resume from the last '
-              'checkpoint')
-      raise SaveError(f'{what} failed: {filename or self.directory}: '
-                      f'{os.strerror(code)} [errno {code}]; {hint}.',
-                      code) from e
+      raise self._save_error(step, code, filename) from e
+
+  def _save_error(self, step: Optional[int], code: int,
+                  filename: Optional[str]) -> SaveError:
+    what = f'saving checkpoint step {step}' if step is not None else (
+        'saving a checkpoint')
+    hint = ('free space (or pass another --workdir), then rerun to resume '
+            'from the last checkpoint' if code in DISK_FULL_ERRNOS
+            else 'fix the storage, then rerun to resume from the last '
+            'checkpoint')
+    return SaveError(f'{what} failed: {filename or self.directory}: '
+                     f'{os.strerror(code)} [errno {code}]; {hint}.', code)
 
   # ------------------------------------------------------------ damage
 
