@@ -36,11 +36,6 @@ NUM_EXAMPLES = {'imagenet2012': DATASETS['imagenet2012'],
                 'jft': DATASETS['jft-300m']}
 
 
-def _model_name(model: str) -> str:
-  return model if 'ViT' in model else (
-      model.replace('+', '+ViT-') if '+' in model else f'ViT-{model}')
-
-
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, model='B/16', dataset='imagenet21k',
                               epochs=0.0, batch=4096, image_size=224,
@@ -50,7 +45,7 @@ def get_config(arg=None):
                      f'one of {", ".join(RECIPES)}.')
   (tfds_name, train_split, val_split, classes, epochs, lr, wd, decay,
    dropout) = RECIPES[args.dataset]
-  name = _model_name(args.model)
+  name = config_lib.model_name(args.model)
   spec = get_spec(name)
   size = name.split('ViT-')[1][0]
   if args.dataset == 'jft':
@@ -72,7 +67,7 @@ def get_config(arg=None):
   c.model.dropout_rate = dropout
   c.model.dtype = 'bfloat16'
 
-  c.input.data = dict(name=tfds_name, split=train_split)
+  c.input.data.update(name=tfds_name, split=train_split)
   c.input.pp = f'vit_train({args.image_size}, {classes})'
   c.input.shuffle_buffer_size = 250_000
 
@@ -80,13 +75,12 @@ def get_config(arg=None):
   c.optim.name = 'adam'
   c.optim.weight_decay = wd
   c.optim.grad_clip_norm = 1.0
-  c.schedule = dict(base_lr=lr, warmup_steps=10_000, decay_type=decay,
+  c.schedule.update(base_lr=lr, warmup_steps=10_000, decay_type=decay,
                     linear_end=1e-5)
 
-  c.evals.val = dict(type='classify', data=dict(name=tfds_name,
-                                                split=val_split),
-                     pp=f'vit_eval({args.image_size}, {classes})',
-                     every=5000)
+  c.evals.val = config_lib.evaluator_config(
+      'classify', data=dict(name=tfds_name, split=val_split),
+      pp=f'vit_eval({args.image_size}, {classes})', every=5000)
   c.log_every = 100
   c.checkpoint_every = 1000
   c.keep_checkpoint_every = 50_000

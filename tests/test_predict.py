@@ -112,9 +112,9 @@ def test_preprocessing_resizes_and_scales_to_minus_one_one(tmp_path):
 
 
 def test_the_image_size_defaults_to_the_checkpoint_and_can_be_raised(files):
-  _, params, size = predict.build('ViT-Ti/16', str(files / 'ti16.npz'), None)
+  _, params, size, _ = predict.build('ViT-Ti/16', str(files / 'ti16.npz'), None)
   assert size == 224
-  _, params, size = predict.build('ViT-Ti/16', str(files / 'ti16.npz'), 384)
+  _, params, size, _ = predict.build('ViT-Ti/16', str(files / 'ti16.npz'), 384)
   posemb = params['Transformer']['posembed_input']['pos_embedding']
   assert size == 384 and posemb.shape == (1, 577, 192)
 
