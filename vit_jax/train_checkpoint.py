@@ -122,7 +122,7 @@ def checksum(x: np.ndarray) -> str:
 def array_checksums(state: Any) -> dict[str, Optional[str]]:
   """{name: CRC32} of every array; None for one sharded over several hosts."""
   out = {}
-  for name, x in parallel.named_leaves(state):
+  for name, x in rules.named_leaves(state):
     host = _host_array(x)
     out[name] = None if host is None else checksum(host)
   return out
@@ -132,7 +132,7 @@ def verify(state: Any, checksums: Optional[dict]) -> Optional[str]:
   """Why a restored state is damaged (checksum or non-finite), or None."""
   if checksums is None:
     return 'its meta holds no checksums (not written by a verified save)'
-  for name, x in parallel.named_leaves(state):
+  for name, x in rules.named_leaves(state):
     host = _host_array(x)
     if host is None:
       continue
