@@ -90,6 +90,8 @@ class _QuietSaveErrors(logging.Filter):
     if exc is not None and _errno_of(exc)[0] is not None:
       self.last = _errno_of(exc)  # orbax may swallow it: SaveError reports it.
       return False
+    if exc is not None and 'No space left' in str(exc):
+      return False  # e.g. TensorBoard's writer on the same full disk.
     text = str(record.msg)
     return not ('os_error_code' in text or 'No space left' in text or (
         record.args and any('os_error_code' in str(a) for a in (
@@ -97,7 +99,7 @@ class _QuietSaveErrors(logging.Filter):
 
 
 _QUIET = _QuietSaveErrors()
-for _name in ('absl', 'asyncio'):
+for _name in ('absl', 'asyncio', 'clu'):
   logging.getLogger(_name).addFilter(_QUIET)
 
 
