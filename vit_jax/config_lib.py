@@ -94,6 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.keep_checkpoint_every = placeholder(int)
   c.export_npz = True
+  # Resume from this kept step instead of the latest; the later ones are
+  # moved aside to WORKDIR/checkpoints_aside/ (never deleted).
+  c.resume_from_step = placeholder(int)
+  # Resume even if the config differs from the workdir's config.json in more
+  # than total steps, cadences and budget (vit_jax.resume_check).
+  c.allow_config_change = False
 
   # Compute budget (vit_jax.budget): a cap and an optional plan to compare.
   c.budget = ml_collections.ConfigDict(dict(
