@@ -266,6 +266,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
   The run holds the workdir's lock throughout (a second run is refused).
   """
+  config_lib.check_schema(config)
+  resolve_model(config)  # Before the resume check: config.json holds it.
   workdir = check_workdir(workdir)
   with _Preemption() as preemption, WorkdirLock(workdir):
     resume_check.check_resume_config(workdir, config)
@@ -275,8 +277,6 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
                         ) -> TrainResult:
   # 1. Inputs that could be wrong are checked before anything compiles.
-  config_lib.check_schema(config)
-  resolve_model(config)
   workdir = check_workdir(workdir)
   mesh = parallel.make_mesh(dict(config.mesh))
   parallel.check_batch_divisible(config.batch_size, config.accum_steps, mesh)
