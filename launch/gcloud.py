@@ -9,6 +9,12 @@ On each worker the layout is:
   ~/vit_jax          the source tree (from `git archive` of --source, or a git clone)
   ~/vit_jax_venv     its virtual environment, with jax[tpu]
   ~/vit_jax_run/     log, pid (process group of the running job), exit_code
+  ~/.vit_jax_env     the job's --env variables (mode 0600), sourced by the job
+
+Values passed with --env are secrets: they never appear in a command line
+(here, in `ps` on the workers, or in an echo or dry run). The runner writes
+them into a local file of mode 0600, `upload_env` copies it to the workers
+(scp keeps the mode) and the job's wrapper sources it.
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ METADATA_ATTRIBUTES = 'http://metadata.google.internal/computeMetadata/v1/instan
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-  kind: str              # create, describe, delete, bundle, upload, install, start, status, stop, logs
+  kind: str              # create, describe, delete, bundle, upload, upload_env, install, start, status, stop, logs
   argv: tuple[str, ...]
+  # (local path, content) the runner writes with mode 0600 before running argv and removes after;
+  # never printed.
+  secret_file: Optional[tuple[str, str]] = dataclasses.field(default=None, repr=False, compare=False)
 
   def __str__(self) -> str:
     return shlex.join(self.argv)
@@ -100,6 +109,31 @@ def upload(target: Target, path: str) -> Command:
                                  '--worker=all', '--quiet'))
 
 
+REMOTE_ENV = '.vit_jax_env'  # relative to the worker's home directory
+
+
+def env_name(entry: str) -> str:
+  """`KEY` of a KEY=VALUE --env entry: what may be printed of it."""
+  return entry.split('=', 1)[0]
+
+
+def masked_env(env: Sequence[str]) -> str:
+  return ' '.join(f'{env_name(e)}=***' for e in env)
+
+
+def env_file_content(env: Sequence[str]) -> str:
+  """`export KEY='VALUE'` lines for bash to source."""
+  return ''.join(f'export {env_name(e)}={shlex.quote(e.split("=", 1)[1])}\n' for e in env)
+
+
+def upload_env(target: Target, env: Sequence[str]) -> Command:
+  """Copies the --env variables to every worker as ~/.vit_jax_env (mode 0600, written locally first)."""
+  path = os.path.join(tempfile.gettempdir(), f'vit_jax-{target.name}.env')
+  return Command('upload_env', _tpus(target, 'tpu-vm', 'scp', [path, f'{target.name}:{REMOTE_ENV}'],
+                                     '--worker=all', '--quiet'),
+                 secret_file=(path, env_file_content(env)))
+
+
 def _refuse_if_running(what: str) -> str:
   return (f'if {_RUNNING}; then echo "a job is running on $(hostname): stop it before {what}" >&2; exit 1; fi')
 
@@ -132,7 +166,7 @@ def _metadata(key: str) -> str:
   return f'curl -sf -m 10 -H "Metadata-Flavor: Google" {METADATA_ATTRIBUTES}/{key}'
 
 
-def start_script(module: str, flags: Sequence[str], env: Sequence[str] = (), hosts: int = 1) -> str:
+def start_script(module: str, flags: Sequence[str], hosts: int = 1, env_file: bool = False) -> str:
   """Starts `python -m module flags` detached; the exit status lands in ~/vit_jax_run/exit_code.
 
   On a multi-host slice each worker passes the three distributed flags, read
@@ -140,18 +174,20 @@ def start_script(module: str, flags: Sequence[str], env: Sequence[str] = (), hos
   id = agent-worker-number, coordinator = the first of worker-network-endpoints
   (entries are `host` or `name:id:ip`). The wrapper traps SIGTERM so that
   `stop` reaches the job (which checkpoints and exits) and the wrapper still
-  records the job's exit status.
+  records the job's exit status. With `env_file` the job's variables come from
+  ~/.vit_jax_env (uploaded by `upload_env`), so no value is on a command line.
   """
-  job = ' '.join([*(shlex.quote(e) for e in env), f'{VENV}/bin/python', '-m', module,
-                  *(shlex.quote(f) for f in flags)])
+  job = ' '.join([f'{VENV}/bin/python', '-m', module, *(shlex.quote(f) for f in flags)])
   if hosts > 1:
     job = ' && '.join([
         f'w=$({_metadata("agent-worker-number")})', f'first=$({_metadata("worker-network-endpoints")})',
         'first=${first%%,*}',
         f'{job} --coordinator_address="${{first##*:}}:{COORDINATOR_PORT}" --num_processes={hosts} '
         '--process_id="$w"'])
+  source_env = ([f'chmod 600 "$HOME/{REMOTE_ENV}"', 'set -a', f'. "$HOME/{REMOTE_ENV}"', 'set +a']
+                if env_file else [])
   wrapper = '; '.join([
-      'trap : TERM INT', f'echo $$ > {RUN}/pid', f'cd {SRC}',
+      'trap : TERM INT', f'echo $$ > {RUN}/pid', *source_env, f'cd {SRC}',
       f'echo "=== $(date -u +%FT%TZ) $(hostname) start" >> {RUN}/log',
       f'{{ {job}; }} >> {RUN}/log 2>&1', 'code=$?',
       f'echo $code > {RUN}/exit_code.tmp', f'mv {RUN}/exit_code.tmp {RUN}/exit_code'])

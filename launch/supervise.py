@@ -111,6 +111,7 @@ class Plan:
   max_failures: int = 3
   poll_s: float = 60.0
   delete_when_done: bool = False
+  before_start: Sequence[gcloud.Command] = ()  # e.g. upload_env, before every start
 
 
 class Supervisor:
@@ -184,7 +185,7 @@ class Supervisor:
         if self.failures > plan.max_failures:
           self.log(f'supervise: giving up after {plan.max_failures} restarts')
           return decision.exit_code
-      ok = self._must(plan.start)
+      ok = all(self._must(command) for command in plan.before_start) and self._must(plan.start)
       self.started = True
       self._follow_logs()
     elif action is Action.STOP:

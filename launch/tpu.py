@@ -52,10 +52,15 @@ class SubprocessRunner:
     if not capture:
       self.echo(f'+ {command}')
     try:
+      if command.secret_file:
+        _write_private(*command.secret_file)
       proc = subprocess.run(command.argv, capture_output=capture, text=True, check=False)
     except FileNotFoundError:
       raise FileNotFoundError(f'{command.argv[0]} is not installed: install the Google Cloud CLI '
                               '(https://cloud.google.com/sdk/docs/install) and run `gcloud init`') from None
+    finally:
+      if command.secret_file and os.path.exists(command.secret_file[0]):
+        os.remove(command.secret_file[0])
     if not capture:
       return proc.returncode, ''
     return proc.returncode, proc.stdout if proc.returncode == 0 else proc.stderr
@@ -71,6 +76,14 @@ class SubprocessRunner:
     return stop
 
 
+def _write_private(path: str, content: str) -> None:
+  """Writes `content` to a file only its owner can read (mode 0600 from the start)."""
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+  os.fchmod(fd, 0o600)  # An older file of that name keeps its mode otherwise.
+  with os.fdopen(fd, 'w') as f:
+    f.write(content)
+
+
 class DryRunRunner:
   """Prints every command; answers queries as a fresh slice would on the happy path."""
 
@@ -81,6 +94,10 @@ class DryRunRunner:
     self.commands: list[gcloud.Command] = []
 
   def run(self, command: gcloud.Command) -> tuple[int, str]:
+    if command.secret_file:
+      path, content = command.secret_file
+      names = [line.split('=', 1)[0].removeprefix('export ') for line in content.splitlines()]
+      self.out(f'# write {path} with mode 0600: {" ".join(f"{n}=***" for n in names)}')
     self.out(str(command))
     self.commands.append(command)
     kind = command.kind
@@ -110,8 +127,9 @@ def _job_flags(args: argparse.Namespace) -> list[str]:
       raise ValueError(f'{flag.split("=", 1)[0]} after -- is set by the launcher: use --workdir '
                        'before --; the distributed flags are added on each worker of a pod')
   for entry in args.env:
-    if not _ENV_RE.fullmatch(entry):
-      raise ValueError(f'--env={entry!r} is not KEY=VALUE')
+    if not _ENV_RE.fullmatch(entry):  # The value is never echoed: it may be a secret.
+      raise ValueError(f'an --env entry ({len(entry)} characters, not shown) is not KEY=VALUE with KEY a '
+                       'shell variable name')
   return [*args.job_flags, f'--workdir={args.workdir.rstrip("/")}']
 
 
@@ -148,8 +166,9 @@ def install_commands(args: argparse.Namespace) -> list[gcloud.Command]:
 
 
 def start_command(args: argparse.Namespace) -> gcloud.Command:
-  return gcloud.ssh(_target(args), 'start', gcloud.start_script(args.module, _job_flags(args), args.env,
-                                                               hosts=_slice(args).hosts))
+  return gcloud.ssh(_target(args), 'start', gcloud.start_script(args.module, _job_flags(args),
+                                                               hosts=_slice(args).hosts,
+                                                               env_file=bool(args.env)))
 
 
 def plan(args: argparse.Namespace) -> supervise.Plan:
@@ -158,6 +177,7 @@ def plan(args: argparse.Namespace) -> supervise.Plan:
   return supervise.Plan(
       target=_target(args), hosts=_slice(args).hosts, create=create_command(args) if full else None,
       install=install_commands(args) if full else (), start=start_command(args),
+      before_start=[gcloud.upload_env(_target(args), args.env)] if args.env else [],
       max_failures=args.max_failures if full else 0, poll_s=args.poll_s,
       delete_when_done=full and args.delete_when_done)
 
@@ -170,7 +190,12 @@ def print_run(args: argparse.Namespace, runner, log: Callable[[str], None]) -> i
       'a job already running there is followed, not started again:')
   runner.run(describe)
   runner.run(status)
-  log('2. start the job on every worker:')
+  if args.env:
+    log('2. copy the --env variables to every worker (~/.vit_jax_env, mode 0600), start the job '
+        'on every worker:')
+    runner.run(gcloud.upload_env(target, args.env))
+  else:
+    log('2. start the job on every worker:')
   runner.run(start)
   log("3. follow worker 0's log while the job runs:")
   runner.stream(gcloud.ssh(target, 'logs', gcloud.logs_script(), worker='0'))

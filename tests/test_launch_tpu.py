@@ -132,9 +132,11 @@ def test_single_subcommands_exact_commands(accelerator):
   status, commands, _ = _dry(['run', *base, f'--accelerator_type={accelerator}', f'--workdir={WORKDIR}',
                               '--module=launch.check', '--env=TFDS_DATA_DIR=gs://my-bucket/tfds', '--'])
   assert status == 0
-  assert [c.kind for c in commands] == ['describe', 'status', 'start', 'logs', 'describe', 'status']
-  assert ("TFDS_DATA_DIR=gs://my-bucket/tfds \"$HOME/vit_jax_venv\"/bin/python -m launch.check "
-          f"--workdir={WORKDIR}") in commands[2].argv[-1]
+  assert [c.kind for c in commands] == ['describe', 'status', 'upload_env', 'start', 'logs', 'describe',
+                                        'status']
+  assert commands[2].secret_file[1] == "export TFDS_DATA_DIR=gs://my-bucket/tfds\n"
+  assert (f'. "$HOME/.vit_jax_env"; set +a; cd "$HOME/vit_jax"' in commands[3].argv[-1])
+  assert 'gs://my-bucket/tfds' not in ' '.join(' '.join(c.argv) for c in commands)
 
 
 @pytest.mark.parametrize('argv,message', [
@@ -149,7 +151,7 @@ def test_single_subcommands_exact_commands(accelerator):
     (['create', '--name=vit', '--zone=europe', '--accelerator_type=v3-8'], "--zone='europe' is not a zone"),
     (['create', '--name=vit', f'--zone={ZONE}', '--accelerator_type=v3-12'], "'v3-12' does not exist"),
     (['run', '--name=vit', f'--zone={ZONE}', '--accelerator_type=v3-8', f'--workdir={WORKDIR}', '--env=X',
-      '--', '-x'], "--env='X' is not KEY=VALUE")])
+      '--', '-x'], "an --env entry (1 characters, not shown) is not KEY=VALUE")])
 def test_cli_rejects_bad_input_in_one_line(argv, message):
   proc = subprocess.run([sys.executable, '-m', 'launch.tpu', *argv, '--dry_run'] if '--' not in argv else
                         [sys.executable, '-m', 'launch.tpu', *argv[:argv.index('--')], '--dry_run',
@@ -214,8 +216,7 @@ def test_worker_scripts_start_status_stop(worker_home):
   assert _bash(worker_home, gcloud.status_script()).stdout == 'worker=0 not-installed\n'
   (worker_home / 'vit_jax' / '.installed').touch()
   assert _bash(worker_home, gcloud.status_script()).stdout == 'worker=0 not-started\n'
-  start = gcloud.start_script('fake_job', ['--sleep=60', "--config=configs/x.py:a=1,b='two words'"],
-                              env=['MY_VAR=1'])
+  start = gcloud.start_script('fake_job', ['--sleep=60', "--config=configs/x.py:a=1,b='two words'"])
   proc = _bash(worker_home, start)
   assert proc.returncode == 0 and proc.stdout.startswith('started on '), proc.stderr
   assert _status_becomes(worker_home, 'running')
@@ -441,3 +442,73 @@ def test_run_dry_run_prints_its_own_steps_and_invents_no_ending():
                         env={**os.environ, 'PYTHONPATH': str(REPO)})
   assert (proc.returncode, proc.stderr) == (0, '')
   assert proc.stdout.splitlines() == lines
+
+
+# --- secrets passed with --env: a fake gcloud records everything it is given ------------------
+
+FAKE_GCLOUD = r'''#!/usr/bin/env python3
+import json, os, stat, sys
+state = os.environ['FAKE_GCLOUD_DIR']
+argv = sys.argv[1:]
+record = {'argv': argv}
+if 'scp' in argv:  # what a worker would receive: the file's content and mode
+  local = argv[argv.index('scp') + 1]
+  record['mode'] = oct(stat.S_IMODE(os.stat(local).st_mode))
+  record['content'] = open(local).read()
+with open(os.path.join(state, 'calls.jsonl'), 'a') as f:
+  f.write(json.dumps(record) + '\n')
+command = next((a for a in argv if a.startswith('--command=')), '')
+if 'describe' in argv:
+  print('READY')
+elif 'exit_code' in command and 'agent-worker-number' in command:  # the status script
+  started = os.path.exists(os.path.join(state, 'started'))
+  print('worker=0 ' + ('exit:0' if started else 'not-started'))
+elif 'setsid nohup' in command:  # the start script
+  open(os.path.join(state, 'started'), 'w').close()
+'''
+
+
+def test_env_secret_is_never_on_a_command_line_or_printed(tmp_path):
+  secret = 'wandb-s3cr3t-7f9a'
+  (tmp_path / 'bin').mkdir()
+  fake = tmp_path / 'bin' / 'gcloud'
+  fake.write_text(FAKE_GCLOUD)
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path / "bin"}:{os.environ["PATH"]}', FAKE_GCLOUD_DIR=str(tmp_path),
+             TMPDIR=str(tmp_path))
+  argv = ['run', '--name=vit', f'--zone={ZONE}', '--accelerator_type=v3-8', f'--workdir={WORKDIR}',
+          f'--env=WANDB_API_KEY={secret}', '--env=TFDS_DATA_DIR=gs://b/tfds', '--poll_s=0.05', '--', *JOB]
+  proc = subprocess.run([sys.executable, '-m', 'launch.tpu', *argv], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  calls = [__import__('json').loads(l) for l in (tmp_path / 'calls.jsonl').read_text().splitlines()]
+  assert secret not in proc.stdout + proc.stderr
+  assert not any(secret in a for c in calls for a in c['argv'])  # never on a command line
+  uploads = [c for c in calls if 'scp' in c['argv']]
+  assert len(uploads) == 1 and uploads[0]['mode'] == '0o600'
+  assert uploads[0]['argv'][5:] == ['vit:.vit_jax_env', f'--zone={ZONE}', '--worker=all', '--quiet']
+  assert f"export WANDB_API_KEY={secret}\n" in uploads[0]['content']
+  assert not (tmp_path / 'vit_jax-vit.env').exists()  # the local copy is gone
+  start = [c for c in calls if any('setsid nohup' in a for a in c['argv'])]
+  assert len(start) == 1 and calls.index(start[0]) == calls.index(uploads[0]) + 1
+  # The dry run shows the names only.
+  dry = subprocess.run([sys.executable, '-m', 'launch.tpu', *argv[:-len(JOB) - 1], '--dry_run', '--', *JOB],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert dry.returncode == 0 and secret not in dry.stdout + dry.stderr
+  assert 'WANDB_API_KEY=*** TFDS_DATA_DIR=***' in dry.stdout
+
+
+def test_worker_job_reads_the_env_file_not_its_command_line(worker_home):
+  (worker_home / 'vit_jax' / '.installed').touch()
+  (worker_home / 'vit_jax' / 'env_job.py').write_text(
+      'import os, time\nprint("key", os.environ.get("WANDB_API_KEY"), flush=True)\n'
+      'print("cmdline", open("/proc/self/cmdline").read(), flush=True)\n')
+  (worker_home / '.vit_jax_env').write_text(gcloud.env_file_content(["WANDB_API_KEY=it's s3cret"]))
+  script = gcloud.start_script('env_job', ['--x=1'], env_file=True)
+  assert 's3cret' not in script
+  assert _bash(worker_home, script).returncode == 0
+  assert _status_becomes(worker_home, 'exit:0')
+  log = (worker_home / 'vit_jax_run' / 'log').read_text()
+  assert "key it's s3cret\n" in log
+  assert 's3cret' not in log.split('cmdline', 1)[1]
+  assert oct((worker_home / '.vit_jax_env').stat().st_mode & 0o777) == '0o600'

@@ -135,6 +135,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError, match=r'at step (\d+)') as e:
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(__import__('re').search(r'at step (\d+)', str(e.value))[1])
+  # It names the earlier kept step to roll back to, when there is one.
+  assert ('--config.resume_from_step=' in str(e.value)) == (bad_step > 2)
+  if bad_step > 2:
+    assert f'--config.resume_from_step={bad_step - 2} ' in str(e.value)
   saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints')
                  if d.isdigit())
   assert saved and saved[-1] == bad_step - 1
@@ -180,7 +184,8 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 def test_checkpoint_of_another_model_is_refused(tmp_path):
   train.train_and_evaluate(_config('steps=2', checkpoint_every=1),
                            str(tmp_path))
-  other = _config('steps=4', **{'model.hidden_size': 32})
+  other = _config('steps=4', **{'model.hidden_size': 32,
+                                 'allow_config_change': True})
   with pytest.raises(ValueError, match='does not fit') as e:
     train.train_and_evaluate(other, str(tmp_path))
   assert 'mismatched shapes' in str(e.value) and '\n' not in str(e.value)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from typing import NoReturn, Sequence
 
 from absl import flags
@@ -129,4 +130,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (flags.Error, KeyError, TypeError, ValueError, AttributeError,
           OSError) as e:
     fail(config_error(e))
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_raised_in_config(e))
   return rest
+
+
+def _raised_in_config(e: BaseException) -> str:
+  """'FILE:LINE: the config file raised X: message' for any other error."""
+  frame = traceback.extract_tb(e.__traceback__)[-1]
+  first = (str(e).strip().splitlines() or [''])[0]
+  return (f'{frame.filename}:{frame.lineno}: the config file raised '
+          f'{type(e).__name__}: {first}; fix the config file or its '
+          f'arguments.')

@@ -98,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
   # WORKDIR/plugins/profile (vit_jax/profiling.py); start_step None: off.
   c.profile = ml_collections.ConfigDict(dict(start_step=placeholder(int),
                                              num_steps=3))
+  # Resume from this kept step instead of the latest; the later ones are
+  # moved aside to WORKDIR/checkpoints_aside/ (never deleted).
+  c.resume_from_step = placeholder(int)
+  # Resume even if the config differs from the workdir's config.json in more
+  # than total steps, cadences and budget (vit_jax.resume_check).
+  c.allow_config_change = False
 
   # Compute budget (vit_jax.budget): a cap and an optional plan to compare.
   c.budget = ml_collections.ConfigDict(dict(

@@ -1,14 +1,18 @@
 """Command-line entry: python -m vit_jax.main --config=configs/X.py:ARGS --workdir=DIR.
 
 Trains (pretraining or fine-tuning) with the config file's recipe; rerunning
-the same command resumes from the workdir's latest checkpoint. Exit status: 0
-when done or saved after a preemption, 75 when the compute cap stopped the
-run, 1 on a non-finite loss, 2 on bad input.
+the same command resumes from the workdir's latest good checkpoint. Exit
+status: 0 when done, saved after a preemption, or stopped by SIGTERM before
+the first step; 75 when the compute cap stopped the run; 74 when a checkpoint
+could not be written (disk full or another OS error; earlier checkpoints are
+intact); 1 on a non-finite loss; 2 on bad input (including a config file that
+raises, a workdir locked by another run, or no readable checkpoint).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -32,24 +36,48 @@ def main(argv) -> None:
     cli.fail('--config is required, e.g. --config=configs/quickstart.py')
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
+  # Until the training loop takes over SIGTERM: nothing is trained yet.
+  signal.signal(signal.SIGTERM, _stop_before_training)
   cli.configure_logging()  # Third-party INFO lines only with -v 0 or --logger_levels.
 
   # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import train, transfer  # pylint: disable=g-import-not-at-top
+  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   try:
     cli.start_distributed()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # train handles it now.
     result = transfer.run(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
+  except train.SaveError as e:
+    # orbax's save threads may still run; exiting without joining them keeps
+    # their shutdown errors off the console (the checkpoints on disk are final).
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(train.EXIT_SAVE_FAILED)  # pylint: disable=protected-access
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
+  except OSError as e:
+    if e.errno not in train_checkpoint.DISK_FULL_ERRNOS:
+      raise
+    cli.fail(f'{e.filename or _WORKDIR.value}: {e.strerror} [errno {e.errno}]'
+             f'; free space, then rerun to resume from the last checkpoint.',
+             status=train.EXIT_SAVE_FAILED)
   if jax.process_index() == 0:
     exported = result.status == 'done' and _CONFIG.value.export_npz
     print(summary_line(result, os.path.join(_WORKDIR.value, 'params.npz')
                        if exported else None), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
+
+
+def _stop_before_training(signum, frame) -> None:
+  del signum, frame
+  print('SIGTERM before the first step: nothing was trained in this run; '
+        'rerun the same command to start or resume.', file=sys.stderr,
+        flush=True)
+  sys.exit(0)
 
 
 def summary_line(result, params_path: Optional[str] = None) -> str:

@@ -24,10 +24,14 @@ from vit_jax import (budget, checkpoint, config_lib, data, evaluate, files,
                      models, optim, parallel, pretrained, profiling,
                      train_step)
 from vit_jax import metrics as metrics_lib
-from vit_jax.train_checkpoint import TrainCheckpointer
+from vit_jax import resume_check, train_checkpoint
+from vit_jax.train_checkpoint import SaveError, TrainCheckpointer  # pylint: disable=unused-import
+from vit_jax.workdir_lock import WorkdirLock
 
 #: Exit status when the compute cap stopped the run (see vit_jax.budget).
 EXIT_BUDGET_EXHAUSTED = budget.EXIT_BUDGET_EXHAUSTED
+#: Exit status when a checkpoint could not be written (disk full, I/O error).
+EXIT_SAVE_FAILED = 74
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,6 +68,7 @@ def check_workdir(workdir: str) -> str:
   except OSError as e:
     raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
                      f'choose a directory you can write to.') from None
+  train_checkpoint.check_writable(workdir)
   return workdir
 
 
@@ -109,19 +114,26 @@ def resolve_model(config) -> None:
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves and exits at the next step boundary."""
+  """SIGTERM sets a flag; the loop saves and exits at the next step boundary.
+
+  Installed for the whole run (nested `with` blocks keep the outer handler),
+  so a SIGTERM while building or compiling stops the run before step one.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._depth = 0
 
   def __enter__(self):
-    if jax.process_count() == 1:
+    self._depth += 1
+    if self._depth == 1 and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
+    self._depth -= 1
+    if self._depth == 0 and self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
   def _handle(self, signum, frame):
@@ -156,11 +168,11 @@ class _Window:
   The device runs step s+1 while the host waits for the loss of step s, so
   the host never idles the accelerator. A NaN/Inf loss, or parameters that an
   update overflowed, raise NonFiniteLossError naming the step and the last
-  good checkpoint (`last_good()`).
+  good checkpoint (the last of `kept_steps()`) and the rollback step.
   """
 
-  def __init__(self, last_good):
-    self._last_good = last_good
+  def __init__(self, kept_steps):
+    self._kept_steps = kept_steps
     self._pending = None
     self._reset()
 
@@ -183,14 +195,29 @@ class _Window:
     # The loss of step s comes from the parameters before it; the norm of
     # the updated ones catches an update that overflowed.
     if not (np.isfinite(loss) and np.isfinite(param_norm)):
+      kept = self._kept_steps()
+      earlier = kept[-2] if len(kept) > 1 else None
       raise NonFiniteLossError(
           f'the training loss is {loss} (parameter norm {param_norm}) at step '
           f'{step}; stopping. The last good checkpoint '
-          f'({self._last_good()}) stays the latest: lower the '
-          f'learning rate or check the data, then rerun.')
+          f'({kept[-1] if kept else None}) stays the latest: lower the '
+          f'learning rate or check the data, then rerun'
+          + (f' (add --config.resume_from_step={earlier} to resume from the '
+             f'earlier step {earlier} if step {kept[-1]} already diverged).'
+             if earlier is not None else '.'))
     self.losses.append(loss)
     self.grad_norms.append(float(metrics['grad_norm']))
     self.lr = float(metrics['learning_rate'])
+
+  def state_dict(self) -> dict:
+    """The settled window, saved in checkpoints so a resume logs the same means."""
+    return {'losses': list(self.losses), 'grad_norms': list(self.grad_norms),
+            'lr': self.lr}
+
+  def load_state_dict(self, d: Optional[dict]) -> None:
+    if d:
+      self.losses, self.grad_norms = list(d['losses']), list(d['grad_norms'])
+      self.lr = d['lr']
 
   def summary(self) -> dict:
     """Means since the last summary, after settling the pending step."""
@@ -236,10 +263,21 @@ def _run_evals(evaluators, params, step: int, tracker, force: bool = False
 
 
 def train_and_evaluate(config, workdir: str) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
-  # 1. Inputs that could be wrong are checked before anything compiles.
+  """Trains `config` in `workdir`, resuming from its latest good checkpoint.
+
+  The run holds the workdir's lock throughout (a second run is refused).
+  """
   config_lib.check_schema(config)
-  resolve_model(config)
+  resolve_model(config)  # Before the resume check: config.json holds it.
+  workdir = check_workdir(workdir)
+  with _Preemption() as preemption, WorkdirLock(workdir):
+    resume_check.check_resume_config(workdir, config)
+    return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
+                        ) -> TrainResult:
+  # 1. Inputs that could be wrong are checked before anything compiles.
   workdir = check_workdir(workdir)
   mesh = parallel.make_mesh(dict(config.mesh))
   parallel.check_batch_divisible(config.batch_size, config.accum_steps, mesh)
@@ -285,10 +323,13 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                                       flops_per_image=flops_per_image)
 
     # 3. State: resume this workdir, or start fresh (optionally init_from).
-    resume_step = checkpointer.latest_step()
+    if config.resume_from_step is not None and not _rolled_back(
+        checkpointer, config.resume_from_step):
+      checkpointer.roll_back(config.resume_from_step)
+    resume_step, state, resumed_meta = checkpointer.restore_latest_good(
+        abstract_state, shardings)
     if resume_step is not None:
-      state, meta = checkpointer.restore(abstract_state, shardings)
-      tracker.load_state_dict(meta.get('budget', {}))
+      tracker.load_state_dict(resumed_meta.get('budget', {}))
       logging.info('Resumed from step %d in %s.', resume_step, workdir)
     else:
       state = jax.jit(init, out_shardings=shardings)()
@@ -324,7 +365,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       with tracker.paused('checkpoint'):
         checkpointer.save(step, state, {
             'step': step, 'data_position': step, 'model': model_label,
-            'budget': tracker.state_dict()})
+            'budget': tracker.state_dict(), 'window': window.state_dict(),
+            'rolled_back_to': config.resume_from_step})
 
     def eval_params(state):
       return state['ema_params'] if ema else state['params']
@@ -337,14 +379,21 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                  dict(mesh.shape), config.batch_size)
     batches = train_data.iterator(start_batch=start_step)
     status, step, eval_metrics = 'done', start_step, {}
-    window = _Window(checkpointer.latest_step)
+    window = _Window(checkpointer.all_steps)
+    window.load_state_dict((resumed_meta or {}).get('window'))
     profiler = profiling.ProfileWindow.from_config(config.get('profile'),
                                                    workdir)
     img_per_sec = None
-    with _Preemption() as preemption:
+    with preemption:
       tracker.start_training()  # Input time counts: a starved step is slow.
-      while step < config.total_steps:
+      if preemption.requested and step < config.total_steps:
+        status = 'preempted'
+        logging.warning('SIGTERM before the first step: nothing was trained '
+                        'in this run; rerun the same command to start or '
+                        'resume.')
+      while step < config.total_steps and not preemption.requested:
         batch = parallel.host_to_global(next(batches), mesh)
+        checkpointer.check_for_errors()  # A failed save ends the run here.
         profiler.before(step)
         state, step_metrics = compiled(state, batch)
         profiler.after(step, step_metrics)
@@ -407,6 +456,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
                      eval_metrics=eval_metrics, img_per_sec=img_per_sec,
                      core_hours=tracker.core_hours, params=state['params'])
+
+
+def _rolled_back(checkpointer: TrainCheckpointer, step: int) -> bool:
+  """Whether the latest checkpoint was saved after rolling back to `step`."""
+  latest = checkpointer.latest_step()
+  if latest is None or latest <= step:
+    return True
+  try:
+    return checkpointer.restore_meta(latest).get('rolled_back_to') == step
+  except Exception:  # pylint: disable=broad-except
+    return False  # Unreadable: roll back (it is moved aside, not deleted).
 
 
 def _export_npz(params, path: str, is_primary: bool) -> None:

@@ -5,18 +5,181 @@ sharded arrays, written by every host) and `meta` (JSON: the data iterator's
 position, the compute-budget counters and the model name). orbax writes each
 step into a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint as the latest one.
+
+`meta` also holds a CRC32 of every array, computed on the host when saving.
+A restore recomputes them and checks that every float is finite; a step that
+cannot be read or fails this check is damaged: it is moved aside (renamed
+into WORKDIR/checkpoints_aside/, never deleted) and the next older step is
+tried. Rolling back to a chosen step moves the later ones aside the same way.
+A save that fails raises `SaveError` (one line: the path and the OS error).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
-from typing import Any, Optional
+import re
+import time
+import zlib
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from vit_jax import rules
+
+ASIDE_DIR = 'checkpoints_aside'
+#: errno values that mean the storage is full.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CheckpointDamage(Exception):
+  """A stored step cannot be read or fails verification (names the file)."""
+
+
+class SaveError(RuntimeError):
+  """Writing a checkpoint failed; `errno` is the OS error's number, if any."""
+
+  def __init__(self, message: str, errno_: Optional[int] = None):
+    super().__init__(message)
+    self.errno = errno_
+
+  @property
+  def disk_full(self) -> bool:
+    return self.errno in DISK_FULL_ERRNOS
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+  """The first OSError in an exception's chain (orbax wraps them)."""
+  seen = set()
+  stack = [e]
+  while stack:
+    e = stack.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno is not None:
+      return e
+    stack += [e.__cause__, e.__context__, *getattr(e, 'exceptions', ())]
+  return None
+
+
+def _errno_of(e: BaseException) -> tuple[Optional[int], Optional[str]]:
+  """(errno, file name) of an OS error in the chain, also TensorStore's."""
+  os_error = _os_error(e)
+  if os_error is not None:
+    return os_error.errno, os_error.filename
+  code = re.search(r"os_error_code='?(\d+)", str(e))
+  return (int(code[1]), None) if code else (None, None)
+
+
+class _QuietSaveErrors(logging.Filter):
+  """Drops orbax's and asyncio's tracebacks of OS errors in save threads.
+
+  `SaveError` reports them in one line; a full disk otherwise prints
+  hundreds of lines from every thread that hit it.
+  """
+
+  last: tuple[Optional[int], Optional[str]] = (None, None)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and _errno_of(exc)[0] is not None:
+      self.last = _errno_of(exc)  # orbax may swallow it: SaveError reports it.
+      return False
+    if exc is not None and 'No space left' in str(exc):
+      return False  # e.g. TensorBoard's writer on the same full disk.
+    text = str(record.msg)
+    return not ('os_error_code' in text or 'No space left' in text or (
+        record.args and any('os_error_code' in str(a) for a in (
+            record.args if isinstance(record.args, tuple) else ()))))
+
+
+_QUIET = _QuietSaveErrors()
+for _name in ('absl', 'asyncio', 'clu'):
+  logging.getLogger(_name).addFilter(_QUIET)
+
+
+def _host_array(x: Any) -> Optional[np.ndarray]:
+  """The whole array on this host, or None when other hosts hold parts of it."""
+  if isinstance(x, jax.Array):
+    if x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return None
+  return np.asarray(x)
+
+
+def checksum(x: np.ndarray) -> str:
+  """CRC32 of the array's bytes in C order, with dtype and shape."""
+  x = np.ascontiguousarray(x)
+  crc = zlib.crc32(f'{x.dtype.str}{x.shape}'.encode())
+  return f'{zlib.crc32(x.reshape(-1).view(np.uint8), crc):08x}'
+
+
+def array_checksums(state: Any) -> dict[str, Optional[str]]:
+  """{name: CRC32} of every array; None for one sharded over several hosts."""
+  out = {}
+  for name, x in rules.named_leaves(state):
+    host = _host_array(x)
+    out[name] = None if host is None else checksum(host)
+  return out
+
+
+def verify(state: Any, checksums: Optional[dict]) -> Optional[str]:
+  """Why a restored state is damaged (checksum or non-finite), or None."""
+  if checksums is None:
+    return 'its meta holds no checksums (not written by a verified save)'
+  for name, x in rules.named_leaves(state):
+    host = _host_array(x)
+    if host is None:
+      continue
+    want = checksums.get(name)
+    if want is not None and checksum(host) != want:
+      return f'array {name} fails its checksum'
+    if np.issubdtype(host.dtype, np.inexact) and not np.isfinite(host).all():
+      return f'array {name} holds non-finite values'
+  return None
+
+
+def _all_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def check_writable(workdir: str) -> None:
+  """WORKDIR/checkpoints is a directory this process can write, or one line.
+
+  Orbax would otherwise wait minutes in its own retries before failing.
+  """
+  if '://' in workdir:
+    return
+  path = os.path.join(workdir, 'checkpoints')
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f'{path} is a file, not a directory: move it away or '
+                     f'choose another --workdir.')
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f'.write_test_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'{path} cannot be written ({e.strerror}); fix its '
+                     f'permissions or choose another --workdir.') from None
 
 
 def _abs(path: str) -> str:
@@ -37,6 +200,7 @@ class TrainCheckpointer:
   def __init__(self, workdir: str, *, keep: int = 2,
                keep_every: Optional[int] = None, async_save: bool = True):
     self.directory = os.path.join(_abs(workdir), 'checkpoints')
+    self._saving: Optional[int] = None  # The step of the last save started.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every,
         enable_async_checkpointing=async_save, create=True)
@@ -46,39 +210,189 @@ class TrainCheckpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: Any, meta: dict, *, force: bool = True
            ) -> None:
-    """Starts an (asynchronous) save; `wait()` blocks until it is complete."""
-    self._manager.save(
+    """Starts an (asynchronous) save; `wait()` blocks until it is complete.
+
+    The checksums are computed here, on the host, before the write starts.
+    A failure of this or an earlier save raises SaveError.
+    """
+    meta = dict(meta, checksums=array_checksums(state))
+    self._saving = step
+    self._guard(step, lambda: self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       meta=ocp.args.JsonSave(meta)),
-        force=force)
+        force=force))
+
+  def check_for_errors(self) -> None:
+    """Raises SaveError if an asynchronous save has failed (cheap)."""
+    self._guard(self._saving, self._manager.check_for_errors)
+    if self._saving is not None and not self._manager.is_saving_in_progress():
+      self._check_finalized()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    self._guard(self._saving, self._manager.wait_until_finished)
+    self._check_finalized()
+
+  def _check_finalized(self) -> None:
+    """orbax logs and skips a failed background save; its step is then missing."""
+    step, self._saving = self._saving, None
+    if step is None or epath.Path(self.directory, str(step)).exists():
+      return
+    code, filename = _QUIET.last
+    if code is None:
+      raise SaveError(f'saving checkpoint step {step} to {self.directory} '
+                      f'failed (see the log above); fix the storage, then '
+                      f'rerun to resume from the last checkpoint.')
+    raise self._save_error(step, code, filename)
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
+
+  def _guard(self, step: Optional[int], fn: Callable[[], Any]) -> Any:
+    try:
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      code, filename = _errno_of(e)
+      what = f'saving checkpoint step {step}' if step is not None else (
+          'saving a checkpoint')
+      if code is None:
+        text = re.split(r' See full TensorStore details| \[tensorstore_spec',
+                        ' '.join(str(e).split()))[0]
+        raise SaveError(f'{what} to {self.directory} failed: '
+                        f'{type(e).__name__}: {text[:300]}') from e
+      raise self._save_error(step, code, filename) from e
+
+  def _save_error(self, step: Optional[int], code: int,
+                  filename: Optional[str]) -> SaveError:
+    what = f'saving checkpoint step {step}' if step is not None else (
+        'saving a checkpoint')
+    hint = ('free space (or pass another --workdir), then rerun to resume '
+            'from the last checkpoint' if code in DISK_FULL_ERRNOS
+            else 'fix the storage, then rerun to resume from the last '
+            'checkpoint')
+    return SaveError(f'{what} failed: {filename or self.directory}: '
+                     f'{os.strerror(code)} [errno {code}]; {hint}.', code)
+
+  # ------------------------------------------------------------ damage
+
+  def _aside(self, step: int, why: str) -> str:
+    """Moves step `step` into WORKDIR/checkpoints_aside/ (process 0 renames)."""
+    aside = epath.Path(self.directory).parent / ASIDE_DIR
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+    target = aside / f'{step}.{why}.{stamp}'
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      n = 1
+      while target.exists():
+        n += 1
+        target = aside / f'{step}.{why}.{stamp}.{n}'
+      (epath.Path(self.directory) / str(step)).rename(target)
+    _barrier(f'vit_jax_aside_{step}')
+    self._manager.reload()
+    return str(target)
+
+  def _damage(self, step: int, e: BaseException) -> str:
+    """'file: reason' for a failed read of `step`, naming the file if known."""
+    step_dir = os.path.join(self.directory, str(step))
+    missing = [name for name in ('state', 'meta', '_CHECKPOINT_METADATA')
+               if not epath.Path(step_dir, name).exists()]
+    if missing:
+      return f'{os.path.join(step_dir, missing[0])}: missing'
+    chain, seen = [], e
+    while seen is not None and len(chain) < 8:
+      chain.append(' '.join(str(seen).split()))
+      seen = seen.__cause__ or seen.__context__
+    # TensorStore appends its whole spec; the reason comes before it.
+    text = re.split(r' See full TensorStore details| \[tensorstore_spec',
+                    chain[0])[0]
+    found = re.findall(re.escape(step_dir) + r'[^\s\'",:)\]]*',
+                       ' '.join(chain))
+    where = max(found, key=len) if found else step_dir
+    return f'{where}: {type(e).__name__}: {text[:300]}'
+
+  def _read_verified(self, step: int, abstract_state: Any, shardings: Any
+                     ) -> tuple[Any, dict]:
+    try:
+      stored = self.stored_shapes(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointDamage(self._damage(step, e)) from e
+    check_compatible(stored, abstract_state, self.directory)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract_state, shardings)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target),
+              meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointDamage(self._damage(step, e)) from e
+    state, meta = restored['state'], dict(restored['meta'])
+    why = verify(state, meta.get('checksums'))
+    if why:
+      raise CheckpointDamage(
+          f'{os.path.join(self.directory, str(step), "state")}: {why}')
+    return state, meta
+
+  def restore_latest_good(self, abstract_state: Any, shardings: Any
+                          ) -> tuple[Optional[int], Any, Optional[dict]]:
+    """(step, state, meta) of the newest step that reads and verifies.
+
+    Damaged steps are moved aside, each logged with its file and reason;
+    (None, None, None) when there is no checkpoint at all. If checkpoints
+    existed but all were damaged, a one-line ValueError says what to do.
+    """
+    moved = []
+    for step in reversed(self.all_steps()):
+      damage = None
+      try:
+        state, meta = self._read_verified(step, abstract_state, shardings)
+      except CheckpointDamage as e:
+        damage = str(e)
+      if _all_agree(damage is None):
+        return step, state, meta
+      damage = damage or 'damaged on another process'
+      target = self._aside(step, 'damaged')
+      moved.append(target)
+      logging.warning('Checkpoint step %d is damaged (%s); moved it aside to '
+                      '%s and trying the previous one.', step, damage, target)
+    if moved:
+      raise ValueError(f'no good checkpoint in {self.directory}: all were '
+                       f'damaged and moved aside ({", ".join(moved)}); rerun '
+                       f'to start from scratch, or use another --workdir.')
+    return None, None, None
+
+  def roll_back(self, step: int) -> list[str]:
+    """Moves every step after `step` aside; returns where they went."""
+    steps = self.all_steps()
+    if step not in steps:
+      raise ValueError(f'resume_from_step={step}: no checkpoint of that step '
+                       f'in {self.directory} (kept steps: '
+                       f'{", ".join(map(str, steps)) or "none"}).')
+    moved = []
+    for later in [s for s in steps if s > step]:
+      moved.append(self._aside(later, 'rolled-back'))
+      logging.warning('Rolling back to step %d: moved step %d aside to %s.',
+                      step, later, moved[-1])
+    return moved
 
   def restore(self, abstract_state: Any, shardings: Any,
               step: Optional[int] = None) -> tuple[Any, dict]:
     """Restores into the given shardings; refuses a state of another shape.
 
     Restoring onto another mesh or another number of processes works: every
-    array is read into the sharding the current run asks for.
+    array is read into the sharding the current run asks for. A damaged step
+    raises CheckpointDamage (see `restore_latest_good` for the fallback).
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}.')
-    check_compatible(self.stored_shapes(step), abstract_state, self.directory)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract_state, shardings)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                      meta=ocp.args.JsonRestore()))
-    return restored['state'], dict(restored['meta'])
+    return self._read_verified(step, abstract_state, shardings)
 
   def restore_meta(self, step: Optional[int] = None) -> dict:
     step = self.latest_step() if step is None else step
