@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Starting point: a released .npz or another run's workdir.
   c.init_from = placeholder(str)
+  # False (transfer, paper App. B.1.1): the checkpoint's whole head (head and
+  # pre_logits) is replaced by one zero-initialised linear layer. True: keep
+  # the head exactly (continuing a run on the same label space); a head that
+  # does not fit the model is then an error.
+  c.init_keep_head = False
 
   # Logging, evaluation, checkpoints.
   c.log_every = 50
