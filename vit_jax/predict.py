@@ -6,14 +6,15 @@
 Images are preprocessed like the released fine-tuned models: resized to
 image_size x image_size (bilinear) and scaled to [-1, 1]. The class count,
 classifier, representation layer and (by default) the image size are read
-from the checkpoint. Bad input gives a one-line error and exit status 2.
+from the checkpoint, and the head is used exactly as saved. A given
+--image_size that differs from the checkpoint's resamples the position
+embeddings, which the log says. Bad input gives a one-line error and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.resources
-import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -23,10 +24,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vit_jax import checkpoint
-from vit_jax.models import get_model, get_spec, param_shapes
+from vit_jax.models import get_model, get_spec, param_shapes, pixels_per_token
 
 IMAGENET_LABELS = 'imagenet1k_labels.txt'
-_POSEMB = ('Transformer', 'posembed_input', 'pos_embedding')
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -92,23 +92,28 @@ def load_labels(labels: Optional[str], num_classes: int) -> list[str]:
   return names
 
 
-def _native_image_size(restored: dict, model_name: str) -> int:
-  """The resolution the checkpoint's position-embedding grid was made for."""
-  node = restored
-  for key in _POSEMB:
-    node = node.get(key) if isinstance(node, dict) else None
-  if node is None:
+def native_image_size(restored: dict, model) -> int:
+  """The resolution the checkpoint's position-embedding grid was made for.
+
+  Its grid times the model's pixels per token (the patch size, times the
+  ResNet stem's stride for hybrids); 224 without a learned table.
+  """
+  grid = checkpoint.posemb_grid(restored)
+  if grid is None:
     return 224  # fixed sin-cos embeddings fit any size
-  grid = node.shape[1] - (1 if 'cls' in restored else 0)
-  side = math.isqrt(grid)
-  if side * side != grid:
-    raise ValueError(f'the checkpoint has a non-square grid of {grid} tokens; '
-                     f'pass --image_size.')
-  return side * get_spec(model_name).stride
+  (gh, gw), (ph, pw) = grid, pixels_per_token(model)
+  if gh * ph != gw * pw:
+    raise ValueError(f'the checkpoint is for {gh * ph}x{gw * pw} px, which is '
+                     f'not square; pass --image_size.')
+  return gh * ph
 
 
 def build(model_name: str, checkpoint_path: str, image_size: Optional[int]):
-  """Returns (model, params, image_size) for a released-layout checkpoint."""
+  """Returns (model, params, image_size, checkpoint's own image size).
+
+  The head is kept exactly as saved. `image_size` None: the checkpoint's own
+  resolution; another one resamples the position embedding, which is logged.
+  """
   get_spec(model_name)  # an unknown name fails before the file is read
   restored = checkpoint.load_npz(checkpoint_path)
   if 'head' not in restored:
@@ -123,10 +128,20 @@ def build(model_name: str, checkpoint_path: str, image_size: Optional[int]):
       posemb='learn' if 'posembed_input' in restored.get('Transformer', {})
       else 'sincos2d',
       scan_layers=True)  # one compiled block: compiles fastest
-  image_size = image_size or _native_image_size(restored, model_name)
+  native = native_image_size(restored, model)
+  image_size = image_size or native
   params = checkpoint.load_pretrained(
-      restored, param_shapes(model, image_size), name=checkpoint_path)
-  return model, params, image_size
+      restored, param_shapes(model, image_size), name=checkpoint_path,
+      keep_head=True)
+  return model, params, image_size, native
+
+
+def resolution_line(num_images: int, image_size: int, native: int) -> str:
+  """What main prints (to stderr) before classifying."""
+  note = ("the checkpoint's own resolution" if image_size == native else
+          f'given; the checkpoint is for {native} px: its position '
+          f'embeddings are resampled')
+  return f'classifying {num_images} image(s) at {image_size} px ({note})'
 
 
 def classify(model, params, images: np.ndarray, top_k: int, batch_size: int):
@@ -150,13 +165,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     for path in args.images:  # fail on a bad image before loading a model
       load_image(path, 8)
-    model, params, image_size = build(args.model, args.checkpoint,
-                                      args.image_size)
+    model, params, image_size, native = build(args.model, args.checkpoint,
+                                              args.image_size)
     labels = load_labels(args.labels, model.num_classes)
     images = np.stack([load_image(p, image_size) for p in args.images])
   except (FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  print(resolution_line(len(images), image_size, native), file=sys.stderr)
   top, probs = classify(model, params, images, args.top_k, args.batch_size)
   for path, indices, p in zip(args.images, top, probs):
     print(path)

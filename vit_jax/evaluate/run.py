@@ -4,9 +4,17 @@
 `python -m vit_jax.evaluate` runs. The checkpoint is a released `.npz` or the
 workdir of one of our runs (its latest orbax checkpoint, or its exported
 `params.npz`; its `config.json` names the model). The class count and the
-representation size come from the checkpoint itself; the position embedding
-is resampled when the evaluation resolution differs from the training one.
-Results go to `WORKDIR/results.json` and are returned for the table.
+representation size come from the checkpoint itself, and its head is used
+exactly as saved (a head that does not fit the model is an error).
+
+The resolution, when the config gives none, is the checkpoint's own: its
+position-embedding grid times the model's pixels per token (the patch size,
+times the ResNet stem's stride for hybrids), e.g. 384 for a released 384-px
+fine-tuned file. A checkpoint without a learned position embedding uses its
+run's image_size, else 224. A given resolution that differs from the
+checkpoint's resamples the position embedding, and the log line that starts
+the evaluation says so. Results go to `WORKDIR/results.json` (with
+`image_size` and `checkpoint_image_size`) and are returned for the table.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import os
 import time
 from typing import Any, Optional
 
+from absl import logging
 import jax
 
 from vit_jax import models, parallel
@@ -90,10 +99,16 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
   tree, run_config = read_checkpoint(checkpoint_path)
   model_config = model_config_for(config, tree, run_config, checkpoint_path)
   num_classes = config.num_classes or head_classes(tree)
-  image_size = config.image_size or (run_config or {}).get('image_size', 224)
   model, _ = train.build_model(_as_config(model_config), num_classes)
+  native = native_image_size(tree, model, run_config)
+  image_size = config.image_size or native
   shapes = models.param_shapes(model, image_size)
-  params = checkpoint.load_pretrained(tree, shapes)
+  params = checkpoint.load_pretrained(tree, shapes, keep_head=True,
+                                      name=checkpoint_path)
+  logging.info('Evaluating %s (%s) at %s px%s: %s.', checkpoint_path,
+               model_config['name'], image_size, _resolution_note(
+                   image_size, native, bool(config.image_size)),
+               ', '.join(inputs.as_dict(config.evals)))
 
   mesh = parallel.make_mesh(dict(config.mesh))
   rules = [tuple(r) for r in config.sharding.rules]
@@ -105,7 +120,8 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
       workdir=workdir, model_config=model_config, mesh_config=config.mesh)
 
   results = {'checkpoint': checkpoint_path, 'model': model_config['name'],
-             'image_size': image_size, 'num_classes': num_classes,
+             'image_size': image_size, 'checkpoint_image_size': native,
+             'num_classes': num_classes,
              'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
              'metrics': {}, 'seconds': {}}
   for ev in evaluators:
@@ -114,6 +130,31 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
     results['seconds'][ev.name] = round(time.perf_counter() - start, 2)
     _write_json(os.path.join(workdir, RESULTS), results)  # After each one.
   return results
+
+
+def native_image_size(tree: dict, model: Any,
+                      run_config: Optional[dict] = None) -> int:
+  """The resolution the checkpoint was trained or fine-tuned at.
+
+  Its position-embedding grid times the model's pixels per token; without a
+  learned position embedding, the run's image_size, else 224.
+  """
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  grid = checkpoint.posemb_grid(tree)
+  if grid is None:
+    size = (run_config or {}).get('image_size', 224)
+    return size if isinstance(size, int) else tuple(size)
+  (gh, gw), (ph, pw) = grid, models.pixels_per_token(model)
+  return gh * ph if gh * ph == gw * pw else (gh * ph, gw * pw)
+
+
+def _resolution_note(image_size, native, given: bool) -> str:
+  if not given:
+    return " (the checkpoint's own resolution)"
+  if image_size != native:
+    return (f' (given; the checkpoint is for {native} px: its position '
+            f'embeddings are resampled)')
+  return ''
 
 
 def _as_config(model_config: dict):
