@@ -9,14 +9,18 @@ model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
 
   evals=classify+fewshot   any of classify, real, fewshot, vtab
   model=ViT-B/16           registry name (default: from the checkpoint)
-  image_size=224           evaluation resolution (default: the run's, or 224)
+  image_size=384           evaluation resolution (default: the checkpoint's
+                           own, from its position-embedding grid x the
+                           model's pixels per token; a different one is
+                           said in the log line that starts the evaluation)
   batch_size=512           global evaluation batch
   data_dir=PATH            TFDS data directory
   dataset=cifar10          classify: the dataset ('digits', a TFDS name)
   split=test               classify: the split
   pp=...                   classify: preprocessing (default vit_eval)
-  real_json=PATH           real: real.json (github.com/google-research/
-                           reassessed-imagenet); required for evals=real
+  real_json=PATH           real: another real.json (default: the copy that
+                           ships in vit_jax/assets, from google-research/
+                           reassessed-imagenet)
   real_data=imagenet2012   real: 'imagenet2012', 'imagenet2012_real' or
                            'folder' (with real_root=ROOT holding
                            ROOT/validation/<class>/ILSVRC2012_val_*.JPEG)
