@@ -182,7 +182,7 @@ def table(results: dict) -> str:
   rows = [('evaluator', 'metric', 'value')]
   for name, metrics in results['metrics'].items():
     for metric, value in metrics.items():
-      percent = not any(s in metric for s in ('num_', '_l2', 'num_tasks'))
+      percent = not ('num_' in metric or metric.endswith('_reg'))
       rows.append((name, metric, f'{100 * value:.2f}' if percent
                    else f'{value:g}'))
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
