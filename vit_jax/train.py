@@ -211,6 +211,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   # 1. Inputs that could be wrong are checked before anything compiles.
   workdir = check_workdir(workdir)
   mesh = parallel.make_mesh(dict(config.mesh))
+  device_kind = jax.devices()[0].device_kind
+  # Core-hours count every second the devices are held, from here to exit.
+  tracker = budget.CoreHoursTracker(device_kind, jax.device_count())
+  tracker.hold()
   parallel.check_batch_divisible(config.batch_size, config.accum_steps, mesh)
   is_primary = jax.process_index() == 0
   train_data = data.build_train(
@@ -237,12 +241,9 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   # 2. State: resume this workdir, or start fresh (optionally from init_from).
   checkpointer = TrainCheckpointer(workdir, keep=config.keep_checkpoints,
                                    keep_every=config.keep_checkpoint_every)
-  device_kind = jax.devices()[0].device_kind
-  flops_per_image = budget.train_flops_per_image(
+  tracker.flops_per_image = budget.train_flops_per_image(
       spec, config.image_size, num_classes, model.representation_size,
       model.classifier)
-  tracker = budget.CoreHoursTracker(device_kind, jax.device_count(),
-                                    flops_per_image=flops_per_image)
   resume_step = checkpointer.latest_step()
   if resume_step is not None:
     state, meta = checkpointer.restore(abstract_state, shardings)
@@ -310,9 +311,11 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   window = _Window(checkpointer)
   img_per_sec = None
   with _Preemption() as preemption:
-    tracker.start_training()  # Input time counts: a starved step is slow.
+    tracker.start_training()  # Input wait is a part of training time.
     while step < config.total_steps:
-      batch = parallel.host_to_global(next(batches), mesh)
+      with tracker.waiting_for_input():
+        host_batch = next(batches)
+      batch = parallel.host_to_global(host_batch, mesh)
       state, step_metrics = compiled(state, batch)
       step += 1
       tracker.add_images(config.batch_size)
@@ -354,7 +357,6 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         window.settle()
         save(step)
     window.settle()
-    tracker.stop()
   if start_step >= config.total_steps:  # A finished run: report its scores.
     logging.info('The run in %s is already complete (step %d).', workdir,
                  start_step)
@@ -365,6 +367,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   if status == 'done' and config.export_npz:
     _export_npz(state['ema_params'] if ema else state['params'],
                 os.path.join(workdir, 'params.npz'), is_primary)
+  tracker.stop()  # The devices are released.
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
                      eval_metrics=eval_metrics, img_per_sec=img_per_sec,
                      core_hours=tracker.core_hours, params=state['params'])
