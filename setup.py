@@ -23,7 +23,12 @@ EXTRAS = {
     # timm (with torch and torchvision builds that match) checks our npz files
     # against another implementation; scikit-image ships sample photographs.
     'test': ['pytest>=8', 'pytest-xdist>=3', 'timm>=1.0', 'torch>=2.9',
-             'torchvision>=0.24', 'scikit-image>=0.24'],
+             'torchvision>=0.24', 'scikit-image>=0.24', 'transformers>=5',
+             'safetensors>=0.4'],
+    # Hugging Face interop (vit_jax.hf_interop, vit_jax.export): reading and
+    # writing transformers ViT directories needs only safetensors; torch only
+    # for an old pytorch_model.bin, transformers only to run the result.
+    'hf': ['safetensors>=0.4'],
 }
 EXTRAS['all'] = sorted({p for k in ('train', 'data', 'eval') for p in EXTRAS[k]})
 

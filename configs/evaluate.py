@@ -34,6 +34,15 @@ model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
   l2=1024                  few-shot l2, fixed (big_vision's 2^10)
   tuned_l2=false           also report l2 chosen per shot and seed on held-out
                            training data, as {dataset}_{k}shot_tuned_l2
+  vtab_mode=paper          'paper' (the paper's protocol: lr 0.01, 2,500
+                           steps, 384 px, one setting for all tasks),
+                           'paper_select' (re-make the paper's choice of
+                           setting by the mean val200 score), 'per_task'
+                           (each task's best setting: not comparable) or
+                           'quick' (500 steps, 224 px: not comparable)
+  vtab_tasks=all           'all', a group (natural, specialized,
+                           structured) or task names joined by '+'
+  skip_missing=false       VTAB: run the prepared tasks, list the others
 
 Which numbers compare with what: classify top-1 at the checkpoint's own
 resolution on a fine-tuned checkpoint compares with Tables 2 and 5 of the
@@ -41,10 +50,6 @@ paper; real with their "ImageNet ReaL" rows; the default few-shot numbers
 (fixed l2, big_vision's preprocessing, datasets and seeds) with big_vision's
 few-shot evaluator, the basis of the paper's few-shot figures, not with the
 _tuned_l2 ones. See docs/evaluate.md.
-  vtab_mode=quick          'quick' (500 steps, 224 px) or 'full' (paper)
-  vtab_tasks=all           'all', a group (natural, specialized,
-                           structured) or task names joined by '+'
-  skip_missing=false       VTAB: run the prepared tasks, list the others
 
 Offline example (bundled digits, a run of configs/quickstart.py):
 python -m vit_jax.evaluate --config=configs/evaluate.py:evals=classify+fewshot,\
@@ -55,7 +60,7 @@ import ml_collections
 
 from vit_jax import config_lib
 from vit_jax.evaluate import fewshot as fewshot_lib
-from vit_jax.evaluate import vtab_tasks
+from vit_jax.data import vtab_tasks
 
 EVALS = ('classify', 'real', 'fewshot', 'vtab')
 DIGITS = {'digits': dict(data=dict(name='digits'), train_split='train',
@@ -81,24 +86,12 @@ def _fewshot_datasets(choice: str) -> dict:
   return {n: known[n] for n in names}
 
 
-def _vtab_tasks(choice: str) -> tuple[str, ...]:
-  if choice == 'all':
-    return vtab_tasks.TASK_NAMES
-  tasks = []
-  for item in _list(choice):
-    if item in vtab_tasks.GROUPS:
-      tasks += [t.name for t in vtab_tasks.TASKS if t.group == item]
-    else:
-      tasks.append(vtab_tasks.get_task(item).name)
-  return tuple(tasks)
-
-
 def get_config(arg=None):
   a = config_lib.parse_arg(
       arg, evals='classify', model='', image_size=0, batch_size=512,
       data_dir='', dataset='', split='test', pp='', real_json='',
       real_data='imagenet2012', real_root='', fewshot='default', shots='',
-      seeds=3, l2=2.0**10, tuned_l2=False, vtab_mode='quick', vtab_tasks='all',
+      seeds=3, l2=2.0**10, tuned_l2=False, vtab_mode='paper', vtab_tasks='all',
       skip_missing=False)
   evals = _list(a.evals)
   unknown = [e for e in evals if e not in EVALS]
@@ -138,8 +131,10 @@ def get_config(arg=None):
     c.evals.fewshot = dict(type='fewshot', datasets=datasets, seeds=a.seeds,
                            batch_size=a.batch_size, l2_reg=a.l2,
                            tuned_l2=a.tuned_l2)
+  # VTAB-1k trains: it runs through vit_jax.transfer, not as an evaluator.
+  c.vtab = base.vtab
   if 'vtab' in evals:
-    c.evals.vtab = dict(type='vtab', mode=a.vtab_mode,
-                        tasks=_vtab_tasks(a.vtab_tasks),
-                        skip_missing=a.skip_missing)
+    c.vtab.update(mode=a.vtab_mode, tasks='+'.join(
+        vtab_tasks.task_names(a.vtab_tasks)), skip_missing=a.skip_missing,
+                  data_dir=a.data_dir or None)
   return c

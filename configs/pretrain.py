@@ -63,11 +63,6 @@ NUM_EXAMPLES = {'imagenet2012': DATASETS['imagenet2012'],
                 'jft': DATASETS['jft-300m']}
 
 
-def _model_name(model: str) -> str:
-  return model if 'ViT' in model else (
-      model.replace('+', '+ViT-') if '+' in model else f'ViT-{model}')
-
-
 def table_row(name: str, dataset: str):
   """(epochs, lr) of Table 3 for the model and dataset, or None."""
   row = TABLE_3.get((name, dataset))
@@ -85,7 +80,7 @@ def get_config(arg=None):
                      f'one of {", ".join(RECIPES)}.')
   (tfds_name, train_split, val_split, classes, wd, decay, dropout,
    clip) = RECIPES[args.dataset]
-  name = _model_name(args.model)
+  name = config_lib.model_name(args.model)
   row = table_row(name, args.dataset)
   if row is None and not (args.epochs and args.lr):
     listed = sorted(m for m, d in TABLE_3 if d == args.dataset)
@@ -110,7 +105,7 @@ def get_config(arg=None):
   c.model.dropout_rate = dropout
   c.model.dtype = 'bfloat16'
 
-  c.input.data = dict(name=tfds_name, split=train_split)
+  c.input.data.update(name=tfds_name, split=train_split)
   c.input.pp = f'vit_train({args.image_size}, {classes})'
   c.input.shuffle_buffer_size = 250_000
 
@@ -119,13 +114,12 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2 = 0.9, 0.999
   c.optim.weight_decay = wd
   c.optim.grad_clip_norm = clip
-  c.schedule = dict(base_lr=lr, warmup_steps=10_000, decay_type=decay,
+  c.schedule.update(base_lr=lr, warmup_steps=10_000, decay_type=decay,
                     linear_end=1e-5)
 
-  c.evals.val = dict(type='classify', data=dict(name=tfds_name,
-                                                split=val_split),
-                     pp=f'vit_eval({args.image_size}, {classes})',
-                     every=5000)
+  c.evals.val = config_lib.evaluator_config(
+      'classify', data=dict(name=tfds_name, split=val_split),
+      pp=f'vit_eval({args.image_size}, {classes})', every=5000)
   c.log_every = 100
   c.checkpoint_every = 1000
   c.keep_checkpoint_every = 50_000

@@ -25,19 +25,19 @@ def get_config(arg=None):
   c.model.mlp_dim = 128
   c.model.num_heads = 4
 
-  c.input.data = dict(name='digits', split='train')
+  c.input.data.update(name='digits', split='train')
   c.input.pp = 'resize(16)|value_range(-1, 1)|onehot(10)'
 
   c.optim.name = 'adam'
   c.optim.weight_decay = 1e-4
   c.optim.grad_clip_norm = 1.0
-  c.schedule = dict(base_lr=1e-3, warmup_steps=min(50, args.steps // 10),
-                    decay_type='cosine',
-                    linear_end=0.0)
+  c.schedule.update(base_lr=1e-3, warmup_steps=min(50, args.steps // 10),
+                    decay_type='cosine', linear_end=0.0)
 
-  c.evals.val = dict(type='classify', data=dict(name='digits', split='test'),
-                     pp='resize(16)|value_range(-1, 1)|onehot(10)',
-                     batch_size=128, every=200)
+  c.evals.val = config_lib.evaluator_config(
+      'classify', data=dict(name='digits', split='test'),
+      pp='resize(16)|value_range(-1, 1)|onehot(10)', batch_size=128,
+      every=200)
   c.log_every = 50
   c.checkpoint_every = 200
   return c

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from vit_jax.data import mixup as mixup_lib
+from vit_jax.data import pp as pp_lib
 from vit_jax.data import presets, registry
 from vit_jax.data.tf_runtime import tf as get_tf
 
@@ -127,7 +128,7 @@ def test_inception_crop_area_and_aspect_ranges():
 def test_fused_jpeg_decode_and_crop_equals_decode_then_crop():
   image = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None], (1, 48, 3))
   jpeg, png = encode(image, 'JPEG'), encode(image, 'PNG')
-  fused = registry.parse_pp('decode|inception_crop(32)')[0]
+  fused = pp_lib.parse_pp('decode|inception_crop(32)')[0]
   assert [o.name for o in fused] == ['decode_jpeg_and_inception_crop']
   for seed in range(5):
     s = tf.constant([seed, 9])
@@ -154,7 +155,7 @@ def test_presets_expand_to_the_paper_pipelines():
   assert presets.expand('vit_train(224, 1000)') == [
       'decode', 'inception_crop(224, area_min=0.05, area_max=1.0)', 'flip_lr',
       'value_range(-1, 1)', 'onehot(1000)', "keep('image', 'labels')"]
-  ops, batch_ops = registry.parse_pp(['augreg_train(224, 10, 2, 15, 0.5)'])
+  ops, batch_ops = pp_lib.parse_pp(['augreg_train(224, 10, 2, 15, 0.5)'])
   assert [o.name for o in ops] == ['decode_jpeg_and_inception_crop', 'flip_lr', 'randaug',
                                    'value_range', 'onehot', 'keep']
   assert [o.name for o in batch_ops] == ['mixup']
@@ -173,4 +174,4 @@ def test_presets_expand_to_the_paper_pipelines():
 ])
 def test_pp_errors_are_clear(pp, message):
   with pytest.raises(ValueError, match=message):
-    registry.parse_pp(pp)
+    pp_lib.parse_pp(pp)

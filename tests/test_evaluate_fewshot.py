@@ -101,6 +101,7 @@ def test_config_errors_name_the_problem(tiny):
       'b': dict(data=dict(name='digits'), pp=PP, test_split='nope')})}
   with pytest.raises(ValueError, match=r"fs/a.*no split 'valid'.*fs/b.*'nope'"):
     evaluate.build_evaluators(bad, model=model, mesh=mesh, image_size=16)
-  with pytest.raises(ValueError, match='l2_regs is gone; set l2_reg'):
+  with pytest.raises(ValueError, match="unknown key 'l2_regs' \\(did you mean "
+                     "'l2_reg'"):
     evaluate.build_evaluators(_config(l2_regs=(1.0,)), model=model, mesh=mesh,
                               image_size=16)

@@ -112,16 +112,11 @@ def test_preprocessing_resizes_and_scales_to_minus_one_one(tmp_path):
 
 
 def test_the_image_size_defaults_to_the_checkpoint_and_can_be_raised(files):
-  _, params, size, native = predict.build('ViT-Ti/16', str(files / 'ti16.npz'),
-                                          None)
-  assert size == native == 224
-  _, params, size, native = predict.build('ViT-Ti/16', str(files / 'ti16.npz'),
-                                          384)
+  _, params, size, _ = predict.build('ViT-Ti/16', str(files / 'ti16.npz'), None)
+  assert size == 224
+  _, params, size, _ = predict.build('ViT-Ti/16', str(files / 'ti16.npz'), 384)
   posemb = params['Transformer']['posembed_input']['pos_embedding']
-  assert size == 384 and native == 224 and posemb.shape == (1, 577, 192)
-  assert predict.resolution_line(2, 384, 224) == (
-      'classifying 2 image(s) at 384 px (given; the checkpoint is for 224 px: '
-      'its position embeddings are resampled)')
+  assert size == 384 and posemb.shape == (1, 577, 192)
 
 
 @pytest.mark.parametrize('args,message', [

@@ -46,9 +46,12 @@ def _batches(n, batch=32, seed=0):
 def _train(mesh_sizes, steps=3, devices=None, **kw):
   _, mesh, state, step = _setup(mesh_sizes, devices=devices, steps=steps, **kw)
   losses = []
-  for b in _batches(steps):
-    state, m = step(state, parallel.host_to_global(b, mesh))
-    losses.append(float(m['train_loss']))
+  # No implicit host<->device transfer on the hot path: batches go up and
+  # metrics come back only explicitly.
+  with jax.transfer_guard('disallow'):
+    for b in _batches(steps):
+      state, m = step(state, parallel.host_to_global(b, mesh))
+      losses.append(float(jax.device_get(m['train_loss'])))
   return losses, jax.device_get(state['params']), state
 
 

@@ -14,6 +14,9 @@ joined by '/':
   `params/` prefix, and optionally the scanned layout `Transformer/encoderblock/`
   with a leading layer axis.
 
+A Hugging Face transformers ViT directory (config.json + model.safetensors)
+is read into the released layout too (`vit_jax.hf_interop`).
+
 `save_npz` writes the released vit_jax layout in float32 (what timm's
 `_load_weights` reads). `load_pretrained` fits a checkpoint to a model: it
 resamples the position-embedding grid; for transfer (the default) it replaces
@@ -42,6 +45,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from absl import logging
 import numpy as np
 import scipy.ndimage
+
+from vit_jax import hf_interop
 
 PathLike = Union[str, os.PathLike]
 
@@ -232,15 +237,26 @@ def _to_released_layout(flat: Mapping[str, Any], source: str) -> dict[str, Any]:
   return _move_big_vision_posemb(flat)
 
 
+def read_released(path: PathLike) -> dict[str, Any]:
+  """Reads any supported checkpoint source into the flat released layout.
+
+  An .npz (released vit_jax or big_vision), or a Hugging Face transformers
+  ViT directory (config.json + model.safetensors; `vit_jax.hf_interop`).
+  """
+  if hf_interop.is_transformers_dir(path):
+    return hf_interop.load_released(path)
+  return _to_released_layout(_read_flat(path), os.fspath(path))
+
+
 def load_npz(path: PathLike) -> dict[str, Any]:
   """Reads a released vit_jax or big_vision .npz into our parameter tree.
 
   Returns a nested dict of numpy arrays with the per-layer layout
   (`Transformer/encoderblock_{i}`). Keys outside the parameters (`opt/...`
-  optimizer state of a big_vision checkpoint) are left out.
+  optimizer state of a big_vision checkpoint) are left out. A transformers
+  ViT directory is read too (`read_released`).
   """
-  flat = _read_flat(path)
-  return unflatten_params(_to_released_layout(flat, os.fspath(path)))
+  return unflatten_params(read_released(path))
 
 
 # ----------------------------------------------------------------------------
@@ -450,8 +466,8 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
   """Fits a checkpoint to a model's parameters, for transfer or evaluation.
 
   Args:
-    checkpoint: an .npz path (local or gs://) or a parameter tree (ours,
-      per-layer or scanned, or big_vision's).
+    checkpoint: an .npz path (local or gs://), a transformers ViT directory,
+      or a parameter tree (ours, per-layer or scanned, or big_vision's).
     init_params: the model's parameters, or only their shapes
       (`registry.param_shapes(model, image_size)`); they give the target
       layout (scanned or not), shapes and dtypes.

@@ -8,6 +8,7 @@ before anything is compiled. Config files in configs/ start from
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import ml_collections
@@ -68,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       name='adam', b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
       weight_decay=0.0,
-      weight_decay_exclude=('.*/bias', '.*/scale', '.*pos_embedding', '.*/cls'),
+      # Rules of vit_jax.rules: names (or '/'-bounded suffixes) without decay.
+      weight_decay_exclude=('bias|scale|cls|pos_embedding',),
       grad_clip_norm=placeholder(float),
       mu_dtype=placeholder(str),
       lr_mults=(),
@@ -104,7 +106,118 @@ def base_config() -> ml_collections.ConfigDict:
       max_core_days=placeholder(float),
       plan_core_hours=placeholder(float),
   ))
+
+  # Transfer (vit_jax.transfer): what trains on top of this run's result.
+  # VTAB-1k of the final parameters when `vtab.mode` is set (modes:
+  # vit_jax/transfer/vtab.py; 'paper' is the paper's protocol).
+  c.vtab = ml_collections.ConfigDict(dict(
+      mode=placeholder(str), tasks='all', skip_missing=False,
+      keep_checkpoints=False, data_dir=placeholder(str),
+      steps=placeholder(int), image_size=placeholder(int),
+      batch_size=placeholder(int), learning_rates=(), decay_types=(),
+      warmup_steps=placeholder(int), selection=placeholder(str),
+  ))
+  # A learning-rate sweep before this run (configs/finetune.py protocol=sweep):
+  # each rate trains on `train_split` and is scored on `eval_split` (the dev
+  # protocol); this config then trains with the best rate. Empty: no sweep.
+  c.sweep = ml_collections.ConfigDict(dict(
+      learning_rates=(), train_split='', eval_split=''))
   return c
+
+
+#: Evaluator types -> their config keys with typed defaults (None: optional,
+#: of the type given in EVALUATOR_TYPES). `type` and `every` are common to all.
+EVALUATOR_KEYS = {
+    'classify': dict(data=dict, split=str, pp=str, batch_size=int,
+                     num_classes=int, top_k=int),
+    'real': dict(data=dict, split=str, pp=str, batch_size=int,
+                 real_json=str),
+    'fewshot': dict(datasets=dict, batch_size=int, seeds=int, l2_reg=float,
+                    tuned_l2=bool, l2_grid=tuple, holdout_per_class=int,
+                    seed=int),
+}
+_COMMON_EVALUATOR_KEYS = dict(type=str, every=int)
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+  if value is None:
+    return True
+  if kind is dict:
+    return isinstance(value, (dict, ml_collections.ConfigDict))
+  if kind is tuple:
+    return isinstance(value, (tuple, list))
+  if kind is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, kind)
+
+
+def _did_you_mean(key: str, known) -> str:
+  close = difflib.get_close_matches(key, list(known), n=1)
+  return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+def check_evaluator(name: str, config: Any) -> None:
+  """One-line error for an unknown type, an unknown key or a mistyped value."""
+  values = dict(config.items()) if hasattr(config, 'items') else dict(config)
+  kind = values.get('type') or name
+  if kind not in EVALUATOR_KEYS:
+    hint = (' VTAB-1k trains, so it is not an evaluator: set vtab.mode '
+            "(e.g. --config.vtab.mode=paper) instead." if kind == 'vtab' else '')
+    raise ValueError(f'evals.{name}: unknown evaluator type {kind!r}; choose '
+                     f'one of {", ".join(EVALUATOR_KEYS)}.{hint}')
+  keys = {**_COMMON_EVALUATOR_KEYS, **EVALUATOR_KEYS[kind]}
+  for key, value in values.items():
+    if key not in keys:
+      raise ValueError(f'evals.{name}: unknown key {key!r}'
+                       f'{_did_you_mean(key, keys)} for a {kind} evaluator; '
+                       f'known keys: {", ".join(sorted(keys))}.')
+    if not _type_ok(value, keys[key]):
+      raise ValueError(f'evals.{name}.{key}={value!r} must be a '
+                       f'{keys[key].__name__}.')
+
+
+def evaluator_config(kind: str, **values: Any) -> ml_collections.ConfigDict:
+  """A checked evaluator section: evaluator_config('classify', split='test')."""
+  config = ml_collections.ConfigDict(dict(type=kind, **values))
+  check_evaluator(kind, config)
+  return config
+
+
+def check_schema(config: Any, reference: Any = None, prefix: str = '') -> None:
+  """Raises when `config` lacks a key of the schema, adds one, or changes a type.
+
+  Config files must update the sections of base_config(), not replace them,
+  so that every documented `--config.KEY=VALUE` override exists.
+  """
+  reference = base_config() if reference is None else reference
+  for key in reference.keys():
+    if key not in config:
+      raise ValueError(f'config lacks {prefix}{key}: a config file replaced '
+                       f'its section; update it instead (c.{prefix}{key} '
+                       f'is in vit_jax/config_lib.py).')
+  for key in config.keys():
+    path = f'{prefix}{key}'
+    if key not in reference:
+      raise ValueError(f'unknown config key {path!r}'
+                       f'{_did_you_mean(key, reference.keys())}; the keys and '
+                       f'their types are declared in vit_jax/config_lib.py.')
+    ref, value = reference[key], config[key]
+    if path == 'evals':
+      for name, ev in value.items():
+        check_evaluator(name, ev)
+    elif isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ValueError(f'config.{path} must be a section, got {value!r}.')
+      check_schema(value, ref, f'{path}.')
+
+
+def model_name(short: str) -> str:
+  """'B/16' -> 'ViT-B/16', 'R50+B/16' -> 'R50+ViT-B/16'; full names pass."""
+  if not short or 'ViT' in short:
+    return short
+  return short.replace('+', '+ViT-') if '+' in short else f'ViT-{short}'
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

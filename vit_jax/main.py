@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
 from absl import app, flags
@@ -38,11 +37,12 @@ def main(argv) -> None:
     logging.getLogger(name).setLevel(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+  # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax import train, transfer  # pylint: disable=g-import-not-at-top
   try:
     cli.start_distributed()
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = transfer.run(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except (ValueError, FileNotFoundError, KeyError) as e:
@@ -57,6 +57,8 @@ def summary_line(result) -> str:
   """One line a person reads at the end: how it ended and what it measured."""
   parts = [f'SUMMARY status={result.status}',
            f'steps={result.step}/{result.total_steps}']
+  if result.stopped_in:
+    parts.append(f'stopped_in="{result.stopped_in}"')
   parts += [f'{k}={v:.4f}' for k, v in sorted(result.eval_metrics.items())
             if isinstance(v, float) and 'num_examples' not in k]
   if result.img_per_sec:
@@ -65,41 +67,5 @@ def summary_line(result) -> str:
   return '  '.join(parts)
 
 
-def _config_error(e: BaseException) -> str:
-  """The most specific line of a config-loading error chain."""
-  top = str(e)
-  if top.startswith('flag --') and 'Traceback' not in top:
-    return top.splitlines()[0] + ' (a value of the wrong type)'
-  while (e.__cause__ or e.__context__) is not None:
-    e = e.__cause__ or e.__context__
-  text = str(e)
-  if isinstance(e, (KeyError, flags.UnrecognizedFlagError)):
-    key = re.search(r"[\w.]+", text.split('Did you mean')[0].replace(
-        'Unknown command line flag', ''))
-    hint = re.search(r'Did you mean "(\w+)"', text)
-    return (f'unknown config key {key[0] if key else text!r}'
-            + (f' (did you mean {hint[1]!r}?)' if hint else '')
-            + '; the keys and their types are declared in '
-            'vit_jax/config_lib.py.')
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  return ' '.join(lines[:1] + [l for l in lines[1:] if 'Errno' in l])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with one-line errors for bad config files, keys and values.
-
-  A missing config file, an unknown `--config.key` or a value of the wrong
-  type is reported before anything is imported or compiled.
-  """
-  try:
-    rest = flags.FLAGS(argv)
-    if flags.FLAGS['config'].value is not None:
-      flags.FLAGS['config'].value.get('seed')  # Loads a lazily failing file.
-  except (flags.Error, KeyError, TypeError, ValueError, AttributeError,
-          OSError) as e:
-    cli.fail(_config_error(e))
-  return rest
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from vit_jax import files
+
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -40,10 +42,7 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         kept.append(line)
     except json.JSONDecodeError:
       continue  # A row cut by a kill: drop it.
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  files.write_text(path, ''.join(kept))
 
 
 class MetricWriter:

@@ -3,21 +3,20 @@
 Pretraining (App. B): Adam(0.9, 0.999), linear warm-up, linear or cosine
 decay, weight decay. Fine-tuning (Table 4): SGD with momentum 0.9, global-norm
 clipping at 1, cosine decay, no weight decay. Which parameters decay, which
-learn faster or slower and which are frozen is chosen by regular expressions
-over parameter names (`Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel`),
-not by code.
+learn faster or slower and which are frozen is chosen by rules over
+parameter names (`Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel`) in
+the one dialect of vit_jax.rules, not by code.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax.parallel import named_leaves
+from vit_jax import rules as rules_lib
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 DECAY_TYPES = ('cosine', 'linear', 'rsqrt', 'constant')
@@ -60,28 +59,17 @@ def make_schedule(*, base_lr: float, total_steps: int, warmup_steps: int = 0,
   return schedule
 
 
-def _labels_by_pattern(params: Any, patterns: Sequence[tuple[str, Any]],
-                       default: Any) -> Any:
-  """Per-leaf value of the first (regex, value) whose regex matches the name."""
-  compiled = [(re.compile(p), v) for p, v in patterns]
-
-  def label(path, _):
-    name = '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
-    for regex, value in compiled:
-      if regex.fullmatch(name):
-        return value
-    return default
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
 def decay_mask(params: Any, exclude: Sequence[str]) -> Any:
   """True for parameters that get weight decay: all but those in `exclude`."""
-  return _labels_by_pattern(params, [(p, False) for p in exclude], True)
+  return rules_lib.Rules([(p, False) for p in exclude],
+                         what='optim.weight_decay_exclude',
+                         default=True).apply(params)
 
 
 def lr_multipliers(params: Any, mults: Sequence[tuple[str, float]]) -> Any:
-  """Per-parameter learning-rate multiplier (first matching regex, else 1)."""
-  return _labels_by_pattern(params, list(mults), 1.0)
+  """Per-parameter learning-rate multiplier (first matching rule, else 1)."""
+  return rules_lib.Rules(mults, what='optim.lr_mults',
+                         default=1.0).apply(params)
 
 
 def _scale_by_tree(mults: Any) -> optax.GradientTransformation:
@@ -98,8 +86,8 @@ def make_optimizer(config: Mapping[str, Any], schedule: optax.Schedule,
 
   Keys: name ('adam'|'adamw'|'sgd'), b1, b2, eps, momentum, nesterov,
   weight_decay (decoupled, lr-scaled as in optax.adamw), weight_decay_exclude
-  (regexes), grad_clip_norm (None for none), mu_dtype ('bfloat16' keeps the
-  first moment in bf16), lr_mults ((regex, multiplier) pairs; 0 freezes the
+  (rule patterns), grad_clip_norm (None for none), mu_dtype ('bfloat16' keeps the
+  first moment in bf16), lr_mults ((pattern, multiplier) rules; 0 freezes the
   parameter and allocates no optimizer state for it).
   """
   name = config.get('name', 'adam')
@@ -145,4 +133,4 @@ def make_optimizer(config: Mapping[str, Any], schedule: optax.Schedule,
 def frozen_names(params: Any, mults: Sequence[tuple[str, float]]) -> list[str]:
   """Names of the parameters a (regex, 0) multiplier freezes."""
   factors = lr_multipliers(params, mults)
-  return [n for n, m in named_leaves(factors) if m == 0]
+  return [n for n, m in rules_lib.named_leaves(factors) if m == 0]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vit_jax import rules as rules_lib
 
 MESH_AXES = ('data', 'fsdp', 'model')
 #: The batch dimension is split over both data-parallel axes.
@@ -109,27 +111,6 @@ def make_mesh(axis_sizes: Mapping[str, int],
   return Mesh(grid, MESH_AXES)
 
 
-def path_name(path: Iterable[Any]) -> str:
-  """'/'-joined name of a pytree key path (what sharding rules match)."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(str(k.name))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    else:
-      parts.append(str(k).strip('.[]\''))
-  return '/'.join(parts)
-
-
-def named_leaves(tree: Any) -> list[tuple[str, Any]]:
-  """[(name, leaf)] for every leaf of `tree`, names as in `path_name`."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return [(path_name(p), x) for p, x in flat]
-
-
 def _fsdp_axis(shape, spec, fsdp_size):
   """Largest dimension not yet sharded and divisible by the fsdp size."""
   best = None
@@ -142,7 +123,9 @@ def _fsdp_axis(shape, spec, fsdp_size):
 
 def spec_for(name: str, shape: Sequence[int], rules: Sequence[tuple[str, Any]],
              mesh: Mesh, fsdp_min_size: int = 2**16) -> P:
-  """PartitionSpec of one array by the first rule whose regex matches `name`.
+  """PartitionSpec of one array by the first rule that matches `name`.
+
+  Patterns follow vit_jax.rules (whole name or a '/'-bounded suffix).
 
   A rule's value is 'replicate', 'fsdp' (shard the largest divisible dimension
   over `fsdp` when the array has at least `fsdp_min_size` elements), or a
@@ -153,11 +136,10 @@ def spec_for(name: str, shape: Sequence[int], rules: Sequence[tuple[str, Any]],
   mesh is dropped, so the same rules serve every mesh.
   """
   shape = tuple(shape)
-  for pattern, rule in rules:
-    if re.fullmatch(pattern, name) or re.search(f'(^|/){pattern}$', name):
-      break
-  else:
-    rule = 'replicate'
+  if not isinstance(rules, rules_lib.Rules):
+    rules = sharding_rules(rules)
+  i = rules.index(name)
+  pattern, rule = rules.rules[i] if i is not None else ('', 'replicate')
   add_fsdp = False
   if rule == 'replicate':
     spec = [None] * len(shape)
@@ -193,13 +175,23 @@ def spec_for(name: str, shape: Sequence[int], rules: Sequence[tuple[str, Any]],
   return P(*spec)
 
 
+def sharding_rules(rules: Sequence[tuple[str, Any]]) -> rules_lib.Rules:
+  """`config.sharding.rules` in the rule dialect of vit_jax.rules."""
+  return rules_lib.Rules(rules, what='sharding.rules', default='replicate')
+
+
 def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]],
                    fsdp_min_size: int = 2**16) -> Any:
-  """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+  """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs).
+
+  Every rule must match some leaf of `tree` (vit_jax.rules).
+  """
+  rules = sharding_rules(rules)
+  rules.check_used([name for name, _ in rules_lib.named_leaves(tree)])
   def one(path, x):
     shape = getattr(x, 'shape', ())
-    return NamedSharding(mesh, spec_for(path_name(path), shape, rules, mesh,
-                                        fsdp_min_size))
+    return NamedSharding(mesh, spec_for(rules_lib.path_name(path), shape,
+                                        rules, mesh, fsdp_min_size))
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
@@ -245,7 +237,6 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
 
 def global_to_host(tree: Any) -> Any:
   """Fully replicated copy of every array on every host, as numpy."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return jax.device_get(tree)
   return multihost_utils.process_allgather(tree, tiled=True)

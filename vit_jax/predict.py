@@ -1,14 +1,16 @@
 """Classifies image files with a ViT checkpoint: the top-k classes and their probabilities.
 
+  python -m vit_jax.predict --checkpoint runs/quickstart IMAGE...
   python -m vit_jax.predict --model ViT-B/16 --checkpoint ViT-B_16_imagenet2012.npz \
       [--labels imagenet|FILE] [--image_size 384] [--top_k 5] IMAGE...
 
 Images are preprocessed like the released fine-tuned models: resized to
-image_size x image_size (bilinear) and scaled to [-1, 1]. The class count,
-classifier, representation layer and (by default) the image size are read
-from the checkpoint, and the head is used exactly as saved. A given
---image_size that differs from the checkpoint's resamples the position
-embeddings, which the log says. Bad input gives a one-line error and exit status 2.
+image_size x image_size (bilinear) and scaled to [-1, 1]. A run's workdir
+describes its model (config.json: name, overrides, resolution, the class
+names of a folder dataset); for a released .npz the model comes from --model
+or the file name, and the class count, classifier, representation layer and
+the image size from the arrays (vit_jax.pretrained). Bad input gives a
+one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vit_jax import checkpoint
-from vit_jax.models import get_model, get_spec, param_shapes, pixels_per_token
+from vit_jax import pretrained
 
 IMAGENET_LABELS = 'imagenet1k_labels.txt'
 
@@ -33,10 +34,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.predict',
       description='Prints the top-k classes of each image under a ViT checkpoint.')
-  parser.add_argument('--model', required=True,
-                      help='registered model name, e.g. ViT-B/16 or ViT-B_16')
+  parser.add_argument('--model', default=None,
+                      help='registered model name, e.g. ViT-B/16 or ViT-B_16; '
+                           'default: the run\'s config.json or the file name')
   parser.add_argument('--checkpoint', required=True,
-                      help='.npz in the released layout (local path or gs://)')
+                      help='a run\'s workdir, or an .npz in the released '
+                           'layout (local path or gs://)')
   parser.add_argument('--labels', default=None,
                       help='"imagenet" (the bundled 1,000 names) or a text file '
                            'with one class name per line; default: imagenet '
@@ -92,56 +95,16 @@ def load_labels(labels: Optional[str], num_classes: int) -> list[str]:
   return names
 
 
-def native_image_size(restored: dict, model) -> int:
-  """The resolution the checkpoint's position-embedding grid was made for.
-
-  Its grid times the model's pixels per token (the patch size, times the
-  ResNet stem's stride for hybrids); 224 without a learned table.
-  """
-  grid = checkpoint.posemb_grid(restored)
-  if grid is None:
-    return 224  # fixed sin-cos embeddings fit any size
-  (gh, gw), (ph, pw) = grid, pixels_per_token(model)
-  if gh * ph != gw * pw:
-    raise ValueError(f'the checkpoint is for {gh * ph}x{gw * pw} px, which is '
-                     f'not square; pass --image_size.')
-  return gh * ph
-
-
-def build(model_name: str, checkpoint_path: str, image_size: Optional[int]):
-  """Returns (model, params, image_size, checkpoint's own image size).
-
-  The head is kept exactly as saved. `image_size` None: the checkpoint's own
-  resolution; another one resamples the position embedding, which is logged.
-  """
-  get_spec(model_name)  # an unknown name fails before the file is read
-  restored = checkpoint.load_npz(checkpoint_path)
-  if 'head' not in restored:
-    raise ValueError(f'{checkpoint_path} has no classification head; it gives '
-                     f'features, not classes.')
-  pre_logits = restored.get('pre_logits')
-  model = get_model(
-      model_name, int(restored['head']['bias'].shape[-1]),
-      classifier='token' if 'cls' in restored else 'gap',
-      representation_size=(int(pre_logits['kernel'].shape[-1])
-                           if pre_logits else None),
-      posemb='learn' if 'posembed_input' in restored.get('Transformer', {})
-      else 'sincos2d',
-      scan_layers=True)  # one compiled block: compiles fastest
-  native = native_image_size(restored, model)
-  image_size = image_size or native
-  params = checkpoint.load_pretrained(
-      restored, param_shapes(model, image_size), name=checkpoint_path,
-      keep_head=True)
-  return model, params, image_size, native
-
-
-def resolution_line(num_images: int, image_size: int, native: int) -> str:
-  """What main prints (to stderr) before classifying."""
-  note = ("the checkpoint's own resolution" if image_size == native else
-          f'given; the checkpoint is for {native} px: its position '
-          f'embeddings are resampled')
-  return f'classifying {num_images} image(s) at {image_size} px ({note})'
+def build(model_name: Optional[str], checkpoint_path: str,
+          image_size: Optional[int]):
+  """(model, params, image_size, class names or None) of a checkpoint."""
+  model, params, info = pretrained.load(checkpoint_path, model_name,
+                                        image_size, scan_layers=True)
+  if info.image_size != info.checkpoint_image_size:
+    print(f'classifying at {info.image_size} px (given; the checkpoint is for '
+          f'{info.checkpoint_image_size} px: its position embeddings are '
+          f'resampled)', file=sys.stderr)
+  return model, params, info.image_size, info.class_names
 
 
 def classify(model, params, images: np.ndarray, top_k: int, batch_size: int):
@@ -165,14 +128,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     for path in args.images:  # fail on a bad image before loading a model
       load_image(path, 8)
-    model, params, image_size, native = build(args.model, args.checkpoint,
-                                              args.image_size)
-    labels = load_labels(args.labels, model.num_classes)
+    model, params, image_size, names = build(args.model, args.checkpoint,
+                                             args.image_size)
+    labels = (names if names and args.labels is None
+              else load_labels(args.labels, model.num_classes))
     images = np.stack([load_image(p, image_size) for p in args.images])
   except (FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(resolution_line(len(images), image_size, native), file=sys.stderr)
   top, probs = classify(model, params, images, args.top_k, args.batch_size)
   for path, indices, p in zip(args.images, top, probs):
     print(path)

@@ -8,8 +8,8 @@ step, a preemption, a non-finite loss or the compute cap ends the run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -18,10 +18,11 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from vit_jax import budget, optim, parallel, train_step
+from vit_jax import (budget, checkpoint, config_lib, data, evaluate, files,
+                     models, optim, parallel, pretrained, train_step)
 from vit_jax import metrics as metrics_lib
-from vit_jax import models
 from vit_jax.train_checkpoint import TrainCheckpointer
 
 #: Exit status when the compute cap stopped the run (see vit_jax.budget).
@@ -42,6 +43,7 @@ class TrainResult:
   img_per_sec: Optional[float]
   core_hours: float
   params: Any = None           # Final parameters (global arrays).
+  stopped_in: Optional[str] = None  # The transfer run that stopped, if any.
 
 
 # ----------------------------------------------------------------- building
@@ -64,26 +66,6 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
-def model_overrides(model_config) -> dict:
-  """VisionTransformer fields from the config (None: the registry's value)."""
-  overrides = {k: v for k, v in model_config.items() if k != 'name'}
-  if overrides.get('patch_size') is not None:
-    p = overrides['patch_size']
-    overrides['patch_size'] = (p, p) if isinstance(p, int) else tuple(p)
-  return {k: v for k, v in overrides.items() if v is not None}
-
-
-def build_model(model_config, num_classes: int):
-  """The module and the ModelSpec (with overrides) the FLOP count uses."""
-  overrides = model_overrides(model_config)
-  model = models.get_model(model_config.name, num_classes, **overrides)
-  spec = models.get_spec(model_config.name)
-  arch = {k: overrides[k] for k in ('hidden_size', 'num_layers', 'mlp_dim',
-                                    'num_heads', 'patch_size') if k in overrides}
-  spec = dataclasses.replace(spec, **arch)
-  return model, spec
-
-
 def image_shape(config) -> tuple[int, int, int]:
   size = config.image_size
   return (size, size, 3) if isinstance(size, int) else (*size, 3)
@@ -93,16 +75,36 @@ def _initial_params(config, abstract_params) -> Optional[Any]:
   """Host parameters from `init_from` (a released .npz or a run), or None.
 
   `load_pretrained` resamples the position embeddings to this model's grid,
-  zeroes a head of another class count, and refuses what does not fit.
+  replaces the head as the paper transfers, and refuses what does not fit.
   """
   if not config.init_from:
     return None
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
-  path = config.init_from
-  source = path if path.endswith('.npz') else train_checkpoint.restore_params(
-      path)
-  return checkpoint.load_pretrained(source, abstract_params, name=path)
+  tree, _ = pretrained.read(config.init_from)
+  return checkpoint.load_pretrained(tree, abstract_params,
+                                    name=config.init_from)
+
+
+#: What a fine-tuning run takes from the run it starts from (init_from).
+_ARCHITECTURE = ('name', 'hidden_size', 'num_layers', 'mlp_dim', 'num_heads',
+                 'patch_size', 'classifier', 'posemb', 'gelu_approximate')
+
+
+def resolve_model(config) -> None:
+  """A config without a model name takes the architecture of its init run.
+
+  Fine-tuning from a run's workdir (`init_from=runs/quickstart`) needs no
+  copied overrides: the run's config.json says what the model is.
+  """
+  if config.model.name:
+    return
+  run = pretrained.run_config(config.init_from) if config.init_from else None
+  if not run:
+    raise ValueError('model.name is empty: name a registered model (e.g. '
+                     'ViT-B/16), or set init_from to a run directory (or a '
+                     'transformers directory) whose config.json says it.')
+  for key in _ARCHITECTURE:
+    if key in run['model']:
+      config.model[key] = run['model'][key]
 
 
 class _Preemption:
@@ -127,7 +129,6 @@ class _Preemption:
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
@@ -143,7 +144,6 @@ def _agreed(verdict: str) -> str:
   """
   if jax.process_count() == 1:
     return verdict
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   code = multihost_utils.broadcast_one_to_all(
       np.int32(_VERDICTS.index(verdict)))
   return _VERDICTS[int(code)]
@@ -154,11 +154,12 @@ class _Window:
 
   The device runs step s+1 while the host waits for the loss of step s, so
   the host never idles the accelerator. A NaN/Inf loss, or parameters that an
-  update overflowed, raise NonFiniteLossError naming the step.
+  update overflowed, raise NonFiniteLossError naming the step and the last
+  good checkpoint (`last_good()`).
   """
 
-  def __init__(self, checkpointer: TrainCheckpointer):
-    self._checkpointer = checkpointer
+  def __init__(self, last_good):
+    self._last_good = last_good
     self._pending = None
     self._reset()
 
@@ -175,16 +176,16 @@ class _Window:
       return
     step, metrics = self._pending
     self._pending = None
+    metrics = jax.device_get(metrics)
     loss = float(metrics['train_loss'])
     param_norm = float(metrics['param_norm'])
     # The loss of step s comes from the parameters before it; the norm of
     # the updated ones catches an update that overflowed.
     if not (np.isfinite(loss) and np.isfinite(param_norm)):
-      self._checkpointer.close()
       raise NonFiniteLossError(
           f'the training loss is {loss} (parameter norm {param_norm}) at step '
           f'{step}; stopping. The last good checkpoint '
-          f'({self._checkpointer.latest_step()}) stays the latest: lower the '
+          f'({self._last_good()}) stays the latest: lower the '
           f'learning rate or check the data, then rerun.')
     self.losses.append(loss)
     self.grad_norms.append(float(metrics['grad_norm']))
@@ -200,15 +201,43 @@ class _Window:
     return out
 
 
+def check_classes(num_classes: int, train_data) -> None:
+  """A class count that disagrees with a source that knows its classes."""
+  source_classes = getattr(getattr(train_data, 'source', None), 'num_classes',
+                           None)
+  if (getattr(train_data, 'random_access', False) and source_classes and
+      num_classes != source_classes):
+    raise ValueError(
+        f'num_classes={num_classes} but {train_data.source.description} has '
+        f'{source_classes} classes; set num_classes={source_classes} (and '
+        f'onehot({source_classes}) in the preprocessing).')
+  if num_classes != train_data.num_classes:
+    raise ValueError(
+        f'num_classes={num_classes} but the preprocessing makes labels of '
+        f'width {train_data.num_classes}; make onehot(K) in input.pp and '
+        f'num_classes agree.')
+
+
+def _run_evals(evaluators, params, step: int, tracker, force: bool = False
+               ) -> dict:
+  """{'name/metric': value} of the evaluators due at `step` (all if forced)."""
+  results = {}
+  for ev in evaluators:
+    if force or (ev.every and step % ev.every == 0):
+      with tracker.paused('eval'):
+        for k, v in ev.run(params).items():
+          results[f'{ev.name}/{k}'] = v
+  return results
+
+
 # --------------------------------------------------------------------- loop
 
 
 def train_and_evaluate(config, workdir: str) -> TrainResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint."""
-  from vit_jax import data  # pylint: disable=g-import-not-at-top
-  from vit_jax import evaluate  # pylint: disable=g-import-not-at-top
-
   # 1. Inputs that could be wrong are checked before anything compiles.
+  config_lib.check_schema(config)
+  resolve_model(config)
   workdir = check_workdir(workdir)
   mesh = parallel.make_mesh(dict(config.mesh))
   device_kind = jax.devices()[0].device_kind
@@ -221,7 +250,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
       config.input, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
   num_classes = config.num_classes or train_data.num_classes
-  model, spec = build_model(config.model, num_classes)
+  check_classes(num_classes, train_data)
+  model, spec = models.build(config.model, num_classes)
+  model_label = models.describe(config.model.name,
+                                models.model_overrides(config.model))
 
   schedule = optim.make_schedule(total_steps=config.total_steps,
                                  **dict(config.schedule))
@@ -237,136 +269,136 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   abstract_state = jax.eval_shape(init)
   shardings = parallel.tree_shardings(abstract_state, mesh, rules,
                                       config.sharding.fsdp_min_size)
-
-  # 2. State: resume this workdir, or start fresh (optionally from init_from).
-  checkpointer = TrainCheckpointer(workdir, keep=config.keep_checkpoints,
-                                   keep_every=config.keep_checkpoint_every)
-  tracker.flops_per_image = budget.train_flops_per_image(
-      spec, config.image_size, num_classes, model.representation_size,
-      model.classifier)
-  resume_step = checkpointer.latest_step()
-  if resume_step is not None:
-    state, meta = checkpointer.restore(abstract_state, shardings)
-    tracker.load_state_dict(meta.get('budget', {}))
-    logging.info('Resumed from step %d in %s.', resume_step, workdir)
-  else:
-    state = jax.jit(init, out_shardings=shardings)()
-    loaded = _initial_params(config, abstract_params)
-    if loaded is not None:
-      state['params'] = parallel.put_sharded(loaded, shardings['params'])
-      if ema:
-        state['ema_params'] = parallel.put_sharded(loaded,
-                                                   shardings['ema_params'])
-      logging.info('Initialised parameters from %s.', config.init_from)
-  start_step = int(jax.device_get(state['step']))
-  if is_primary:
-    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-
-  # 3. The compiled step, evaluators, metrics and the compute accounting.
-  step_fn = train_step.make_train_step(
-      model, tx, mesh, shardings, loss=config.loss,
-      label_smoothing=config.label_smoothing, accum_steps=config.accum_steps,
-      ema_decay=config.ema_decay, seed=config.seed, schedule=schedule)
-  batch_shape = {
-      'image': jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.float32),
-      'labels': jax.ShapeDtypeStruct((config.batch_size, num_classes),
-                                     jnp.float32)}
-  with tracker.paused('compile'):
-    compiled = step_fn.lower(state, batch_shape).compile()
   evaluators = evaluate.build_evaluators(
       config.evals, model=model, mesh=mesh, image_size=config.image_size,
-      num_classes=num_classes, data_dir=config.input.get('data_dir'),
-      workdir=workdir, model_config=config.model, mesh_config=config.mesh)
-  writer = metrics_lib.MetricWriter(workdir, is_primary=is_primary,
-                                    resume_step=resume_step)
+      num_classes=num_classes, data_dir=config.input.get('data_dir'))
   cap = budget.BudgetCap.from_config(config.budget)
-  progress = metrics_lib.Progress(config.total_steps, start_step)
 
-  def meta(step):
-    return {'step': step, 'data_position': step, 'model': config.model.name,
-            'budget': tracker.state_dict()}
+  # 2. The resources the loop owns, closed in one place whatever happens.
+  with contextlib.ExitStack() as resources:
+    checkpointer = TrainCheckpointer(workdir, keep=config.keep_checkpoints,
+                                     keep_every=config.keep_checkpoint_every)
+    resources.callback(checkpointer.close)
+    tracker.flops_per_image = budget.train_flops_per_image(
+        spec, config.image_size, num_classes, model.representation_size,
+        model.classifier)
 
-  def save(step):
-    with tracker.paused('checkpoint'):
-      checkpointer.save(step, state, meta(step))
+    # 3. State: resume this workdir, or start fresh (optionally init_from).
+    resume_step = checkpointer.latest_step()
+    if resume_step is not None:
+      state, meta = checkpointer.restore(abstract_state, shardings)
+      tracker.load_state_dict(meta.get('budget', {}))
+      logging.info('Resumed from step %d in %s.', resume_step, workdir)
+    else:
+      state = jax.jit(init, out_shardings=shardings)()
+      loaded = _initial_params(config, abstract_params)
+      if loaded is not None:
+        state['params'] = parallel.put_sharded(loaded, shardings['params'])
+        if ema:
+          state['ema_params'] = parallel.put_sharded(loaded,
+                                                     shardings['ema_params'])
+        logging.info('Initialised parameters from %s.', config.init_from)
+    start_step = int(jax.device_get(state['step']))
+    if is_primary:
+      files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
-  def run_evals(step, force=False):
-    results = {}
-    params = state['ema_params'] if ema else state['params']
-    for ev in evaluators:
-      if force or (ev.every and step % ev.every == 0):
-        with tracker.paused('eval'):
-          for k, v in ev.run(params).items():
-            results[f'{ev.name}/{k}'] = v
-    return results
+    # 4. The compiled step, metrics and the compute accounting.
+    step_fn = train_step.make_train_step(
+        model, tx, mesh, shardings, loss=config.loss,
+        label_smoothing=config.label_smoothing, accum_steps=config.accum_steps,
+        ema_decay=config.ema_decay, seed=config.seed, schedule=schedule)
+    batch_shape = {
+        'image': jax.ShapeDtypeStruct((config.batch_size, *shape),
+                                      jnp.float32),
+        'labels': jax.ShapeDtypeStruct((config.batch_size, num_classes),
+                                       jnp.float32)}
+    with tracker.paused('compile'):
+      compiled = step_fn.lower(state, batch_shape).compile()
+    writer = metrics_lib.MetricWriter(workdir, is_primary=is_primary,
+                                      resume_step=resume_step)
+    resources.callback(writer.close)
+    progress = metrics_lib.Progress(config.total_steps, start_step)
 
-  # 4. The loop.
-  logging.info('Training %s (%s parameters) for %d steps on %d %s device(s), '
-               'mesh %s, batch %d.', config.model.name,
-               f'{models.count_params(abstract_params):,}', config.total_steps,
-               jax.device_count(), device_kind, dict(mesh.shape),
-               config.batch_size)
-  batches = train_data.iterator(start_batch=start_step)
-  status, step, eval_metrics = 'done', start_step, {}
-  window = _Window(checkpointer)
-  img_per_sec = None
-  with _Preemption() as preemption:
-    tracker.start_training()  # Input wait is a part of training time.
-    while step < config.total_steps:
-      with tracker.waiting_for_input():
-        host_batch = next(batches)
-      batch = parallel.host_to_global(host_batch, mesh)
-      state, step_metrics = compiled(state, batch)
-      step += 1
-      tracker.add_images(config.batch_size)
-      # Read the previous step's metrics while this one runs; every step is
-      # read before anything is logged or saved after it.
-      window.push(step, step_metrics)
+    def save(step, state):
+      with tracker.paused('checkpoint'):
+        checkpointer.save(step, state, {
+            'step': step, 'data_position': step, 'model': model_label,
+            'budget': tracker.state_dict()})
 
-      last = step == config.total_steps
-      if step % config.log_every == 0 or last:
-        scalars = window.summary()
-        scalars.update(tracker.metrics())  # img/s, per core, MFU, core-hours.
-        scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
-        img_per_sec = scalars.get('img_per_sec', img_per_sec)
-        evaluated = run_evals(step, force=last)
-        scalars.update(evaluated)
-        eval_metrics.update(evaluated)
-        writer.write(step, scalars)
-        rate, eta = progress.update(step)
-        metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
-        progress.reset_clock()
+    def eval_params(state):
+      return state['ema_params'] if ema else state['params']
 
-      verdict = _agreed(cap.check(tracker.core_hours)) if cap.enabled else 'ok'
-      if verdict == 'warn':
-        logging.warning('%s', cap.warn_message(tracker.core_hours))
-      if verdict == 'stop':
-        window.settle()
-        save(step)
-        status = 'budget_exhausted'
-        logging.warning('%s', cap.stop_message(tracker.core_hours, workdir))
-        break
-      if preemption.reached(step):
-        window.settle()
-        save(step)
-        status = 'preempted'
-        logging.warning('Preemption requested: saved step %d to %s; rerun '
-                        'the same command to resume.', step, workdir)
-        break
-      if step % config.checkpoint_every == 0 or last:
-        window.settle()
-        save(step)
-    window.settle()
-  if start_step >= config.total_steps:  # A finished run: report its scores.
-    logging.info('The run in %s is already complete (step %d).', workdir,
-                 start_step)
-    eval_metrics = run_evals(step, force=True)
-  checkpointer.close()
-  writer.close()
+    # 5. The loop.
+    logging.info('Training %s (%s parameters) for %d steps on %d %s '
+                 'device(s), mesh %s, batch %d.', model_label,
+                 f'{models.count_params(abstract_params):,}',
+                 config.total_steps, jax.device_count(), device_kind,
+                 dict(mesh.shape), config.batch_size)
+    batches = train_data.iterator(start_batch=start_step)
+    status, step, eval_metrics = 'done', start_step, {}
+    window = _Window(checkpointer.latest_step)
+    img_per_sec = None
+    with _Preemption() as preemption:
+      tracker.start_training()  # Input wait is a part of training time.
+      while step < config.total_steps:
+        with tracker.waiting_for_input():
+          host_batch = next(batches)
+        batch = parallel.host_to_global(host_batch, mesh)
+        state, step_metrics = compiled(state, batch)
+        step += 1
+        tracker.add_images(config.batch_size)
+        # Read the previous step's metrics while this one runs; every step
+        # is read before anything is logged or saved after it.
+        window.push(step, step_metrics)
+
+        last = step == config.total_steps
+        verdict = 'ok'
+        if step % config.log_every == 0 or last:
+          scalars = window.summary()
+          scalars.update(tracker.metrics())  # img/s, per core, MFU, core-h.
+          scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
+          img_per_sec = scalars.get('img_per_sec', img_per_sec)
+          evaluated = _run_evals(evaluators, eval_params(state), step, tracker,
+                                 force=last)
+          scalars.update(evaluated)
+          eval_metrics.update(evaluated)
+          writer.write(step, scalars)
+          rate, eta = progress.update(step)
+          metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
+          progress.reset_clock()
+          # The cap is agreed across processes at log steps only: a blocking
+          # collective every step would defeat the one-step-late read.
+          if cap.enabled:
+            verdict = _agreed(cap.check(tracker.core_hours))
+
+        if verdict == 'warn':
+          logging.warning('%s', cap.warn_message(tracker.core_hours))
+        if verdict == 'stop':
+          window.settle()
+          save(step, state)
+          status = 'budget_exhausted'
+          logging.warning('%s', cap.stop_message(tracker.core_hours, workdir))
+          break
+        if preemption.reached(step):
+          window.settle()
+          save(step, state)
+          status = 'preempted'
+          logging.warning('Preemption requested: saved step %d to %s; rerun '
+                          'the same command to resume.', step, workdir)
+          break
+        if step % config.checkpoint_every == 0 or last:
+          window.settle()
+          save(step, state)
+      window.settle()
+    if start_step >= config.total_steps:  # A finished run: report its scores.
+      logging.info('The run in %s is already complete (step %d).', workdir,
+                   start_step)
+      eval_metrics = _run_evals(evaluators, eval_params(state), step, tracker,
+                                force=True)
 
   if status == 'done' and config.export_npz:
-    _export_npz(state['ema_params'] if ema else state['params'],
-                os.path.join(workdir, 'params.npz'), is_primary)
+    _export_npz(eval_params(state), os.path.join(workdir, 'params.npz'),
+                is_primary)
   tracker.stop()  # The devices are released.
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
                      eval_metrics=eval_metrics, img_per_sec=img_per_sec,
@@ -375,14 +407,6 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
 def _export_npz(params, path: str, is_primary: bool) -> None:
   """Writes the final parameters in the released layout (other tools read it)."""
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
   host = parallel.global_to_host(params)
   if is_primary:
     checkpoint.save_npz(path, host)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)

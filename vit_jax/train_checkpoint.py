@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vit_jax import parallel
+from vit_jax import rules
 
 
 def _abs(path: str) -> str:
@@ -91,14 +91,14 @@ class TrainCheckpointer:
     metadata = self._manager.item_metadata(step)['state']
     tree = getattr(metadata, 'tree', metadata)
     return {name: tuple(getattr(leaf, 'shape', ()) or ())
-            for name, leaf in parallel.named_leaves(tree)}
+            for name, leaf in rules.named_leaves(tree)}
 
 
 def check_compatible(stored: dict[str, tuple[int, ...]], abstract_state: Any,
                      where: str) -> None:
   """One error listing missing, unexpected and mismatched arrays, if any."""
   wanted = {name: tuple(x.shape) for name, x in
-            parallel.named_leaves(abstract_state)}
+            rules.named_leaves(abstract_state)}
   missing = sorted(set(wanted) - set(stored))
   unexpected = sorted(set(stored) - set(wanted))
   mismatched = sorted(n for n in set(wanted) & set(stored)

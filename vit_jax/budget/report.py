@@ -14,7 +14,9 @@ import dataclasses
 import json
 import os
 import statistics
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+
+from vit_jax import models
 
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
@@ -130,6 +132,17 @@ class RunReport:
     return os.path.basename(os.path.normpath(self.workdir))
 
 
+def _model_label(config: Mapping[str, Any]) -> Optional[str]:
+  """The run's model as it is reported: not a registered name if overridden."""
+  model = lookup(config, 'model') or {}
+  if not model.get('name'):
+    return None
+  try:
+    return models.describe(model['name'], models.model_overrides(model))
+  except ValueError:
+    return model['name']
+
+
 def _median(rows: list[dict], key: str) -> Optional[float]:
   values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
   return statistics.median(values) if values else None
@@ -169,7 +182,7 @@ def summarize(workdir: str) -> RunReport:
   max_hours = lookup(config, 'budget.max_core_hours') or (
       24. * (lookup(config, 'budget.max_core_days') or 0) or None)
   return RunReport(
-      workdir=workdir, model=lookup(config, 'model.name'), step=int(last['step']),
+      workdir=workdir, model=_model_label(config), step=int(last['step']),
       total_steps=total_steps, core_hours=core_hours,
       core_hours_by_kind={k.split('/', 1)[1]: float(v) for k, v in last.items()
                           if k.startswith('core_hours/')},

@@ -34,7 +34,7 @@
   pp              preprocessing: ops separated by '|' or a list of op strings,
                   e.g. 'resize(16)|value_range(-1,1)|onehot(10)', or a preset
                   such as 'vit_train(224, 1000)' (presets.py; ops: ops.py,
-                  label_ops.py, randaugment.py, mixup.py).
+                  label_ops.py, randaugment.py, mixup.py, vtab_tasks.py).
   shuffle_buffer_size  (TFDS training) examples in the shuffle buffer of
                   each host (default 50,000).
   prefetch        batches tf.data prepares ahead (default 2).
@@ -59,7 +59,8 @@ keep, drop, copy, mixup).
 
 from vit_jax.data.pipeline import EvalPipeline, TrainPipeline, build_eval, build_train
 from vit_jax.data.prefetch import prefetch
+from vit_jax.data.pp import parse_pp
 from vit_jax.data.registry import registered_ops
 
 __all__ = ['build_train', 'build_eval', 'TrainPipeline', 'EvalPipeline', 'prefetch',
-           'registered_ops']
+           'parse_pp', 'registered_ops']

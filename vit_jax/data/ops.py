@@ -228,6 +228,32 @@ def central_crop(size: Size, key: str = 'image') -> Op:
   return Op('central_crop', tf_fn=tf_fn, np_fn=np_fn)
 
 
+@register('random_crop')
+def random_crop(size: Size, key: str = 'image') -> Op:
+  """A crop of `size` at a uniformly random position (BiT's VTAB training crop).
+
+  The image must be at least `size` in both dimensions (resize first).
+  """
+  ch, cw = _hw(size)
+  def tf_fn(ex, seed):
+    tf = _tf()
+    image = ex[key]
+    channels = tf.shape(image)[2]
+    crop = tf.image.stateless_random_crop(image, [ch, cw, channels], seed)
+    return {**ex, key: crop}
+  def np_fn(batch, keys):
+    images = batch[key]
+    h, w = images.shape[1:3]
+    if h < ch or w < cw:
+      raise ValueError(f'random_crop({ch}, {cw}) of {h}x{w} images: resize '
+                       f'them to at least {ch}x{cw} first.')
+    tops = np.floor(sampler.uniform(keys, 0) * (h - ch + 1)).astype(int)
+    lefts = np.floor(sampler.uniform(keys, 1) * (w - cw + 1)).astype(int)
+    return {**batch, key: np.stack([im[t:t + ch, l:l + cw] for im, t, l in
+                                    zip(images, tops, lefts)])}
+  return Op('random_crop', tf_fn=tf_fn, np_fn=np_fn)
+
+
 # ------------------------------------------------------ flip and range
 
 

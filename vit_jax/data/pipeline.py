@@ -32,7 +32,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from vit_jax.data import registry, sampler, sources
+from vit_jax.data import pp as pp_lib
+from vit_jax.data import sampler, sources
 from vit_jax.data.tf_runtime import tf as _tf
 
 _FOREVER = 2**62
@@ -61,7 +62,7 @@ class _Pipeline:
     if not pp:
       raise ValueError("input.pp is empty: give the preprocessing ops, e.g. "
                        "'vit_train(224, 1000)' or 'resize(16)|value_range(-1,1)|onehot(10)'.")
-    self.ops, self.batch_ops = registry.parse_pp(pp)
+    self.ops, self.batch_ops = pp_lib.parse_pp(pp)
     self._explicit_keep = any(op.name == 'keep' for op in self.ops)
     self.num_examples = self.source.size
     self.skipped_files = list(getattr(self.source, 'skipped', []))  # (path, why)

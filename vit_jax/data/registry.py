@@ -51,28 +51,6 @@ def register(name: str):
   return wrap
 
 
-def _load_builtin_ops() -> None:
-  """Imports the op modules, which register themselves (none imports TensorFlow)."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  from vit_jax.data import label_ops, mixup, ops, randaugment
-
-
-def registered_ops() -> list[str]:
-  _load_builtin_ops()
-  return sorted(_REGISTRY)
-
-
-def _split_ops(pp: Union[str, Sequence[str]]) -> list[str]:
-  if isinstance(pp, str):
-    parts = pp.split('|')
-  else:
-    parts = [p for item in pp for p in str(item).split('|')]
-  parts = [p.strip() for p in parts]
-  if any(not p for p in parts):
-    raise ValueError(f'Empty op in pp {pp!r}: remove the doubled or trailing "|".')
-  return parts
-
-
 def parse_call(text: str) -> tuple[str, tuple, dict]:
   try:
     node = ast.parse(text, mode='eval').body
@@ -95,13 +73,12 @@ def parse_call(text: str) -> tuple[str, tuple, dict]:
 
 def build_op(text: str) -> Op:
   """Parses one op string and calls its factory."""
-  _load_builtin_ops()
   name, args, kwargs = parse_call(text)
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f' Did you mean {", ".join(close)}?' if close else ''
     raise ValueError(f'Unknown preprocessing op {name!r} in {text!r}.{hint} '
-                     f'Known ops: {", ".join(registered_ops())}.')
+                     f'Known ops: {", ".join(sorted(_REGISTRY))}.')
   try:
     op = _REGISTRY[name](*args, **kwargs)
   except TypeError as e:
@@ -109,25 +86,6 @@ def build_op(text: str) -> Op:
   return dataclasses.replace(op, spec=text)
 
 
-def _fuse_decode_and_crop(texts: list[str]) -> list[str]:
-  """'decode' then 'inception_crop(...)' -> 'decode_jpeg_and_inception_crop(...)'."""
-  out = []
-  for text in texts:
-    if out and out[-1] == 'decode' and parse_call(text)[0] == 'inception_crop':
-      out[-1] = 'decode_jpeg_and_inception_crop' + text[len('inception_crop'):]
-    else:
-      out.append(text)
-  return out
-
-
-def parse_pp(pp: Union[str, Sequence[str]]) -> tuple[list[Op], list[Op]]:
-  """Parses `pp` into (example ops, batch ops); batch ops must come last."""
-  from vit_jax.data import presets  # pylint: disable=g-import-not-at-top
-  texts = _fuse_decode_and_crop(_split_ops(presets.expand(pp)))
-  ops = [build_op(text) for text in texts]
-  first_batch = next((i for i, op in enumerate(ops) if op.is_batch_op), len(ops))
-  late = [op.spec for op in ops[first_batch:] if not op.is_batch_op]
-  if late:
-    raise ValueError(f'Batch op {ops[first_batch].spec!r} must come after every '
-                     f'example op, but {", ".join(late)} follow it; move it to the end.')
-  return ops[:first_batch], ops[first_batch:]
+def registered_ops() -> list[str]:
+  """Names of the registered ops (vit_jax.data registers the built-in ones)."""
+  return sorted(_REGISTRY)

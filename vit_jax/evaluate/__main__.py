@@ -35,29 +35,35 @@ def main(argv) -> None:
   logging.getLogger().setLevel(logging.INFO)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+  # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluate import run  # pylint: disable=g-import-not-at-top
+  from vit_jax.transfer import vtab_checkpoint  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  vtab_mode = config.get('vtab') and config.vtab.mode
   try:
     cli.start_distributed()
-    results = run.evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value,
-                                      _WORKDIR.value)
+    results = None
+    if config.evals or not vtab_mode:
+      results = run.evaluate_checkpoint(config, _CHECKPOINT.value,
+                                        _WORKDIR.value)
+    table = None
+    if vtab_mode:
+      # VTAB-1k trains a run per task: the transfer layer runs it.
+      table = vtab_checkpoint.run(config, _CHECKPOINT.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
-  if jax.process_index() == 0:
+  if jax.process_index() != 0:
+    return
+  if results is not None:
     print(run.table(results), flush=True)
     print(f'wrote {os.path.join(_WORKDIR.value, run.RESULTS)}', flush=True)
-
-
-def _parse_flags(argv):
-  """absl's parser, with a config file's error as one line and status 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    errors = [l for l in lines if l.split(':', 1)[0].endswith(('Error', 'Exception'))]
-    line = (errors or lines)[-1]
-    cli.fail(line.split(': ', 1)[1] if errors else line)
+  if table is not None:
+    print(table['markdown'], flush=True)
+    if table['stopped']:
+      print(f'VTAB stopped early ({table["stopped"]}); rerun the same command '
+            f'to resume.', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

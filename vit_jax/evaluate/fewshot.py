@@ -283,10 +283,6 @@ def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
   holdout_split, num_classes, shots, pp (default: `default_pp`)}}; default
   DATASETS), seeds (3), l2_reg (2^10), tuned_l2 (False), l2_grid
   (DEFAULT_L2_GRID), holdout_per_class (10), seed (0), batch_size, every."""
-  if inputs.get(config, 'l2_regs') is not None:
-    raise ValueError(f'evaluator {name!r}: l2_regs is gone; set l2_reg (fixed, '
-                     f'default 2^10) and tuned_l2=True with l2_grid for the '
-                     f'tuned numbers.')
   size = inputs.image_size_of(context.image_size)
   batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
   specs = inputs.as_dict(inputs.get(config, 'datasets', DATASETS))

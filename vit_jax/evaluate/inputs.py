@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import jax
 
+from vit_jax import data as data_lib
+
 DEFAULT_BATCH_SIZE = 512
 
 
@@ -24,9 +26,6 @@ class EvalContext:
   image_size: int = 224
   num_classes: Optional[int] = None
   data_dir: Optional[str] = None
-  workdir: Optional[str] = None
-  model_config: Any = None  # The training config's `model` section (VTAB).
-  mesh_config: Any = None  # The training config's `mesh` section (VTAB).
   process_index: int = 0
   process_count: int = 1
 
@@ -74,7 +73,6 @@ def split_of(config: Any, default: str) -> str:
 def eval_pipeline(name: str, data: Mapping[str, Any], split: str, pp: str,
                   batch_size: int, context: EvalContext):
   """A `vit_jax.data` EvalPipeline, with errors that name the evaluator."""
-  from vit_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   if not get(data, 'name'):
     raise ValueError(f'evaluator {name!r} names no dataset: set '
                      f'evals.{name}.data.name (e.g. "cifar100" or "digits").')

@@ -1,11 +1,14 @@
 """ViT and hybrid models, and the registry that names them."""
 
-from vit_jax.models.registry import (MODELS, ModelSpec, count_params, get_model,
-                                     get_spec, param_shapes, pixels_per_token)
+from vit_jax.models.registry import (MODELS, ModelSpec, build, count_params,
+                                     describe, get_model, get_spec,
+                                     model_overrides, param_shapes,
+                                     pixels_per_token)
 from vit_jax.models.vit import (VisionTransformer, layers_to_scan,
                                 scan_to_layers)
 
-__all__ = ['MODELS', 'ModelSpec', 'VisionTransformer', 'count_params',
+__all__ = ['MODELS', 'ModelSpec', 'VisionTransformer', 'build', 'count_params',
+           'describe', 'model_overrides',
            'get_model', 'get_spec', 'layers_to_scan', 'param_shapes',
            'pixels_per_token',
            'scan_to_layers']

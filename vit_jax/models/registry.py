@@ -155,3 +155,56 @@ def param_shapes(model: VisionTransformer, image_size: int | tuple[int, int] = 2
 def count_params(tree: Any) -> int:
   """Number of scalars in a parameter tree (arrays or shape structs)."""
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+#: Overrides that change the architecture, with the short names `describe` uses.
+_ARCH_FIELDS = (('hidden_size', 'width'), ('num_layers', 'depth'),
+                ('mlp_dim', 'mlp'), ('num_heads', 'heads'),
+                ('patch_size', 'patch'))
+
+
+def describe(name: str, overrides: Optional[dict] = None) -> str:
+  """The name a model is reported under: the registry's, unless overridden.
+
+  A model whose width, depth, MLP, heads or patch differ from the registered
+  ones is not that model: 'ViT-Ti/16' with width 64 and 4 blocks is reported
+  as 'custom ViT (width 64, depth 4, ...; from ViT-Ti/16)'.
+  """
+  spec = get_spec(name)
+  changed = []
+  for field, short in _ARCH_FIELDS:
+    value = (overrides or {}).get(field)
+    if value is None:
+      continue
+    if field == 'patch_size' and isinstance(value, int):
+      value = (value, value)
+    value = tuple(value) if isinstance(value, list) else value
+    if value != getattr(spec, field):
+      shown = value[0] if field == 'patch_size' and len(set(value)) == 1 else value
+      changed.append(f'{short} {shown}')
+  if not changed:
+    return spec.name
+  return f'custom ViT ({", ".join(changed)}; from {spec.name})'
+
+
+def model_overrides(model_config: Any) -> dict:
+  """VisionTransformer fields of a config's `model` section (None: the registry's)."""
+  overrides = {k: v for k, v in model_config.items() if k != 'name'}
+  if overrides.get('patch_size') is not None:
+    p = overrides['patch_size']
+    overrides['patch_size'] = (p, p) if isinstance(p, int) else tuple(p)
+  return {k: v for k, v in overrides.items() if v is not None}
+
+
+def build(model_config: Any, num_classes: Optional[int]
+          ) -> tuple[VisionTransformer, ModelSpec]:
+  """The module of a config's `model` section and its ModelSpec (with the
+  architecture overrides, for FLOP counts and the token stride)."""
+  overrides = model_overrides(model_config)
+  model = get_model(model_config['name'], num_classes, **overrides)
+  spec = get_spec(model_config['name'])
+  arch = {k: overrides[k] for k in ('hidden_size', 'num_layers', 'mlp_dim',
+                                    'num_heads', 'patch_size') if k in overrides}
+  if 'patch_size' in arch:  # The stem's downsampling stays; the patch changes.
+    arch['stride'] = spec.stride // spec.patch_size[0] * arch['patch_size'][0]
+  return model, dataclasses.replace(spec, **arch)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vit_jax.evaluate import vtab_tasks as vt
+from vit_jax.data import vtab_tasks as vt
 
 tfds = pytest.importorskip('tensorflow_datasets')
 tf = pytest.importorskip('tensorflow')

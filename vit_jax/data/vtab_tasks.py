@@ -271,6 +271,20 @@ def missing_tasks(tasks, data_dir: Optional[str] = None) -> dict[str, str]:
   return missing
 
 
+def task_names(choice) -> tuple[str, ...]:
+  """'all', a group ('natural', ...) or task names, joined by '+' or listed."""
+  items = choice.split('+') if isinstance(choice, str) else list(choice)
+  names = []
+  for item in filter(None, items):
+    if item == 'all':
+      names += TASK_NAMES
+    elif item in GROUPS:
+      names += [t.name for t in TASKS if t.group == item]
+    else:
+      names.append(get_task(item).name)
+  return tuple(dict.fromkeys(names))
+
+
 def group_means(accuracies: Mapping[str, float]) -> dict[str, float]:
   """Mean accuracy per group and overall (the mean of all tasks present)."""
   out = {}

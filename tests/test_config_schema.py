@@ -1,0 +1,106 @@
+"""Every config file, with every documented argument, fits the typed schema; the fine-tuning protocols are the paper's."""
+
+import os
+import sys
+
+import ml_collections
+import pytest
+
+from vit_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import evaluate, finetune, pretrain, quickstart  # pylint: disable=wrong-import-position
+
+DATASETS = ('imagenet2012', 'cifar10', 'cifar100', 'oxford_iiit_pet',
+            'oxford_flowers102')
+TRAINING_ARGS = (
+    [(quickstart, ''), (quickstart, 'steps=10,batch=64')] +
+    [(pretrain, f'model={m},dataset={d}') for m in ('B/16', 'L/16', 'H/14',
+                                                    'R50+B/16')
+     for d in pretrain.RECIPES] +
+    [(finetune, f'dataset={d},protocol={p}') for d in DATASETS
+     for p in finetune.PROTOCOLS] +
+    [(finetune, 'dataset=folder,folder=/data/pets,classes=37,protocol=sweep'),
+     (finetune, 'model=L/16,dataset=cifar10,steps=100,lr=0.03,batch=256,'
+                'image_size=224,init=/ckpt.npz')])
+
+
+@pytest.mark.parametrize('module,arg', TRAINING_ARGS,
+                         ids=[f'{m.__name__.split(".")[-1]}:{a}' for m, a in TRAINING_ARGS])
+def test_training_configs_fit_the_schema(module, arg):
+  c = module.get_config(arg)
+  config_lib.check_schema(c)
+  # The overrides an error message may tell users to pass exist.
+  assert 'check' in c.input.data and 'root' in c.input.data
+  assert 'warmup_steps' in c.schedule and 'mode' in c.vtab
+
+
+@pytest.mark.parametrize('evals', ['classify', 'real', 'fewshot', 'vtab',
+                                   'classify+real+fewshot+vtab'])
+def test_evaluate_configs_fit_the_evaluator_schemas(evals):
+  c = evaluate.get_config(f'evals={evals},dataset=cifar10')
+  for name, ev in c.evals.items():
+    config_lib.check_evaluator(name, ev)
+  assert bool(c.vtab.mode) == ('vtab' in evals)
+  if 'vtab' in evals:
+    assert c.vtab.mode == 'paper'  # The paper's protocol by default.
+
+
+def test_a_replaced_section_is_an_error():
+  c = quickstart.get_config()
+  c.input.data = dict(name='digits', split='train')  # loses check, root, ...
+  with pytest.raises(ValueError, match=r'config lacks input.data.root: a '
+                     r'config file replaced its section; update it instead'):
+    config_lib.check_schema(c)
+
+
+@pytest.mark.parametrize('values,match', [
+    (dict(type='classify', evry=100), r"unknown key 'evry' \(did you mean "
+     r"'every'\?\) for a classify evaluator; known keys: batch_size, data"),
+    (dict(type='classify', every='often'), r"evals.val.every='often' must be "
+     r'a int'),
+    (dict(type='vtab'), r"unknown evaluator type 'vtab'.*set vtab.mode"),
+    (dict(type='clasify'), r"unknown evaluator type 'clasify'"),
+])
+def test_evaluator_keys_and_types_are_checked(values, match):
+  with pytest.raises(ValueError, match=match) as err:
+    config_lib.check_evaluator('val', ml_collections.ConfigDict(values))
+  assert '\n' not in str(err.value)
+
+
+def test_an_unknown_key_has_a_did_you_mean():
+  c = quickstart.get_config()
+  c.unlock()
+  c.totl_steps = 5
+  with pytest.raises(ValueError, match=r"unknown config key 'totl_steps' "
+                     r"\(did you mean 'total_steps'\?\)"):
+    config_lib.check_schema(c)
+
+
+@pytest.mark.parametrize('dataset,percent,test', [
+    ('imagenet2012', 1, 'validation'), ('cifar10', 2, 'test'),
+    ('cifar100', 2, 'test'), ('oxford_iiit_pet', 10, 'test'),
+    ('oxford_flowers102', 10, 'test')])
+def test_finetune_protocols_are_the_papers(dataset, percent, test):
+  final = finetune.get_config(f'dataset={dataset}')
+  assert final.input.data.split == 'train'  # The whole training split...
+  assert list(final.evals) == ['test']  # ...and the test data reported.
+  assert final.evals.test.data.split == test
+  dev = finetune.get_config(f'dataset={dataset},protocol=dev')
+  assert dev.input.data.split == f'train[:{100 - percent}%]'
+  assert dev.evals.dev.data.split == f'train[{100 - percent}%:]'
+  sweep = finetune.get_config(f'dataset={dataset},protocol=sweep')
+  assert sweep.input.data.split == 'train'  # The final run after the sweep.
+  assert (sweep.sweep.train_split, sweep.sweep.eval_split) == (
+      f'train[:{100 - percent}%]', f'train[{100 - percent}%:]')
+  grid = ((0.003, 0.01, 0.03, 0.06) if dataset == 'imagenet2012'
+          else (0.001, 0.003, 0.01, 0.03))
+  assert tuple(sweep.sweep.learning_rates) == grid
+  assert not final.sweep.learning_rates and not dev.sweep.learning_rates
+
+
+def test_finetune_from_a_run_takes_its_model():
+  c = finetune.get_config('dataset=cifar10,init=runs/quickstart')
+  assert c.model.name == '' and c.init_from == 'runs/quickstart'
+  assert finetune.get_config('dataset=cifar10').model.name == 'ViT-B/16'

@@ -1,0 +1,155 @@
+"""The transfer layer above the loop: the fine-tuning sweep and VTAB after training, with preemption, NaN and the compute account."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from vit_jax import train, transfer
+from vit_jax.data import vtab_tasks
+from vit_jax.transfer import runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import quickstart  # pylint: disable=wrong-import-position
+
+
+def _config(steps=6, **sweep):
+  c = quickstart.get_config(f'steps={steps}')
+  c.log_every = 2
+  c.checkpoint_every = 2
+  c.evals.val.every = 0
+  c.export_npz = True
+  if sweep:
+    c.sweep.update(**sweep)
+  return c
+
+
+def test_sweep_trains_the_grid_on_dev_then_the_best_rate_on_everything(tmp_path):
+  config = _config(learning_rates=(1e-6, 3e-3), train_split='train[:80%]',
+                   eval_split='train[80%:]')
+  result = transfer.run(config, str(tmp_path))
+  assert result.status == 'done' and result.step == 6
+  table = json.loads((tmp_path / 'sweep_results.json').read_text())
+  dev = {float(k): v for k, v in table['dev_top1'].items()}
+  assert set(dev) == {1e-6, 3e-3}
+  best = max(dev, key=dev.get)
+  assert table['chosen_learning_rate'] == best == 3e-3  # 1e-6 learns nothing.
+  for rate in dev:
+    run = json.loads((tmp_path / 'sweep' / f'lr{rate:g}' / 'config.json').read_text())
+    assert run['input']['data']['split'] == 'train[:80%]'
+    assert run['evals'] == {'dev': {**run['evals']['dev'], 'type': 'classify'}}
+    assert run['evals']['dev']['data']['split'] == 'train[80%:]'
+    assert run['schedule']['base_lr'] == rate and not run['export_npz']
+  final = json.loads((tmp_path / 'config.json').read_text())
+  assert final['schedule']['base_lr'] == best
+  assert final['input']['data']['split'] == 'train'
+  assert final['sweep']['learning_rates'] == []
+  assert 'val/top1' in result.eval_metrics
+  assert (tmp_path / 'params.npz').exists()
+  account = json.loads((tmp_path / runs.ACCOUNT).read_text())
+  assert set(account) == {'sweep/lr1e-06', 'sweep/lr0.003'}
+  # The result's core-hours hold the final run's and both sweep runs'.
+  assert result.core_hours > sum(account.values()) > 0
+  assert '| 0.003 |' in (tmp_path / 'sweep_results.md').read_text()
+
+
+def test_a_non_finite_loss_in_a_sweep_run_names_that_run(tmp_path):
+  config = _config(learning_rates=(1e9,), train_split='train[:80%]',
+                   eval_split='train[80%:]')
+  config.optim.grad_clip_norm = None
+  with pytest.raises(train.NonFiniteLossError) as err:
+    transfer.run(config, str(tmp_path))
+  assert str(err.value).startswith('sweep lr=1e+09 (dev) (')
+  assert os.path.join('sweep', 'lr1e+09') in str(err.value)
+
+
+def test_the_cap_sees_the_sweep_runs(tmp_path):
+  config = _config(learning_rates=(1e-3, 3e-3), train_split='train[:80%]',
+                   eval_split='train[80%:]')
+  config.budget.max_core_hours = 1e-9  # Spent by the first run's first step.
+  result = transfer.run(config, str(tmp_path))
+  assert result.status == 'budget_exhausted'
+  assert 'sweep lr=' in result.stopped_in
+
+
+def _watch_and_sigterm(path_glob_root: str, stop: threading.Event):
+  """Sends SIGTERM to this process once a VTAB task run has logged a row."""
+  while not stop.is_set():
+    for dirpath, _, files in os.walk(path_glob_root):
+      if 'metrics.jsonl' in files and os.path.getsize(
+          os.path.join(dirpath, 'metrics.jsonl')) > 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    time.sleep(0.02)
+
+
+def test_sigterm_during_vtab_after_training_saves_stops_and_resumes(
+    tmp_path, monkeypatch):
+  """VTAB after training runs above the loop: SIGTERM inside a task run is
+  that run's (it saves), the whole run ends 'preempted', a rerun resumes."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  # Mock data has no prepared splits: say which exist, as a prepared
+  # smallnorb would (the runner's own code computes the 800/200 slices).
+  monkeypatch.setattr(vtab_tasks, 'missing_tasks', lambda tasks, data_dir: {})
+  monkeypatch.setattr(vtab_tasks, 'split_sizes',
+                      lambda task, data_dir=None: {'train': 1000, 'test': 1000})
+  config = _config(steps=4)
+  config.vtab.update(mode='quick', tasks='smallnorb_elevation', steps=40,
+                     image_size=16, batch_size=16, warmup_steps=1)
+  config.vtab.keep_checkpoints = True
+  config.log_every = 1
+  vtab_root = tmp_path / 'vtab'
+  stop = threading.Event()
+  watcher = threading.Thread(target=_watch_and_sigterm,
+                             args=(str(vtab_root), stop), daemon=True)
+  # As many mock examples as the split sizes say (test is test[500:1000]).
+  with tfds.testing.mock_data(num_examples=1000):
+    watcher.start()
+    first = transfer.run(config, str(tmp_path))
+    stop.set()
+    assert first.status == 'preempted'
+    assert 'smallnorb_elevation' in first.stopped_in
+    final = vtab_root / 'step_4' / 'smallnorb_elevation' / 'final'
+    saved = sorted(int(d) for d in os.listdir(final / 'checkpoints')
+                   if d.isdigit())
+    assert saved and saved[-1] < 40  # Saved where it stopped.
+    second = transfer.run(config, str(tmp_path))
+  assert second.status == 'done'
+  assert 0 <= second.eval_metrics['vtab/smallnorb_elevation'] <= 1
+  rows = [json.loads(l) for l in open(final / 'metrics.jsonl')]
+  assert [r['step'] for r in rows] == list(range(1, 41))  # No step twice.
+  assert second.core_hours > first.core_hours
+
+
+def test_main_exits_0_on_sigterm_in_a_sweep_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  args = [sys.executable, '-m', 'vit_jax.main',
+          '--config=configs/quickstart.py:steps=60', f'--workdir={workdir}',
+          '--config.sweep.learning_rates=(0.001,0.003)',
+          '--config.sweep.train_split=train[:80%]',
+          '--config.sweep.eval_split=train[80%:]',
+          '--config.log_every=1', '--config.evals.val.every=0']
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(workdir, 'sweep', 'lr0.001', 'metrics.jsonl')
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.05)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert 'status=preempted' in out and 'stopped_in="sweep lr=0.001' in out
+  done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert 'status=done' in done.stdout
+  table = json.load(open(os.path.join(workdir, 'sweep_results.json')))
+  assert set(table['dev_top1']) == {'0.001', '0.003'}

@@ -1,0 +1,232 @@
+"""A checkpoint's model and parameters: a released .npz, or a run's workdir described by its config.json.
+
+    info = pretrained.describe('runs/quickstart')        # model, classes, size
+    model, params, info = pretrained.load('runs/quickstart')
+    model, params, info = pretrained.load('ViT-B_16.npz', model='ViT-B/16')
+
+A run's workdir holds `config.json` (written by the training loop), so its
+model (registry name and every override), class count, resolution and, for
+a folder dataset, class names are read from it: predicting, evaluating and
+fine-tuning from a run need no copied flags. For a released `.npz` alone, the
+model name comes from `model=` or the file name (`ViT-B_16.npz`), and the
+classifier, representation layer, class count and resolution from the
+arrays themselves; when the architecture does not fit, the error prints the
+overrides that would (read off the file's shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from vit_jax import checkpoint, files, hf_interop, models, train_checkpoint
+
+CONFIG = 'config.json'
+
+
+@dataclasses.dataclass
+class Described:
+  """What a checkpoint says about its model."""
+  source: str
+  model: dict                      # a config `model` section: name + overrides
+  num_classes: Optional[int]       # the head's width (None: no head)
+  image_size: int                  # the resolution of its position embeddings
+  class_names: Optional[list] = None
+  run_config: Optional[dict] = None
+  #: The resolution the checkpoint's position embeddings were made for (what
+  #: `image_size` says before `load` is given another one).
+  checkpoint_image_size: Optional[Any] = None
+
+  @property
+  def label(self) -> str:
+    """The name it is reported under (not a registered name if overridden)."""
+    return models.describe(self.model['name'], models.model_overrides(
+        self.model))
+
+
+def is_run(path: str) -> bool:
+  """A vit_jax run's workdir: a directory with config.json (not transformers')."""
+  return (os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG))
+          and not hf_interop.is_transformers_dir(path))
+
+
+def run_config(path: str) -> Optional[dict]:
+  """The config a run's (or a transformers) directory describes itself with."""
+  if hf_interop.is_transformers_dir(path):
+    return hf_interop.as_run_config(hf_interop.read_config(path))
+  if is_run(path):
+    return files.read_json(os.path.join(path, CONFIG))
+  return None
+
+
+def read(path: str) -> tuple[dict, Optional[dict]]:
+  """(parameter tree, the run's config as a dict, or None) of `path`.
+
+  A transformers ViT directory's config.json is read as the run config's
+  `model`, `image_size` and `class_names` (`hf_interop.as_run_config`).
+  """
+  if hf_interop.is_transformers_dir(path):
+    return checkpoint.load_npz(path), hf_interop.as_run_config(
+        hf_interop.read_config(path))
+  if path.endswith('.npz'):
+    if '://' not in path and not os.path.exists(path):
+      raise FileNotFoundError(f'checkpoint file not found: {path}; pass a '
+                              f'released .npz or the workdir of a run.')
+    return checkpoint.load_npz(path), None
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'checkpoint {path} is neither an .npz file nor '
+                            f'a run directory.')
+  run_config = files.read_json(os.path.join(path, CONFIG))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return train_checkpoint.restore_params(path), run_config
+  exported = os.path.join(path, 'params.npz')
+  if os.path.exists(exported):
+    return checkpoint.load_npz(exported), run_config
+  raise FileNotFoundError(f'{path} holds neither checkpoints/ nor params.npz; '
+                          f'pass a run directory or an .npz file.')
+
+
+def _name_from_file(path: str) -> Optional[str]:
+  stem = os.path.basename(path.rstrip('/')).rsplit('.', 1)[0]
+  for candidate in (stem, stem.split('_', 1)[-1] if stem.count('_') > 1
+                    else stem):
+    try:
+      return models.get_spec(candidate).name
+    except ValueError:
+      continue
+  return None
+
+
+def _arrays_model(tree: dict) -> dict:
+  """The model options the arrays themselves decide."""
+  out = {'classifier': 'token' if 'cls' in tree else 'gap',
+         'posemb': 'learn' if 'posembed_input' in tree.get('Transformer', {})
+         else 'sincos2d'}
+  pre_logits = tree.get('pre_logits')
+  out['representation_size'] = (int(pre_logits['kernel'].shape[-1])
+                                if pre_logits else None)
+  return out
+
+
+def fitting_overrides(tree: dict) -> dict:
+  """Architecture overrides read off the arrays' shapes (for error messages)."""
+  flat = checkpoint.flatten_params(tree)
+  kernel = np.shape(flat.get('embedding/kernel'))
+  blocks = {k.split('/')[1] for k in flat if k.startswith('Transformer/encoderblock_')}
+  mlp = np.shape(flat.get('Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel'))
+  query = np.shape(flat.get(
+      'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel'))
+  out = {}
+  if len(kernel) == 4:
+    out.update(patch_size=int(kernel[0]), hidden_size=int(kernel[-1]))
+  if blocks:
+    out['num_layers'] = len(blocks)
+  if len(mlp) == 2:
+    out['mlp_dim'] = int(mlp[1])
+  if len(query) == 3:
+    out['num_heads'] = int(query[1])
+  return out
+
+
+def native_image_size(tree: dict, model: dict) -> int:
+  """The resolution the position-embedding grid was made for.
+
+  The grid times the model's pixels per token (the patch size, overrides
+  included, times the ResNet stem's stride for hybrids).
+  """
+  posemb = tree.get('Transformer', {}).get('posembed_input', {}).get(
+      'pos_embedding')
+  module, _ = models.build(model, 1)
+  if posemb is None:
+    return 224  # Fixed sin-cos embeddings fit any size.
+  grid = posemb.shape[1] - (1 if 'cls' in tree else 0)
+  side = math.isqrt(grid)
+  if side * side != grid:
+    raise ValueError(f'the checkpoint has a non-square grid of {grid} tokens; '
+                     f'give the image size explicitly.')
+  ph, pw = models.pixels_per_token(module)
+  if ph != pw:
+    raise ValueError(f'the model has non-square {ph}x{pw}-pixel tokens; give '
+                     f'the image size explicitly.')
+  return side * ph
+
+
+def describe(path: str, tree: Optional[dict] = None,
+             run_config: Optional[dict] = None, model: Optional[Any] = None,
+             ) -> Described:
+  """The model of a checkpoint: the run's config, `model`, the file, the arrays.
+
+  `model` (a registry name or a `model` section) overrides the run's.
+  """
+  if tree is None:
+    tree, run_config = read(path)
+  section = dict((run_config or {}).get('model') or {})
+  if isinstance(model, str):
+    model = {'name': model} if model else {}
+  for key, value in dict(model or {}).items():
+    if value not in (None, ''):
+      section[key] = value
+  if not section.get('name'):
+    section['name'] = _name_from_file(path)
+  if not section.get('name'):
+    raise ValueError(f'cannot tell the model of {path}: pass the model '
+                     f'(e.g. ViT-B/16), or a run directory with {CONFIG}.')
+  for key, value in _arrays_model(tree).items():
+    section.setdefault(key, value)
+    if section.get(key) is None:
+      section[key] = value
+  head = tree.get('head', {}).get('kernel')
+  num_classes = int(head.shape[-1]) if head is not None else None
+  image_size = (run_config or {}).get('image_size')
+  if not image_size or not isinstance(image_size, int):
+    image_size = native_image_size(tree, section)
+  class_names = _class_names(run_config)
+  return Described(source=path, model=section, num_classes=num_classes,
+                   image_size=image_size, class_names=class_names,
+                   run_config=run_config, checkpoint_image_size=image_size)
+
+
+def _class_names(run_config: Optional[dict]) -> Optional[list]:
+  """The class names of a run that trained on a folder (its sub-directories)."""
+  if (run_config or {}).get('class_names'):  # a transformers config's id2label
+    return list(run_config['class_names'])
+  data = ((run_config or {}).get('input') or {}).get('data') or {}
+  root = data.get('root')
+  if data.get('name') != 'folder' or not root:
+    return None
+  split = str(data.get('split') or 'train').split('[')[0].split('+')[0]
+  directory = os.path.join(root, split)
+  if not os.path.isdir(directory):
+    return None
+  return sorted(d for d in os.listdir(directory)
+                if os.path.isdir(os.path.join(directory, d)))
+
+
+def load(path: str, model: Optional[Any] = None,
+         image_size: Optional[int] = None, **build_overrides):
+  """(module, parameters as numpy, Described) for inference, head kept.
+
+  `image_size` other than the checkpoint's resamples the position
+  embeddings; `build_overrides` are VisionTransformer fields (e.g.
+  scan_layers=True) that do not change the parameters' values.
+  """
+  tree, run_config = read(path)
+  info = describe(path, tree, run_config, model)
+  if info.num_classes is None:
+    raise ValueError(f'{path} has no classification head; it gives features, '
+                     f'not classes.')
+  size = image_size or info.image_size
+  section = {**info.model, **build_overrides}
+  module, _ = models.build(section, info.num_classes)
+  try:
+    params = checkpoint.load_pretrained(
+        tree, models.param_shapes(module, size), name=path, keep_head=True)
+  except ValueError as e:
+    fits = fitting_overrides(tree)
+    hint = ', '.join(f'{k}={v}' for k, v in sorted(fits.items()))
+    raise ValueError(f'{e} The arrays fit the overrides: {hint}.') from None
+  return module, params, dataclasses.replace(info, image_size=size)

@@ -1,0 +1,88 @@
+"""The fine-tuning learning-rate sweep: Table 4's grid on the dev split, then the final run with the best rate.
+
+Paper App. B.1.1: the learning rate is chosen on a dev part of the training
+set, then "for final results we train on the entire training set and evaluate
+on the respective test data". `run_sweep(config, workdir, composer)` trains
+one run per rate of `config.sweep.learning_rates` on `sweep.train_split`,
+scored on `sweep.eval_split` (each in `WORKDIR/sweep/lr<rate>/`), picks the
+rate with the best dev top-1, and returns the final config (the input config
+with that rate), which the caller trains in WORKDIR itself. The table goes to
+`WORKDIR/sweep_results.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from vit_jax import config_lib, files
+from vit_jax.transfer import runs
+
+DEV = 'dev'
+
+
+def dev_config(config: Any, learning_rate: float):
+  """The config of one dev run: same recipe, dev splits, this rate, no export."""
+  c = config.copy_and_resolve_references()
+  c.sweep.update(learning_rates=(), train_split='', eval_split='')
+  c.vtab.mode = None
+  c.schedule.base_lr = float(learning_rate)
+  c.input.data.split = config.sweep.train_split
+  template = next(iter(config.evals.values()), None)
+  if template is None:
+    raise ValueError('the sweep scores each rate with the config\'s first '
+                     'evaluator: add a classify evaluator to config.evals.')
+  data = template.get('data') or config.input.data
+  data = dict(data.to_dict() if hasattr(data, 'to_dict') else data)
+  data['split'] = config.sweep.eval_split
+  values = {k: v for k, v in template.items() if k not in ('type', 'split',
+                                                           'data')}
+  c.evals = ml_collections.ConfigDict()
+  c.evals[DEV] = config_lib.evaluator_config(template.get('type', 'classify'),
+                                             data=data, **values)
+  c.export_npz = False
+  return c
+
+
+def run_sweep(config: Any, workdir: str, composer: runs.RunComposer):
+  """Trains the grid on the dev protocol; returns the final config."""
+  rates = tuple(float(r) for r in config.sweep.learning_rates)
+  if not (config.sweep.train_split and config.sweep.eval_split):
+    raise ValueError('sweep.learning_rates needs sweep.train_split and '
+                     'sweep.eval_split (the dev protocol); configs/finetune.py'
+                     ':protocol=sweep sets all three.')
+  scores = {}
+  for rate in rates:
+    result = composer.train(dev_config(config, rate),
+                            os.path.join(workdir, 'sweep', f'lr{rate:g}'),
+                            f'sweep lr={rate:g} (dev)')
+    scores[rate] = result.metrics[f'{DEV}/top1']
+  best = max(rates, key=lambda r: scores[r])
+  final = config.copy_and_resolve_references()
+  final.sweep.update(learning_rates=(), train_split='', eval_split='')
+  final.schedule.base_lr = best
+  write_table(workdir, config, scores, best)
+  return final
+
+
+def write_table(workdir: str, config: Any, scores: dict, best: float) -> None:
+  """sweep_results.json and .md: dev top-1 per rate, the chosen one."""
+  if jax.process_index() != 0:
+    return
+  files.write_json(os.path.join(workdir, 'sweep_results.json'), {
+      'dev_train_split': config.sweep.train_split,
+      'dev_eval_split': config.sweep.eval_split,
+      'dev_top1': {f'{r:g}': s for r, s in scores.items()},
+      'chosen_learning_rate': best})
+  lines = [f'Learning-rate sweep: trained on `{config.sweep.train_split}`, '
+           f'scored on `{config.sweep.eval_split}` (dev protocol); the final '
+           f'run trains with the chosen rate on the whole training split.', '',
+           '| learning rate | dev top-1 | |', '|---|---|---|']
+  for rate, score in scores.items():
+    lines.append(f'| {rate:g} | {100 * score:.2f} | '
+                 f'{"chosen" if rate == best else ""} |')
+  files.write_text(os.path.join(workdir, 'sweep_results.md'),
+                   '\n'.join(lines) + '\n')
