@@ -76,7 +76,7 @@ def test_evaluate_cli_on_a_small_checkpoint(probe_checkpoint, tmp_path):
   metrics = results['metrics']
   assert metrics['classify']['top1'] == pytest.approx(top1)
   assert metrics['classify']['num_examples'] == 300
-  assert metrics['fewshot']['digits_25shot'] > 0.4
+  assert metrics['fewshot']['digits_25shot'] > 0.3  # l2 fixed at 2^10
   assert set(metrics['fewshot']) == {f'digits_{k}shot{s}' for k in (5, 25)
                                      for s in ('', '_std')}
   assert 'classify   top1' in out.stdout
@@ -88,7 +88,7 @@ def test_evaluate_cli_errors_are_one_line(tmp_path):
              f'--checkpoint={tmp_path}/missing.npz', f'--workdir={tmp_path}')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
-      f'error: --checkpoint={tmp_path}/missing.npz does not exist; pass a '
+      f'error: checkpoint file not found: {tmp_path}/missing.npz; pass a '
       'released .npz or the workdir of a run.')
   bad = _cli('--config=configs/evaluate.py:evals=fewshot+top1',
              f'--checkpoint={tmp_path}/missing.npz', f'--workdir={tmp_path}')

@@ -13,6 +13,7 @@ returned for the table.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
