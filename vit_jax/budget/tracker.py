@@ -84,6 +84,7 @@ class CoreHoursTracker:
     self._since = 0.0
     self._holding = False                 # the held clock runs
     self._held_since = 0.0
+    self._frozen = False
     self._last_metrics = (0.0, 0.0)       # (images, training seconds)
 
   # Clocks.
@@ -95,6 +96,8 @@ class CoreHoursTracker:
 
   def _flush(self) -> None:
     """Moves the running clocks' elapsed time into the counters."""
+    if self._frozen:  # metrics() reads one consistent snapshot
+      return
     now = self._clock()
     if self._mode is not None:
       elapsed = max(now - self._since, 0.0)
@@ -248,6 +251,13 @@ class CoreHoursTracker:
     `mfu` is left out where the device's peak is unknown (e.g. CPU).
     """
     self._flush()
+    self._frozen = True
+    try:
+      return self._metrics()
+    finally:
+      self._frozen = False
+
+  def _metrics(self) -> dict[str, float]:
     out = {'core_hours': self.core_hours, 'device_hours': self.device_hours,
            'held_hours': self.held_hours,
            'training_hours': self.training_hours,
