@@ -25,7 +25,8 @@ ROW_WIDTH = 3
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m launch.check', description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='python -m launch.check', description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--coordinator_address', default=None, help='HOST:PORT of process 0')
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)

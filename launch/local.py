@@ -236,11 +236,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   split = argv.index('--') if '--' in argv else len(argv)
   parser = argparse.ArgumentParser(
       prog='python -m launch.local', description=__doc__.splitlines()[0],
-      usage='%(prog)s --num_processes=N [--devices_per_process=D] [--module=M] [--port=P] -- FLAGS')
+      usage='%(prog)s --num_processes=N [--devices_per_process=D] [--module=M] [--port=P] -- FLAGS',
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--num_processes', type=int, required=True, help='processes to start')
   parser.add_argument('--devices_per_process', type=int, default=1, help='simulated CPU devices each')
   parser.add_argument('--module', default='vit_jax.main', help='run as python -m MODULE')
-  parser.add_argument('--port', type=int, default=None, help='coordinator port (default: a free one)')
+  parser.add_argument('--port', type=int, default=None, help='coordinator port (None: a free one)')
   parser.add_argument('--grace_s', type=float, default=10.0,
                       help='seconds between SIGTERM and SIGKILL when stopping children')
   parser.add_argument('--timeout_s', type=float, default=None, help='stop everything after this long')

@@ -22,6 +22,7 @@ credentials come from `--project` or gcloud's configuration, never from files he
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import signal
@@ -161,6 +162,25 @@ def plan(args: argparse.Namespace) -> supervise.Plan:
       delete_when_done=full and args.delete_when_done)
 
 
+def print_run(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int:
+  """`run --dry_run`: the commands `run` runs, in order, and when; no answer is made up."""
+  target, start = _target(args), start_command(args)  # Bad flags fail before anything is printed.
+  describe, status = gcloud.describe_state(target), gcloud.ssh(target, 'status', gcloud.status_script())
+  log('1. the slice must be READY with vit_jax installed on every worker (`install`); '
+      'a job already running there is followed, not started again:')
+  runner.run(describe)
+  runner.run(status)
+  log('2. start the job on every worker:')
+  runner.run(start)
+  log("3. follow worker 0's log while the job runs:")
+  runner.stream(gcloud.ssh(target, 'logs', gcloud.logs_script(), worker='0'))
+  log(f'4. every {args.poll_s:g} s until the job has ended on every worker; a failure on one worker '
+      "stops the others; `run` exits with the job's status (0 done or checkpointed, 75 compute cap):")
+  runner.run(describe)
+  runner.run(status)
+  return 0
+
+
 def execute(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int:
   """Runs one subcommand through `runner`; returns the exit status."""
   target = _target(args)
@@ -172,6 +192,8 @@ def execute(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int
       if code:
         return code
     return 0
+  if args.command == 'run' and args.dry_run:
+    return print_run(args, runner, log)
   if args.command in ('run', 'supervise'):
     loop = supervise.Supervisor(plan(args), runner, log=log,
                                 sleep=(lambda s: None) if args.dry_run else time.sleep)
@@ -195,12 +217,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument('--name', required=True, help='TPU VM (and queued resource) name')
   common.add_argument('--zone', required=True, help='e.g. europe-west4-a')
-  common.add_argument('--project', default=None, help='default: gcloud config get project')
+  common.add_argument('--project', default=None, help='None: gcloud config get project')
   common.add_argument('--queued', action='store_true', help='use a queued resource of this name')
   common.add_argument('--accelerator_type', default=None, help='v3-8, v3-32, v4-32, v5p-16, v6e-16, ...')
   common.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
   create = argparse.ArgumentParser(add_help=False)
-  create.add_argument('--runtime_version', default=None, help='default: per TPU generation')
+  create.add_argument('--runtime_version', default=None, help="None: the TPU generation's")
   create.add_argument('--spot', action='store_true', help='preemptible (Spot) capacity')
   install = argparse.ArgumentParser(add_help=False)
   install.add_argument('--source', default='.', help='git checkout whose HEAD is installed')
@@ -213,7 +235,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   run.add_argument('--env', action='append', default=[], help='KEY=VALUE for the job (repeatable)')
   run.add_argument('--poll_s', type=float, default=60.0, help='seconds between status checks')
   parser = argparse.ArgumentParser(prog='python -m launch.tpu', description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest='command', required=True)
+  sub = parser.add_subparsers(dest='command', required=True, parser_class=functools.partial(
+      argparse.ArgumentParser, formatter_class=argparse.ArgumentDefaultsHelpFormatter))
   sub.add_parser('create', parents=[common, create], help='create the slice')
   sub.add_parser('install', parents=[common, install], help='install vit_jax on every worker')
   sub.add_parser('run', parents=[common, run], help='start the job on every worker, follow worker 0')

@@ -122,7 +122,7 @@ def test_compare_runs_and_cli(tmp_path, capsys):
   assert data['name'] == 'run_a' and data['core_hours'] == pytest.approx(AT_200)
   assert main(['report', str(tmp_path / 'missing')]) == 2
   err = capsys.readouterr().err
-  assert 'no metrics.jsonl in' in err and err.count('\n') == 1
+  assert 'missing does not exist; pass the --workdir' in err and err.count('\n') == 1
 
 
 def test_bad_metrics_files(tmp_path):
@@ -146,3 +146,28 @@ def test_plot_accuracy_and_loss_against_core_hours(tmp_path, capsys):
   assert os.listdir(tmp_path / 'plots') == ['compute.png']  # no temp files
   assert main(['plot', a, '--out', str(tmp_path / 'x.pdf')]) == 2
   assert 'ending in .png' in capsys.readouterr().err
+
+
+def test_report_skips_paths_that_are_not_runs(tmp_path, capsys):
+  a = _write_run(tmp_path / 'run_a')
+  os.makedirs(tmp_path / 'plots')                       # a directory without metrics.jsonl
+  (tmp_path / 'notes.txt').write_text('not a run')     # a file, as `runs/*` would list it
+  assert main(['report', a, str(tmp_path / 'plots'), str(tmp_path / 'notes.txt')]) == 0
+  captured = capsys.readouterr()
+  out = captured.out.splitlines()
+  assert len(out) == 3 and out[1].startswith('run_a') and '16.00' in out[1]
+  assert captured.err.splitlines() == [
+      f'python -m vit_jax.budget report: warning: skipped: no metrics.jsonl in '
+      f'{tmp_path / "plots"}; is it the --workdir of a training run?',
+      f'python -m vit_jax.budget report: warning: skipped: {tmp_path / "notes.txt"} is not '
+      'a directory; pass the --workdir of a training run.']
+  reports, skipped = report.summarize_runs([str(tmp_path / 'plots'), a])
+  assert [r.name for r in reports] == ['run_a'] and len(skipped) == 1
+  # Nothing to report: one error line, exit 2. A broken run is still an error.
+  assert main(['report', str(tmp_path / 'plots'), str(tmp_path / 'notes.txt')]) == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'none of the 2 paths is the --workdir' in err
+  os.makedirs(tmp_path / 'broken')
+  (tmp_path / 'broken' / 'metrics.jsonl').write_text('{oops\n')
+  assert main(['report', a, str(tmp_path / 'broken')]) == 2
+  assert 'line 1 is not JSON' in capsys.readouterr().err

@@ -351,3 +351,31 @@ def test_tfds_unprepared_and_unknown_fail_fast(tmp_path):
     data.build_train(dict(data=dict(name='cifar11', split='train'), pp='vit_train(32, 10)'),
                      global_batch_size=8, seed=0)
   assert time.time() - start < 2
+
+
+@pytest.mark.parametrize('pp,where,fix', [
+    ("resize(8)|onehot(10)", "starts with 'resize(8)'", "'decode|resize(8)|onehot(10)'"),
+    ("onehot(10)|value_range(-1, 1)", "starts with 'value_range(-1, 1)'",
+     "'decode|onehot(10)|value_range(-1, 1)'"),
+    ("onehot(10)", 'never decodes them', "'decode|onehot(10)'"),
+])
+def test_encoded_images_without_decode_first_say_so(pp, where, fix):
+  """Not TensorFlow's "images' must have either 3 or 4 dimensions" from inside a map."""
+  with tfds.testing.mock_data(as_dataset_fn=mock_as_dataset):
+    with pytest.raises(ValueError) as e:
+      data.build_train(tfds_config(pp=pp), global_batch_size=4, seed=0)
+  assert str(e.value) == (f'cifar10:train holds encoded images (JPEG/PNG bytes) but the pp '
+                          f"{where}: put 'decode' first, e.g. {fix}.")
+
+
+def test_decode_check_lets_label_ops_first_and_pixels_through(folder):
+  with pytest.raises(ValueError, match=r"holds encoded images .* starts with 'resize\(8\)'"):
+    data.build_eval(folder_config(folder, pp='resize(8)|onehot(3)'), None, global_batch_size=4)
+  # Label ops may come first; in-memory sources hold pixels and need no decode.
+  with tfds.testing.mock_data(as_dataset_fn=mock_as_dataset):
+    batch = next(iter(data.build_eval(tfds_config(pp='onehot(10)|decode|resize(8)'), 'test',
+                                      global_batch_size=4)))
+  assert batch['image'].shape == (4, 8, 8, 3) and batch['labels'].shape == (4, 10)
+  digits = data.build_eval(dict(data=dict(name='digits', split='test'), pp='resize(8)|onehot(10)'),
+                           None, global_batch_size=4)
+  assert digits.num_examples == 300

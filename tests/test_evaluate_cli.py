@@ -88,8 +88,7 @@ def test_evaluate_cli_errors_are_one_line(tmp_path):
              f'--checkpoint={tmp_path}/missing.npz', f'--workdir={tmp_path}')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
-      f'error: checkpoint file not found: {tmp_path}/missing.npz; pass a '
-      'released .npz or the workdir of a run.')
+      f'error: checkpoint file not found: {tmp_path}/missing.npz')
   bad = _cli('--config=configs/evaluate.py:evals=fewshot+top1',
              f'--checkpoint={tmp_path}/missing.npz', f'--workdir={tmp_path}')
   assert bad.returncode == 2

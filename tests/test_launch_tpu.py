@@ -417,3 +417,27 @@ def test_decide(state, statuses, action):
 def test_parse_statuses_ignores_other_output():
   out = 'Using ssh batch size of 1.\nworker=1 running\nworker=0 exit:0\nwarning: x\n'
   assert supervise.parse_statuses(out) == {'1': 'running', '0': 'exit:0'}
+
+
+def test_run_dry_run_prints_its_own_steps_and_invents_no_ending():
+  """`run --dry_run`: the commands `run` takes, in order, each step named; no made-up answers."""
+  argv = ['run', '--name=vit', f'--zone={ZONE}', '--accelerator_type=v3-32', f'--workdir={WORKDIR}',
+          '--poll_s=30', '--', *JOB]
+  status, commands, lines = _dry(argv)
+  assert status == 0
+  start = gcloud.start_script('vit_jax.main', [*JOB, f'--workdir={WORKDIR}'], hosts=4)
+  check = [DESCRIBE('vit'), (*SSH('vit'), f'--command={gcloud.status_script()}')]
+  assert [c.argv for c in commands] == [
+      *check, (*SSH('vit'), f'--command={start}'),
+      (*SSH('vit', worker='0'), '--command=tail -n 100 -F "$HOME/vit_jax_run"/log'), *check]
+  steps = [line for line in lines if line.startswith('# ')]
+  assert [line[:5] for line in steps] == ['# v3-', '# 1. ', '# 2. ', '# 3. ', '# 4. ']
+  assert steps[4].startswith('# 4. every 30 s until the job has ended on every worker')
+  assert not any('supervise' in line or 'finished' in line or 'exit status' in line for line in lines)
+  assert lines[-1] == str(commands[-1])  # ends on the poll, not on an outcome
+  # As a user runs it: the same lines on stdout, nothing on stderr.
+  proc = subprocess.run([sys.executable, '-m', 'launch.tpu', *argv[:6], '--dry_run', *argv[6:]],
+                        capture_output=True, text=True, cwd=REPO, check=False,
+                        env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert (proc.returncode, proc.stderr) == (0, '')
+  assert proc.stdout.splitlines() == lines

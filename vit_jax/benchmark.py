@@ -24,22 +24,30 @@ from vit_jax import budget, models, optim, parallel, train_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = argparse.ArgumentParser(
+      prog='python -m vit_jax.benchmark', description=__doc__.split('\n')[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument('--model', default='ViT-B/16', help='registered model name')
   p.add_argument('--batch', type=int, default=256, help='global batch size')
-  p.add_argument('--image_size', type=int, default=224)
-  p.add_argument('--num_classes', type=int, default=1000)
+  p.add_argument('--image_size', type=int, default=224, help='input resolution')
+  p.add_argument('--num_classes', type=int, default=1000, help='classifier head width')
   p.add_argument('--dtype', default='bfloat16',
-                 choices=('float32', 'bfloat16', 'float16'))
+                 choices=('float32', 'bfloat16', 'float16'),
+                 help='compute dtype of the model')
   p.add_argument('--steps', type=int, default=20, help='timed steps')
   p.add_argument('--warmup', type=int, default=3, help='untimed steps')
-  p.add_argument('--accum_steps', type=int, default=1)
+  p.add_argument('--accum_steps', type=int, default=1,
+                 help='micro-batches per step (gradient accumulation)')
   p.add_argument('--remat_policy', default='none',
-                 choices=sorted(models.vit.REMAT_POLICIES))
-  p.add_argument('--scan_layers', action='store_true')
+                 choices=sorted(models.vit.REMAT_POLICIES),
+                 help='what the backward pass recomputes instead of storing')
+  p.add_argument('--scan_layers', action='store_true',
+                 help='one scanned block instead of unrolled layers')
   p.add_argument('--attention_implementation', default=None,
-                 choices=(None, 'xla', 'cudnn'))
-  p.add_argument('--attention_pad_multiple', type=int, default=None)
+                 choices=(None, 'xla', 'cudnn'),
+                 help="attention kernel (None: the model's default)")
+  p.add_argument('--attention_pad_multiple', type=int, default=None,
+                 help='pad the tokens to a multiple of this')
   p.add_argument('--mu_dtype', default=None, help='e.g. bfloat16')
   p.add_argument('--mesh', default='data=-1',
                  help='axis sizes, e.g. data=4,fsdp=2')

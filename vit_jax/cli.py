@@ -1,16 +1,21 @@
-"""Command-line pieces the entry points share: the multi-process flags and one-line failures.
+"""Command-line pieces the entry points share: the multi-process flags, --help and one-line failures.
 
 Importing this module defines --coordinator_address, --num_processes and
---process_id (absl flags) once for whichever entry point runs.
+--process_id (absl flags) once for whichever entry point runs. An entry point
+that calls `flags.adopt_module_key_flags(cli)` lists them in its --help.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import sys
-from typing import NoReturn
+from typing import NoReturn, Sequence
 
 from absl import flags
+# absl.logging defines --verbosity and --logger_levels (read by configure_logging).
+from absl import logging as absl_logging  # pylint: disable=unused-import
 
 COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'host:port of process 0 (multi-process runs '
@@ -21,6 +26,58 @@ PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                   'This process\'s id, from 0.')
 
 
+# absl's help flags (and argparse's -h) -> whether the short help is asked for.
+_HELP_ARGS = {'--help': True, '-help': True, '--helpshort': True,
+              '-helpshort': True, '-?': True, '-h': True, '--helpfull': False,
+              '-helpfull': False}
+
+
+def exit_on_help(argv: Sequence[str]) -> None:
+  """--help (or -h): the entry point's docstring and its flags on stdout, exit 0.
+
+  absl's own --help exits 1 and heads the flags with the file's path; here
+  they are headed with the module as users type it (`python -m vit_jax.main`).
+  --help lists the main module's key flags (those defined there and those it
+  adopts); --helpfull lists every flag.
+  """
+  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  wanted = [_HELP_ARGS[a] for a in args if a in _HELP_ARGS]
+  if not wanted:
+    return
+  main = sys.modules['__main__']
+  spec = getattr(main, '__spec__', None)
+  prog = ('python -m ' + spec.name.removesuffix('.__main__')) if spec else sys.argv[0]
+  listed = (flags.FLAGS.main_module_help() if all(wanted) else
+            flags.FLAGS.get_help())
+  print(f'{(main.__doc__ or prog).strip()}\n\nflags:\n'
+        + listed.lstrip('\n').replace(f'{sys.argv[0]}:', f'{prog}:'))
+  sys.exit(0)
+
+
+# Libraries that log routine INFO lines (orbax and clu log every file they
+# touch through absl's logger; jax its compilation cache; TensorFlow its ops).
+THIRD_PARTY_LOGGERS = ('absl', 'jax', 'tensorflow')
+
+
+def configure_logging() -> None:
+  """Our INFO lines on the console; other libraries' only when asked for.
+
+  Asking: absl's `--verbosity=0` (INFO) or `=1` (DEBUG), `-v` for short,
+  sets that level for every logger and leaves TensorFlow's C++ log on;
+  absl's `--logger_levels=absl:INFO,jax:DEBUG` sets the named loggers only
+  (orbax and clu log through `absl`); TF_CPP_MIN_LOG_LEVEL from the
+  environment is kept.
+  """
+  if flags.FLAGS['verbosity'].present:
+    return  # absl already set the level the user asked for.
+  logging.getLogger().setLevel(logging.INFO)
+  asked = flags.FLAGS['logger_levels'].value
+  for name in THIRD_PARTY_LOGGERS:
+    if name not in asked:
+      logging.getLogger(name).setLevel(logging.WARNING)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
 def fail(message: str, status: int = 2) -> NoReturn:
   """Prints `error: message` on stderr and exits (no traceback)."""
   print(f'error: {message}', file=sys.stderr)
@@ -29,6 +86,7 @@ def fail(message: str, status: int = 2) -> NoReturn:
 
 def start_distributed() -> None:
   """jax.distributed from the flags (or the environment), then CPU settings."""
+  # Late: a CLI parses its flags before jax loads (a bad flag fails fast).
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
                                   PROCESS_ID.value)
@@ -61,8 +119,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   What every entry point with a --config flag uses as `flags_parser`.
 
   A missing config file, an unknown `--config.key` or a value of the wrong
-  type is reported before anything is imported or compiled.
+  type is reported before anything is imported or compiled. --help exits 0.
   """
+  exit_on_help(argv)
   try:
     rest = flags.FLAGS(argv)
     if flags.FLAGS['config'].value is not None:

@@ -34,8 +34,10 @@ FORMATS = ('transformers', 'npz')
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog='python -m vit_jax.export', description=__doc__.split('\n')[0])
-  parser.add_argument('--format', choices=FORMATS, default='transformers')
+      prog='python -m vit_jax.export', description=__doc__.split('\n')[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument('--format', choices=FORMATS, default='transformers',
+                      help='what to write')
   parser.add_argument('--checkpoint', required=True,
                       help='.npz, transformers ViT directory, or run workdir')
   parser.add_argument('--out', required=True,
@@ -44,7 +46,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help='"imagenet" or a text file with one class name per '
                            'line (transformers format only)')
   parser.add_argument('--gelu', choices=('tanh', 'exact'), default=None,
-                      help='the GELU the model computes (default: from the '
+                      help='the GELU the model computes (None: from the '
                            'source, else tanh)')
   return parser.parse_args(argv)
 

@@ -8,9 +8,9 @@ run, 1 on a non-finite loss, 2 on bad input.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -22,6 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'configs/finetune.py:model=B/16,dataset=cifar10', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
                                'metrics and the exported params.npz.')
+flags.adopt_module_key_flags(cli)  # --help lists the multi-process flags.
 
 
 def main(argv) -> None:
@@ -31,11 +32,7 @@ def main(argv) -> None:
     cli.fail('--config is required, e.g. --config=configs/quickstart.py')
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
-  logging.getLogger().setLevel(logging.INFO)
-  # orbax and clu log every file they touch through absl: keep their warnings.
-  for name in ('absl', 'jax'):
-    logging.getLogger(name).setLevel(logging.WARNING)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  cli.configure_logging()  # Third-party INFO lines only with -v 0 or --logger_levels.
 
   # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
@@ -48,13 +45,16 @@ def main(argv) -> None:
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
   if jax.process_index() == 0:
-    print(summary_line(result), flush=True)
+    exported = result.status == 'done' and _CONFIG.value.export_npz
+    print(summary_line(result, os.path.join(_WORKDIR.value, 'params.npz')
+                       if exported else None), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
 
 
-def summary_line(result) -> str:
-  """One line a person reads at the end: how it ended and what it measured."""
+def summary_line(result, params_path: Optional[str] = None) -> str:
+  """One line a person reads at the end: how it ended, what it measured and
+  where the final parameters were written (`params_path`, when exported)."""
   parts = [f'SUMMARY status={result.status}',
            f'steps={result.step}/{result.total_steps}']
   if result.stopped_in:
@@ -64,6 +64,8 @@ def summary_line(result) -> str:
   if result.img_per_sec:
     parts.append(f'img/s={result.img_per_sec:.1f}')
   parts.append(f'core_hours={result.core_hours:.4f}')
+  if params_path:
+    parts.append(f'params={params_path}')
   return '  '.join(parts)
 
 

@@ -118,3 +118,30 @@ def log_line(step: int, total: int, scalars: Mapping[str, Any], rate: float,
            if k in scalars and scalars[k] is not None]
   logging.info('step %d/%d  %s  %.2f steps/s  ETA %s', step, total,
                '  '.join(parts), rate, format_eta(eta))
+
+
+def _number(value: Any) -> str:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return str(value)
+  return f'{value:.4g}'
+
+
+def eval_lines(step: int, results: Mapping[str, Any]) -> list[str]:
+  """One line per evaluator: `step 200 eval val: num_examples=300  top1=0.9533`.
+
+  `results` maps `EVALUATOR/METRIC` (as written to metrics.jsonl) to values;
+  the evaluators appear in the order they ran, their metrics sorted.
+  """
+  grouped: dict[str, dict[str, Any]] = {}
+  for key, value in results.items():
+    name, _, metric = key.partition('/')
+    grouped.setdefault(name, {})[metric or name] = _plain(value)
+  return [f'step {step} eval {name}: ' + '  '.join(
+      f'{k}={_number(v)}' for k, v in sorted(metrics.items()))
+          for name, metrics in grouped.items()]
+
+
+def log_evals(step: int, results: Mapping[str, Any]) -> None:
+  """Logs the evaluations of `step` on the console (process 0's log shows them)."""
+  for line in eval_lines(step, results):
+    logging.info('%s', line)

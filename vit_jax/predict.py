@@ -33,21 +33,22 @@ IMAGENET_LABELS = 'imagenet1k_labels.txt'
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.predict',
-      description='Prints the top-k classes of each image under a ViT checkpoint.')
+      description='Prints the top-k classes of each image under a ViT checkpoint.',
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--model', default=None,
                       help='registered model name, e.g. ViT-B/16 or ViT-B_16; '
-                           'default: the run\'s config.json or the file name')
+                           'None: the run\'s config.json or the file name')
   parser.add_argument('--checkpoint', required=True,
                       help='a run\'s workdir, or an .npz in the released '
                            'layout (local path or gs://)')
   parser.add_argument('--labels', default=None,
                       help='"imagenet" (the bundled 1,000 names) or a text file '
-                           'with one class name per line; default: imagenet '
+                           'with one class name per line; None: imagenet '
                            'for 1,000-class checkpoints, else class indices')
   parser.add_argument('--image_size', type=int, default=None,
-                      help='input resolution; default: the checkpoint\'s own')
-  parser.add_argument('--top_k', type=int, default=5)
-  parser.add_argument('--batch_size', type=int, default=32)
+                      help="input resolution; None: the checkpoint's own")
+  parser.add_argument('--top_k', type=int, default=5, help='classes printed per image')
+  parser.add_argument('--batch_size', type=int, default=32, help='images per forward pass')
   parser.add_argument('images', nargs='+', metavar='IMAGE')
   args = parser.parse_args(argv)
   if args.top_k < 1 or args.batch_size < 1:

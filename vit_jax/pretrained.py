@@ -73,10 +73,7 @@ def read(path: str) -> tuple[dict, Optional[dict]]:
     return checkpoint.load_npz(path), hf_interop.as_run_config(
         hf_interop.read_config(path))
   if path.endswith('.npz'):
-    if '://' not in path and not os.path.exists(path):
-      raise FileNotFoundError(f'checkpoint file not found: {path}; pass a '
-                              f'released .npz or the workdir of a run.')
-    return checkpoint.load_npz(path), None
+    return checkpoint.load_npz(path), None  # Says when the file is missing.
   if not os.path.isdir(path):
     raise FileNotFoundError(f'checkpoint {path} is neither an .npz file nor '
                             f'a run directory.')

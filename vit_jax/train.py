@@ -227,6 +227,7 @@ def _run_evals(evaluators, params, step: int, tracker, force: bool = False
       with tracker.paused('eval'):
         for k, v in ev.run(params).items():
           results[f'{ev.name}/{k}'] = v
+  metrics_lib.log_evals(step, results)
   return results
 
 

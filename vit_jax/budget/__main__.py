@@ -3,7 +3,7 @@
     python -m vit_jax.budget plan --model ViT-L/16 --dataset imagenet21k \
         --epochs 90 --batch-size 4096 --hardware v3-8 --mfu 0.4
     python -m vit_jax.budget paper
-    python -m vit_jax.budget report WORKDIR [WORKDIR ...]
+    python -m vit_jax.budget report WORKDIR [WORKDIR ...]  (skips paths that are not runs)
     python -m vit_jax.budget plot WORKDIR [WORKDIR ...] --out compute.png
 
 Bad input ends with one line on stderr (no traceback) and exit status 2.
@@ -19,7 +19,11 @@ from typing import Optional, Sequence
 
 
 class _Parser(argparse.ArgumentParser):
-  """Reports a usage error on one line (the usage is one --help away)."""
+  """Reports a usage error on one line (the usage is one --help away); --help shows defaults."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+    super().__init__(*args, **kwargs)
 
   def error(self, message):
     self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
@@ -33,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser('plan', help='FLOPs, core-days, wall-clock and cost of a run')
   p.add_argument('--model', required=True, help='e.g. ViT-B/16, R50+ViT-B/16')
-  p.add_argument('--image-size', type=int, default=224)
+  p.add_argument('--image-size', type=int, default=224, help='input resolution')
   size = p.add_mutually_exclusive_group()
   size.add_argument('--dataset', help='imagenet2012, imagenet21k, jft-300m, ...')
   size.add_argument('--num-examples', type=int, help='images per epoch')
@@ -51,14 +55,15 @@ def _parser() -> argparse.ArgumentParser:
   price = p.add_mutually_exclusive_group()
   price.add_argument('--price-per-core-hour', type=float)
   price.add_argument('--price-per-chip-hour', type=float)
-  p.add_argument('--num-classes', type=int, default=1000)
+  p.add_argument('--num-classes', type=int, default=1000, help='classifier head width')
   p.add_argument('--representation-size', type=int)
   p.add_argument('--json', action='store_true', help='print JSON')
 
   p = sub.add_parser('paper', help="reconstruct the paper's Tables 6 and 2")
   p.add_argument('--json', action='store_true', help='print JSON')
 
-  p = sub.add_parser('report', help='compute spent by one or more runs')
+  p = sub.add_parser('report', help='compute spent by one or more runs (paths '
+                     'that are not runs are skipped with a warning)')
   p.add_argument('workdirs', nargs='+', metavar='WORKDIR')
   p.add_argument('--json', action='store_true', help='print JSON')
 
@@ -101,7 +106,10 @@ def _paper(args) -> str:
 
 def _report(args) -> str:
   from vit_jax.budget import report  # pylint: disable=g-import-not-at-top
-  reports = [report.summarize(w) for w in args.workdirs]
+  reports, skipped = report.summarize_runs(args.workdirs)
+  for why in skipped:
+    print(f'python -m vit_jax.budget report: warning: skipped: {why}',
+          file=sys.stderr)
   if args.json:
     return json.dumps([dict(dataclasses.asdict(r), name=r.name)
                        for r in reports], indent=1)

@@ -23,11 +23,18 @@ CONFIG_FILE = 'config.json'
 _PROJECTION_WINDOW = 10  # log rows whose slope projects the rest of the run
 
 
+class NotARunError(FileNotFoundError):
+  """A path given as a workdir is not one: not a directory, or no metrics.jsonl."""
+
+
 def read_metrics(workdir: str) -> list[dict]:
   path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isdir(workdir):
+    what = 'is not a directory' if os.path.exists(workdir) else 'does not exist'
+    raise NotARunError(f'{workdir} {what}; pass the --workdir of a training run.')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'no {METRICS_FILE} in {workdir}; is it the '
-                            f'--workdir of a training run?')
+    raise NotARunError(f'no {METRICS_FILE} in {workdir}; is it the '
+                       f'--workdir of a training run?')
   rows = []
   with open(path) as f:
     for number, line in enumerate(f, 1):
@@ -220,6 +227,24 @@ def _held_line(r: RunReport) -> str:
   parts = ', '.join(f'{k} {v:,.2f}' for k, v in h.items())
   return (f'wall hours held (all counted): {held:,.2f} = training '
           f'{training:,.2f} (input wait {wait:,.2f}), {parts}')
+
+
+def summarize_runs(workdirs: list[str]) -> tuple[list[RunReport], list[str]]:
+  """Reports of the paths that are runs, and why each other path was skipped.
+
+  Raises NotARunError when none of `workdirs` is a run.
+  """
+  reports, skipped = [], []
+  for workdir in workdirs:
+    try:
+      reports.append(summarize(workdir))
+    except NotARunError as e:
+      skipped.append(str(e))
+  if not reports:
+    raise NotARunError(skipped[0] if len(skipped) == 1 else
+                       f'none of the {len(skipped)} paths is the --workdir of a '
+                       f'training run (no {METRICS_FILE} in any of them).')
+  return reports, skipped
 
 
 def _fmt(value: Optional[float], spec: str = ',.2f', none: str = '-') -> str:

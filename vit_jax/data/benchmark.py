@@ -205,14 +205,16 @@ def _table(medians: dict[str, tuple[float, float]], args, mean_size: int) -> str
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      prog='python -m vit_jax.data.benchmark', description=__doc__.splitlines()[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument('--threads', type=int, default=1, help='tf.data threads (= cores)')
   parser.add_argument('--seconds', type=float, default=10.0, help='per measurement')
-  parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--num_images', type=int, default=512)
-  parser.add_argument('--size', type=int, default=224)
-  parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--root', default=None, help='folder for the JPEGs (default: temp)')
+  parser.add_argument('--rounds', type=int, default=3, help='measurements (the median counts)')
+  parser.add_argument('--num_images', type=int, default=512, help='synthetic JPEGs written')
+  parser.add_argument('--size', type=int, default=224, help='output resolution')
+  parser.add_argument('--batch', type=int, default=64, help='images per batch')
+  parser.add_argument('--root', default=None, help='folder for the JPEGs (None: a temporary one)')
   args = parser.parse_args(argv)
   for name in ('threads', 'rounds', 'num_images', 'size', 'batch'):
     if getattr(args, name) < 1:

@@ -79,6 +79,7 @@ class FolderSource:
   """The image files of one split folder (optionally sliced)."""
 
   in_memory = False
+  encoded_images = True  # `image` is the file's bytes: `decode` comes first.
 
   def __init__(self, paths: np.ndarray, labels: np.ndarray, class_names: list[str],
                description: str, skipped: list[tuple[str, str]]):

@@ -63,6 +63,7 @@ class _Pipeline:
       raise ValueError("input.pp is empty: give the preprocessing ops, e.g. "
                        "'vit_train(224, 1000)' or 'resize(16)|value_range(-1,1)|onehot(10)'.")
     self.ops, self.batch_ops = pp_lib.parse_pp(pp)
+    _check_decode_first(self.source, self.ops)
     self._explicit_keep = any(op.name == 'keep' for op in self.ops)
     self.num_examples = self.source.size
     self.skipped_files = list(getattr(self.source, 'skipped', []))  # (path, why)
@@ -156,6 +157,23 @@ class _Pipeline:
       return ''
     return (f'; {found[0]} is corrupt ({found[1]}): delete it, or set '
             "input.data.check='decode' to find and skip every such file.")
+
+
+# Ops that never read pixels (label and key ops) may come before `decode`.
+_PIXEL_FREE_OPS = ('onehot', 'multihot', 'keep', 'drop', 'copy')
+_DECODE_OPS = ('decode', 'decode_jpeg_and_inception_crop')
+
+
+def _check_decode_first(source, ops) -> None:
+  """Encoded images (TFDS, folders) must meet `decode` before any op that reads pixels."""
+  if not getattr(source, 'encoded_images', False):
+    return
+  first = next((op for op in ops if op.name not in _PIXEL_FREE_OPS), None)
+  if first is not None and first.name in _DECODE_OPS:
+    return
+  where = f'starts with {first.spec!r}' if first else 'never decodes them'
+  raise ValueError(f'{source.description} holds encoded images (JPEG/PNG bytes) but the pp '
+                   f"{where}: put 'decode' first, e.g. 'decode|{_describe(ops)}'.")
 
 
 def _describe(ops) -> str:

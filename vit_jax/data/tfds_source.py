@@ -85,6 +85,7 @@ class TfdsSource:
     self.num_classes = getattr(label, 'num_classes', None)
     self.image_keys = [k for k, f in self.builder.info.features.items()
                        if isinstance(f, tfds.features.Image)]
+    self.encoded_images = bool(self.image_keys)  # Read undecoded: `decode` comes first.
 
   def _base_size(self, base: str) -> int:
     splits = self.builder.info.splits

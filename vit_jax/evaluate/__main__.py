@@ -8,7 +8,6 @@ vtab_results.{json,md}). Exit status 0 on success, 2 on bad input.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from absl import app, flags
@@ -22,6 +21,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'A released .npz or the workdir of a vit_jax run.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where results are written.')
+flags.adopt_module_key_flags(cli)  # --help lists the multi-process flags.
 
 
 def main(argv) -> None:
@@ -32,8 +32,7 @@ def main(argv) -> None:
                         (_WORKDIR, 'runs/eval')):
     if not flag.value:
       cli.fail(f'--{flag.name} is required, e.g. --{flag.name}={example}')
-  logging.getLogger().setLevel(logging.INFO)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  cli.configure_logging()  # Third-party INFO lines only with -v 0 or --logger_levels.
 
   # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top

@@ -1,7 +1,8 @@
 """Prints the registered models: python -m vit_jax.models [--image_size 224] [--num_classes 1000].
 
 One row per model: parameters, tokens, forward GFLOPs and training GFLOPs per
-image (training = 3 x forward, DESIGN.md's formula, as vit_jax.budget counts).
+image (training = 3 x forward: the backward pass costs twice the forward, as
+vit_jax.budget counts).
 """
 
 import argparse
@@ -11,9 +12,12 @@ from vit_jax.models import registry
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--image_size', type=int, default=224)
-  p.add_argument('--num_classes', type=int, default=1000)
+  p = argparse.ArgumentParser(
+      prog='python -m vit_jax.models', description=__doc__.split('\n')[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument('--image_size', type=int, default=224, help='input resolution')
+  p.add_argument('--num_classes', type=int, default=1000,
+                 help='classifier head width')
   args = p.parse_args(argv)
   print(f'{"model":<14} {"params":>13} {"tokens":>7} {"fwd GFLOPs":>11} '
         f'{"train GFLOPs":>13}')

@@ -12,6 +12,14 @@ rematerialisation (`remat_policy`), a scan-over-layers mode (`scan_layers`,
 parameters stacked under `Transformer/encoderblock`), 2-D sin-cos position
 embeddings, and padding of the token sequence for the cuDNN flash-attention
 kernel (`attention_pad_multiple`).
+
+Capturing attention: a model built with `capture_attention=True` computes the
+softmax weights explicitly and sows them into the `intermediates` collection
+as `.../MultiHeadDotProductAttention_1/attention_weights` ([batch, heads,
+query, key], float32; with `scan_layers` one stacked array with a leading
+layer axis); read them with `model.apply(..., mutable=['intermediates'])`.
+The parameters are the same, so any checkpoint works; the default path is
+unchanged (`jax.nn.dot_product_attention`, weights never materialised).
 """
 
 from __future__ import annotations
@@ -94,12 +102,15 @@ class MultiHeadDotProductAttention(nn.Module):
 
   The attention itself goes through `jax.nn.dot_product_attention`, which picks
   cuDNN's fused kernel on GPU when `implementation='cudnn'`. `kv_length` masks
-  padded key positions (the true sequence length before padding).
+  padded key positions (the true sequence length before padding). With
+  `capture_attention`, the weights are computed explicitly and sown into the
+  `intermediates` collection as `attention_weights`.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   implementation: Optional[str] = None
+  capture_attention: bool = False
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool, kv_length: Optional[int] = None):
@@ -118,8 +129,8 @@ class MultiHeadDotProductAttention(nn.Module):
     lengths = None
     if kv_length is not None and kv_length < length:
       lengths = jnp.full((batch,), kv_length, jnp.int32)
-    if self.dropout_rate > 0. and not deterministic:
-      y = self._attention_with_dropout(q, k, v, kv_length)
+    if self.capture_attention or (self.dropout_rate > 0. and not deterministic):
+      y = self._explicit_attention(q, k, v, kv_length, deterministic)
     else:
       y = jax.nn.dot_product_attention(
           q, k, v, key_value_seq_lengths=lengths,
@@ -128,16 +139,20 @@ class MultiHeadDotProductAttention(nn.Module):
         features, axis=(-2, -1), dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
 
-  def _attention_with_dropout(self, q, k, v, kv_length):
-    """Explicit softmax attention, used only when attention dropout is on."""
+  def _explicit_attention(self, q, k, v, kv_length, deterministic):
+    """Softmax attention with the weights in hand: for dropout or capture."""
     scale = q.shape[-1]**-0.5
     logits = jnp.einsum('bqhd,bkhd->bhqk', q * scale, k).astype(jnp.float32)
     if kv_length is not None and kv_length < k.shape[1]:
       valid = jnp.arange(k.shape[1]) < kv_length
       logits = jnp.where(valid[None, None, None, :], logits, -1e30)
-    weights = jax.nn.softmax(logits).astype(self.dtype)
-    weights = nn.Dropout(rate=self.dropout_rate, broadcast_dims=())(
-        weights, deterministic=False)
+    weights = jax.nn.softmax(logits)
+    if self.capture_attention:
+      self.sow('intermediates', 'attention_weights', weights)
+    weights = weights.astype(self.dtype)
+    if self.dropout_rate > 0. and not deterministic:
+      weights = nn.Dropout(rate=self.dropout_rate, broadcast_dims=())(
+          weights, deterministic=False)
     return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
@@ -151,6 +166,7 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
   attention_implementation: Optional[str] = None
   kv_length: Optional[int] = None
+  capture_attention: bool = False
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
@@ -159,6 +175,7 @@ class Encoder1DBlock(nn.Module):
         num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.attention_dropout_rate,
         implementation=self.attention_implementation,
+        capture_attention=self.capture_attention,
         name='MultiHeadDotProductAttention_1')(
             x, deterministic=deterministic, kv_length=self.kv_length)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
@@ -202,6 +219,7 @@ class Encoder(nn.Module):
   scan_layers: bool = False
   attention_implementation: Optional[str] = None
   attention_pad_multiple: Optional[int] = None
+  capture_attention: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -234,14 +252,14 @@ class Encoder(nn.Module):
         attention_dropout_rate=self.attention_dropout_rate,
         gelu_approximate=self.gelu_approximate,
         attention_implementation=self.attention_implementation,
-        kv_length=kv_length)
+        kv_length=kv_length, capture_attention=self.capture_attention)
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'unknown remat_policy {self.remat_policy!r}; choose one '
                        f'of {sorted(REMAT_POLICIES)}.')
     policy = REMAT_POLICIES[self.remat_policy]
     if self.scan_layers:
       x, _ = nn.scan(
-          _ScanBlock, variable_axes={'params': 0},
+          _ScanBlock, variable_axes={'params': 0, 'intermediates': 0},
           split_rngs={'params': True, 'dropout': True},
           length=self.num_layers)(
               block_kwargs, deterministic=not train,
@@ -289,6 +307,8 @@ class VisionTransformer(nn.Module):
   scan_layers: bool = False
   attention_implementation: Optional[str] = None
   attention_pad_multiple: Optional[int] = None
+  #: Sow each block's attention weights into `intermediates` (module doc).
+  capture_attention: bool = False
 
   def _check_options(self):
     if self.classifier not in CLASSIFIERS:
@@ -330,6 +350,7 @@ class VisionTransformer(nn.Module):
         remat_policy=self.remat_policy, scan_layers=self.scan_layers,
         attention_implementation=self.attention_implementation,
         attention_pad_multiple=self.attention_pad_multiple,
+        capture_attention=self.capture_attention,
         name='Transformer')(x, train=train)
 
     if self.classifier == 'token':
