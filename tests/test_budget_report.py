@@ -155,7 +155,7 @@ def test_report_skips_paths_that_are_not_runs(tmp_path, capsys):
   assert main(['report', a, str(tmp_path / 'plots'), str(tmp_path / 'notes.txt')]) == 0
   captured = capsys.readouterr()
   out = captured.out.splitlines()
-  assert len(out) == 3 and out[1].startswith('run_a') and '16.00' in out[1]
+  assert len(out) == 3 and out[1].startswith('run_a') and f'{AT_200:.2f}' in out[1]
   assert captured.err.splitlines() == [
       f'python -m vit_jax.budget report: warning: skipped: no metrics.jsonl in '
       f'{tmp_path / "plots"}; is it the --workdir of a training run?',
