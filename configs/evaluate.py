@@ -9,23 +9,31 @@ model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
 
   evals=classify+fewshot   any of classify, real, fewshot, vtab
   model=ViT-B/16           registry name (default: from the checkpoint)
-  image_size=224           evaluation resolution (default: the run's, or 224)
+  image_size=384           evaluation resolution (default: the checkpoint's
+                           own, from its position-embedding grid x the
+                           model's pixels per token; a different one is
+                           said in the log line that starts the evaluation)
   batch_size=512           global evaluation batch
   data_dir=PATH            TFDS data directory
   dataset=cifar10          classify: the dataset ('digits', a TFDS name)
   split=test               classify: the split
   pp=...                   classify: preprocessing (default vit_eval)
-  real_json=PATH           real: real.json (github.com/google-research/
-                           reassessed-imagenet); required for evals=real
+  real_json=PATH           real: another real.json (default: the copy that
+                           ships in vit_jax/assets, from google-research/
+                           reassessed-imagenet)
   real_data=imagenet2012   real: 'imagenet2012', 'imagenet2012_real' or
                            'folder' (with real_root=ROOT holding
                            ROOT/validation/<class>/ILSVRC2012_val_*.JPEG)
-  fewshot=customary        few-shot datasets: 'customary' (the paper's set),
-                           'digits' (bundled, offline), or names of the
-                           customary set joined by '+'
+  fewshot=default          few-shot datasets: 'default' (big_vision's set:
+                           caltech101, cars196, cifar100, dtd,
+                           oxford_iiit_pet, uc_merced, imagenet2012),
+                           'digits' (bundled, offline), or names of those
+                           and oxford_flowers102 joined by '+'
   shots=1+5+10+25          override every few-shot dataset's shots
   seeds=3                  few-shot seeds
-  l2=0                     fixed few-shot l2 (0: choose on held-out data)
+  l2=1024                  few-shot l2, fixed (big_vision's 2^10)
+  tuned_l2=false           also report l2 chosen per shot and seed on held-out
+                           training data, as {dataset}_{k}shot_tuned_l2
   vtab_mode=paper          'paper' (the paper's protocol: lr 0.01, 2,500
                            steps, 384 px, one setting for all tasks),
                            'paper_select' (re-make the paper's choice of
@@ -35,6 +43,13 @@ model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
   vtab_tasks=all           'all', a group (natural, specialized,
                            structured) or task names joined by '+'
   skip_missing=false       VTAB: run the prepared tasks, list the others
+
+Which numbers compare with what: classify top-1 at the checkpoint's own
+resolution on a fine-tuned checkpoint compares with Tables 2 and 5 of the
+paper; real with their "ImageNet ReaL" rows; the default few-shot numbers
+(fixed l2, big_vision's preprocessing, datasets and seeds) with big_vision's
+few-shot evaluator, the basis of the paper's few-shot figures, not with the
+_tuned_l2 ones. See docs/evaluate.md.
 
 Offline example (bundled digits, a run of configs/quickstart.py):
 python -m vit_jax.evaluate --config=configs/evaluate.py:evals=classify+fewshot,\
@@ -58,16 +73,16 @@ def _list(value: str) -> list[str]:
 
 
 def _fewshot_datasets(choice: str) -> dict:
-  if choice == 'customary':
-    return dict(fewshot_lib.CUSTOMARY_DATASETS)
+  if choice == 'default':
+    return dict(fewshot_lib.DATASETS)
   if choice == 'digits':
     return dict(DIGITS)
-  known = {**fewshot_lib.CUSTOMARY_DATASETS, **DIGITS}
+  known = {**fewshot_lib.DATASETS, **fewshot_lib.EXTRA_DATASETS, **DIGITS}
   names = _list(choice)
   unknown = [n for n in names if n not in known]
   if unknown:
     raise ValueError(f'fewshot={choice!r}: unknown dataset(s) {unknown}; use '
-                     f"'customary', 'digits' or names from {sorted(known)}.")
+                     f"'default', 'digits' or names from {sorted(known)}.")
   return {n: known[n] for n in names}
 
 
@@ -75,8 +90,8 @@ def get_config(arg=None):
   a = config_lib.parse_arg(
       arg, evals='classify', model='', image_size=0, batch_size=512,
       data_dir='', dataset='', split='test', pp='', real_json='',
-      real_data='imagenet2012', real_root='', fewshot='customary', shots='',
-      seeds=3, l2=0.0, vtab_mode='paper', vtab_tasks='all',
+      real_data='imagenet2012', real_root='', fewshot='default', shots='',
+      seeds=3, l2=2.0**10, tuned_l2=False, vtab_mode='paper', vtab_tasks='all',
       skip_missing=False)
   evals = _list(a.evals)
   unknown = [e for e in evals if e not in EVALS]
@@ -114,9 +129,8 @@ def get_config(arg=None):
       shots = tuple(int(s) for s in _list(a.shots))
       datasets = {n: {**d, 'shots': shots} for n, d in datasets.items()}
     c.evals.fewshot = dict(type='fewshot', datasets=datasets, seeds=a.seeds,
-                           batch_size=a.batch_size)
-    if a.l2:
-      c.evals.fewshot.l2_regs = (a.l2,)
+                           batch_size=a.batch_size, l2_reg=a.l2,
+                           tuned_l2=a.tuned_l2)
   # VTAB-1k trains: it runs through vit_jax.transfer, not as an evaluator.
   c.vtab = base.vtab
   if 'vtab' in evals:

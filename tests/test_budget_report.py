@@ -12,6 +12,11 @@ from vit_jax.budget.__main__ import main
 
 STEP_SECONDS = 36.          # 8 v3 cores x 36 s = 0.08 core-hours per step
 CORE_HOURS_PER_STEP = 0.08
+EVAL_CORE_HOURS = 8 * 20. / 3600  # an evaluation holds the 8 cores too
+# Rows at step 200: 200 steps and the evaluations at 50, 100 and 150.
+AT_200 = 200 * CORE_HOURS_PER_STEP + 3 * EVAL_CORE_HOURS
+# The projection's slope: rows 110..200, with the evaluation at 150.
+PROJECTED = AT_200 + 100 * (90 * CORE_HOURS_PER_STEP + EVAL_CORE_HOURS) / 90
 FLOPS_PER_IMAGE = budget.train_flops_per_image('ViT-B/16', 224)
 
 
@@ -72,11 +77,11 @@ def _write_run(path, *, truncate=False, max_core_hours=30.):
 def test_report_across_a_preemption(tmp_path):
   r = report.summarize(_write_run(tmp_path / 'b16'))
   assert (r.model, r.step, r.total_steps, r.restarts) == ('ViT-B/16', 200, 300, 1)
-  assert r.core_hours == pytest.approx(200 * CORE_HOURS_PER_STEP)
-  assert r.core_hours_by_kind == pytest.approx({'tpu_v3': 16.0})
+  assert r.core_hours == pytest.approx(AT_200)
+  assert r.core_hours_by_kind == pytest.approx({'tpu_v3': AT_200})
   # Steps 101-130 ran twice: the first time was lost with the process.
   assert r.lost_core_hours == pytest.approx(30 * CORE_HOURS_PER_STEP)
-  assert r.projected_core_hours == pytest.approx(300 * CORE_HOURS_PER_STEP)
+  assert r.projected_core_hours == pytest.approx(PROJECTED)
   assert (r.plan_core_hours, r.max_core_hours) == (25.0, 30.0)
   # Evaluation pauses: steps 50 and 100 (restored from the checkpoint) and
   # 150; step 200's evaluation runs after its row is logged, as in the loop.
@@ -92,9 +97,9 @@ def test_report_across_a_preemption(tmp_path):
 def test_report_when_the_loop_truncated_the_lost_rows(tmp_path):
   r = report.summarize(_write_run(tmp_path / 'b16', truncate=True))
   assert r.restarts == 1                 # seen from session_core_hours
-  assert r.core_hours == pytest.approx(16.0)
+  assert r.core_hours == pytest.approx(AT_200)
   assert r.lost_core_hours == 0.0        # the evidence was truncated
-  assert r.projected_core_hours == pytest.approx(24.0)
+  assert r.projected_core_hours == pytest.approx(PROJECTED)
 
 
 def test_compare_runs_and_cli(tmp_path, capsys):
@@ -105,11 +110,16 @@ def test_compare_runs_and_cli(tmp_path, capsys):
   assert main(['report', a, str(tmp_path / 'run_b')]) == 0
   out = capsys.readouterr().out.splitlines()
   assert out[1].startswith('run_b') and out[2].startswith('run_a')  # by cost
-  assert '16.00' in out[2] and '24.00' in out[2] and '2.40' in out[2]
-  assert 'tpu_v3 16.00' in out[4] and 'restarts: 1' in out[4]
+  assert f'{AT_200:.2f}' in out[2] and f'{PROJECTED:.2f}' in out[2]
+  assert '2.40' in out[2]
+  assert f'tpu_v3 {AT_200:.2f}' in out[4] and 'restarts: 1' in out[4]
+  # The held wall time and its breakdown: 200 x 36 s of training, 3 x 20 s
+  # of evaluation, nothing else.
+  assert ('wall hours held (all counted): 2.02 = training 2.00 (input wait '
+          '0.00), eval 0.02, other 0.00') in out[4]
   assert main(['report', '--json', a]) == 0
   (data,) = json.loads(capsys.readouterr().out)
-  assert data['name'] == 'run_a' and data['core_hours'] == pytest.approx(16.0)
+  assert data['name'] == 'run_a' and data['core_hours'] == pytest.approx(AT_200)
   assert main(['report', str(tmp_path / 'missing')]) == 2
   err = capsys.readouterr().err
   assert 'missing does not exist; pass the --workdir' in err and err.count('\n') == 1
@@ -145,7 +155,7 @@ def test_report_skips_paths_that_are_not_runs(tmp_path, capsys):
   assert main(['report', a, str(tmp_path / 'plots'), str(tmp_path / 'notes.txt')]) == 0
   captured = capsys.readouterr()
   out = captured.out.splitlines()
-  assert len(out) == 3 and out[1].startswith('run_a') and '16.00' in out[1]
+  assert len(out) == 3 and out[1].startswith('run_a') and f'{AT_200:.2f}' in out[1]
   assert captured.err.splitlines() == [
       f'python -m vit_jax.budget report: warning: skipped: no metrics.jsonl in '
       f'{tmp_path / "plots"}; is it the --workdir of a training run?',

@@ -27,9 +27,11 @@ def _tracker(kind='TPU v3', devices=8, clock=None, **kw):
   return budget.CoreHoursTracker(kind, devices, clock=clock or FakeClock(), **kw)
 
 
-def test_training_counts_and_pauses_do_not():
+def test_every_held_second_counts_with_its_breakdown():
   clock = FakeClock()
   t = _tracker(clock=clock)
+  t.hold()                             # first device use
+  clock.advance(30)                    # setup: restore, init
   with t.paused('compile'):
     clock.advance(120)
   t.start_training()
@@ -40,15 +42,23 @@ def test_training_counts_and_pauses_do_not():
   t.pause('checkpoint')
   clock.advance(60)
   t.start_training()
-  clock.advance(0.25 * HOUR)
+  with t.waiting_for_input():
+    clock.advance(90)                  # a starved step: part of training
+  clock.advance(0.25 * HOUR - 90)
   t.stop()
   clock.advance(5 * HOUR)              # nothing runs after stop()
+  held = 1.75 + (30 + 120 + 600 + 60) / HOUR
   assert t.training_hours == pytest.approx(1.75)
-  assert t.core_hours == pytest.approx(8 * 1.75)   # v3: a device is a core
-  assert t.device_hours == pytest.approx(8 * 1.75)
+  assert t.held_hours == pytest.approx(held)
+  assert t.core_hours == pytest.approx(8 * held)   # v3: a device is a core
+  assert t.device_hours == pytest.approx(8 * held)
   assert t.pause_hours() == pytest.approx(
       {'checkpoint': 60 / HOUR, 'compile': 120 / HOUR, 'eval': 600 / HOUR})
-  assert t.core_hours_by_kind() == pytest.approx({'tpu_v3': 14.0})
+  assert t.breakdown_hours() == pytest.approx(
+      {'training': 1.75, 'checkpoint': 60 / HOUR, 'compile': 120 / HOUR,
+       'eval': 600 / HOUR, 'other': 30 / HOUR})
+  assert t.metrics()['input_wait_hours'] == pytest.approx(90 / HOUR)
+  assert t.core_hours_by_kind() == pytest.approx({'tpu_v3': 8 * held})
 
 
 def test_megacore_device_is_two_cores():
@@ -77,7 +87,7 @@ def test_metrics_rates_mfu_and_intervals():
   assert m['img_per_sec_per_core'] == pytest.approx(256.)
   assert m['mfu'] == pytest.approx(2048 * fpi / (8 * 61.5e12))
   assert m['core_hours'] == pytest.approx(8 * 20 / HOUR)
-  with t.paused('eval'):               # pauses do not dilute the next rate
+  with t.paused('eval'):               # pauses count, but not in the rate
     clock.advance(100.)
   for _ in range(5):
     clock.advance(4.0)
@@ -85,8 +95,8 @@ def test_metrics_rates_mfu_and_intervals():
   m = t.metrics()
   assert m['img_per_sec'] == pytest.approx(1024.)
   assert m['pause_hours/eval'] == pytest.approx(100 / HOUR)
-  assert m['core_hours/tpu_v3'] == pytest.approx(8 * 40 / HOUR)
-  assert t.mfu() == pytest.approx(15 * 4096 * fpi / (40 * 8 * 61.5e12))
+  assert m['core_hours/tpu_v3'] == pytest.approx(8 * 140 / HOUR)
+  assert t.mfu() == pytest.approx(15 * 4096 * fpi / (140 * 8 * 61.5e12))
   assert json.loads(json.dumps(m)) == m  # loggable as is
 
 
@@ -120,17 +130,19 @@ def test_simulated_preemption_resumes_the_count():
   clock2.advance(60.)
   second.start_training()
   clock2.advance(HOUR)
+  # v4: 4 two-core chips held for the compile (360 s) and an hour.
+  v4 = 8 * (1 + 360 / HOUR)
   assert second.core_hours_by_kind() == pytest.approx(
-      {'tpu_v3': 12.0, 'tpu_v4': 8.0})
-  assert second.core_hours == pytest.approx(20.0)
+      {'tpu_v3': 12.0, 'tpu_v4': v4})
+  assert second.core_hours == pytest.approx(12.0 + v4)
   assert second.training_hours == pytest.approx(2.5)
-  assert second.session_core_hours == pytest.approx(8.0)
+  assert second.session_core_hours == pytest.approx(v4)
   # The running compile clock carried over the restore, whole.
   assert second.pause_hours() == pytest.approx({'compile': 360 / HOUR})
 
   third = _tracker('TPU v3', 8, FakeClock())
   third.load_state_dict(json.loads(json.dumps(second.state_dict())))
-  assert third.core_hours == pytest.approx(20.0)   # no clock ran in between
+  assert third.core_hours == pytest.approx(12.0 + v4)  # no clock ran between
 
 
 def test_state_dict_is_flat_floats_with_plain_keys():
@@ -144,7 +156,7 @@ def test_state_dict_is_flat_floats_with_plain_keys():
   state = t.state_dict()
   assert all(isinstance(v, float) for v in state.values())
   assert all(re.fullmatch(r'[a-z0-9_]+', k) for k in state)
-  assert state['device_seconds__nvidia_h100_80gb_hbm3'] == 14.0
+  assert state['device_seconds__nvidia_h100_80gb_hbm3'] == 16.0  # 2 x 8 s held
   assert state['flops__nvidia_h100_80gb_hbm3'] == 15.0
   assert state['pause_seconds__eval'] == 1.0
 

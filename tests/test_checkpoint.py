@@ -13,6 +13,7 @@ import scipy.ndimage
 from vit_jax import checkpoint
 from vit_jax.checkpoint import flatten_params, unflatten_params
 from vit_jax.models import get_model, layers_to_scan, param_shapes, scan_to_layers
+from vit_jax.models.vit import ResNetStem
 
 TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2)
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -126,7 +127,7 @@ def test_load_npz_reads_big_vision_files(tmp_path, classifier, scanned):
   _assert_trees_equal(checkpoint.load_npz(tmp_path / 'bv.npz'), params)
   # The same conversion applies to trees handed to load_pretrained.
   tree = unflatten_params(_to_big_vision(params, scanned=scanned, num_layers=2))
-  _assert_trees_equal(checkpoint.load_pretrained(tree, params), params)
+  _assert_trees_equal(checkpoint.load_pretrained(tree, params, keep_head=True), params)
 
 
 def test_load_npz_strips_the_opt_target_prefix(tmp_path):
@@ -187,7 +188,8 @@ def test_load_pretrained_resamples_224_to_384_like_scipy_zoom(tmp_path):
   params = _random_params(_tiny(), 224)
   checkpoint.save_npz(tmp_path / 'at224.npz', params)
   target = param_shapes(_tiny(), 384)
-  fitted = checkpoint.load_pretrained(tmp_path / 'at224.npz', target)
+  fitted = checkpoint.load_pretrained(tmp_path / 'at224.npz', target,
+                                      keep_head=True)
   assert jax.tree.map(np.shape, fitted) == jax.tree.map(np.shape, target)
   old = params['Transformer']['posembed_input']['pos_embedding']
   new = fitted['Transformer']['posembed_input']['pos_embedding']
@@ -232,18 +234,50 @@ def test_load_pretrained_to_a_non_square_grid_needs_grid_size():
       zoomed.reshape(240, 32), atol=1e-6)
 
 
-def test_load_pretrained_zeroes_the_head_for_another_class_count():
+def test_transfer_always_starts_from_a_zero_head():
   params = _random_params(_tiny(10), 32)
-  same = checkpoint.load_pretrained(params, param_shapes(_tiny(10), 32))
+  same = checkpoint.load_pretrained(params, param_shapes(_tiny(10), 32),
+                                    keep_head=True)
   _assert_trees_equal(same, params)
-  fitted = checkpoint.load_pretrained(params, param_shapes(_tiny(5), 32))
-  assert fitted['head']['kernel'].shape == (32, 5)
-  assert not fitted['head']['kernel'].any() and not fitted['head']['bias'].any()
-  np.testing.assert_array_equal(fitted['embedding']['kernel'],
-                                params['embedding']['kernel'])
+  for classes in (10, 5):  # the same class count too: the paper's protocol
+    fitted = checkpoint.load_pretrained(params, param_shapes(_tiny(classes), 32))
+    assert fitted['head']['kernel'].shape == (32, classes)
+    assert not fitted['head']['kernel'].any() and not fitted['head']['bias'].any()
+    np.testing.assert_array_equal(fitted['embedding']['kernel'],
+                                  params['embedding']['kernel'])
   # A headless model (features only) takes the rest and leaves the head.
   headless = checkpoint.load_pretrained(params, param_shapes(_tiny(None), 32))
   assert 'head' not in headless and 'cls' in headless
+
+
+def test_transfer_from_pre_logits_1000_classes_to_1000_without_gives_a_zero_head():
+  """The head trained on pre-logits features is never applied to raw ones."""
+  pretrained = _random_params(_tiny(1000, representation_size=16), 32)
+  # Same width as the model: the old head would fit by shape after dropping
+  # pre_logits, which is exactly what must not happen.
+  pretrained['head']['kernel'] = np.random.default_rng(1).standard_normal(
+      (32, 1000)).astype(np.float32)
+  fitted = checkpoint.load_pretrained(pretrained, param_shapes(_tiny(1000), 32))
+  assert 'pre_logits' not in fitted
+  assert fitted['head']['kernel'].shape == (32, 1000)
+  assert not fitted['head']['kernel'].any() and not fitted['head']['bias'].any()
+  with pytest.raises(ValueError, match='representation_size=16') as error:
+    checkpoint.load_pretrained(pretrained, param_shapes(_tiny(1000), 32),
+                               keep_head=True)
+  assert '\n' not in str(error.value)
+
+
+def test_keep_head_keeps_it_exactly_and_refuses_one_that_does_not_fit():
+  pretrained = _random_params(_tiny(21, representation_size=16), 32)
+  kept = checkpoint.load_pretrained(
+      pretrained, param_shapes(_tiny(21, representation_size=16), 32),
+      keep_head=True)
+  _assert_trees_equal(kept, pretrained)
+  with pytest.raises(ValueError, match=r'head of shape \(16, 21\) but the '
+                     r'model \(16, 10\); build the model with 21 classes'):
+    checkpoint.load_pretrained(
+        pretrained, param_shapes(_tiny(10, representation_size=16), 32),
+        keep_head=True)
 
 
 def test_load_pretrained_drops_an_unused_representation_layer():
@@ -255,6 +289,7 @@ def test_load_pretrained_drops_an_unused_representation_layer():
       pretrained, param_shapes(_tiny(10, representation_size=16), 32))
   np.testing.assert_array_equal(kept['pre_logits']['kernel'],
                                 pretrained['pre_logits']['kernel'])
+  assert not kept['head']['kernel'].any()
   with pytest.raises(ValueError, match=r'2 missing keys \(pre_logits/bias, pre_logits/kernel\)'):
     checkpoint.load_pretrained(
         _random_params(_tiny(10), 32),
@@ -266,7 +301,7 @@ def test_load_pretrained_fills_scan_targets_and_casts_dtypes():
   model = _tiny(scan_layers=True)
   target = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.bfloat16),
                         param_shapes(model, 32))
-  fitted = checkpoint.load_pretrained(params, target)
+  fitted = checkpoint.load_pretrained(params, target, keep_head=True)
   assert jax.tree.map(np.shape, fitted) == jax.tree.map(np.shape, target)
   assert {a.dtype for a in jax.tree.leaves(fitted)} == {np.dtype(jnp.bfloat16)}
   expected = layers_to_scan(params, 2)
@@ -276,7 +311,7 @@ def test_load_pretrained_fills_scan_targets_and_casts_dtypes():
           'kernel'].astype(jnp.bfloat16))
   # A scanned checkpoint fits a per-layer model.
   back = checkpoint.load_pretrained(
-      layers_to_scan(params, 2), param_shapes(_tiny(), 32))
+      layers_to_scan(params, 2), param_shapes(_tiny(), 32), keep_head=True)
   _assert_trees_equal(back, params)
 
 
@@ -288,6 +323,39 @@ def test_hybrid_checkpoints_fit_with_their_resnet_stem(tmp_path):
   np.testing.assert_array_equal(fitted['conv_root']['kernel'],
                                 params['conv_root']['kernel'])
   assert fitted['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 32)
+
+
+def test_released_hybrid_layout_groupnorm_1_1_1_c_loads_unchanged(tmp_path):
+  """R50+ViT files store the stem's GroupNorm scale/bias as (1, 1, 1, C)."""
+  # The R50 stem's layout with one unit in each of two stages (for speed).
+  model = get_model('R50+ViT-B/16', 10, resnet=ResNetStem((1, 1)),
+                    **dict(TINY, num_layers=1))
+  params = _random_params(model, 32)
+  flat = flatten_params(params)
+  released, reshaped = {}, []
+  for key, value in flat.items():
+    parts = key.split('/')
+    if len(parts) > 1 and parts[-2].startswith('gn'):
+      value = value.reshape(1, 1, 1, -1)
+      reshaped.append(key)
+    released[key] = value
+  # gn_root, and gn1..gn3 and gn_proj of each stage's unit.
+  assert 'gn_root/scale' in reshaped and 'block2/unit1/gn_proj/bias' in reshaped
+  assert len(reshaped) == 2 * (1 + 2 * 4)
+  np.savez(tmp_path / 'R50+ViT-B_16.npz', **released)
+  with np.load(tmp_path / 'R50+ViT-B_16.npz') as f:
+    assert f['gn_root/scale'].shape == (1, 1, 1, 64)
+  _assert_trees_equal(checkpoint.load_npz(tmp_path / 'R50+ViT-B_16.npz'), params)
+  fitted = checkpoint.load_pretrained(tmp_path / 'R50+ViT-B_16.npz',
+                                      param_shapes(model, 32), keep_head=True)
+  _assert_trees_equal(fitted, params)  # every weight unchanged
+  # The layout is accepted for the stem's GroupNorm only.
+  bad = dict(released)
+  bad['Transformer/encoder_norm/scale'] = flat[
+      'Transformer/encoder_norm/scale'].reshape(1, 1, 1, -1)
+  with pytest.raises(ValueError, match='Transformer/encoder_norm/scale: '
+                     r'checkpoint \(1, 1, 1, 32\) vs model \(32,\)'):
+    checkpoint.load_pretrained(bad, param_shapes(model, 32), keep_head=True)
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line():

@@ -6,7 +6,7 @@ import sys
 import ml_collections
 import pytest
 
-from vit_jax import config_lib
+from vit_jax import config_lib, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -16,9 +16,10 @@ DATASETS = ('imagenet2012', 'cifar10', 'cifar100', 'oxford_iiit_pet',
             'oxford_flowers102')
 TRAINING_ARGS = (
     [(quickstart, ''), (quickstart, 'steps=10,batch=64')] +
-    [(pretrain, f'model={m},dataset={d}') for m in ('B/16', 'L/16', 'H/14',
-                                                    'R50+B/16')
-     for d in pretrain.RECIPES] +
+    # Every registered row of Table 3, and a hybrid following its ViT.
+    [(pretrain, f'model={m},dataset={d}') for m, d in pretrain.TABLE_3
+     if m in models.MODELS] +
+    [(pretrain, f'model=R50+B/16,dataset={d}') for d in pretrain.RECIPES] +
     [(finetune, f'dataset={d},protocol={p}') for d in DATASETS
      for p in finetune.PROTOCOLS] +
     [(finetune, 'dataset=folder,folder=/data/pets,classes=37,protocol=sweep'),

@@ -76,9 +76,9 @@ def test_evaluate_cli_on_a_small_checkpoint(probe_checkpoint, tmp_path):
   metrics = results['metrics']
   assert metrics['classify']['top1'] == pytest.approx(top1)
   assert metrics['classify']['num_examples'] == 300
-  assert metrics['fewshot']['digits_25shot'] > 0.4
+  assert metrics['fewshot']['digits_25shot'] > 0.3  # l2 fixed at 2^10
   assert set(metrics['fewshot']) == {f'digits_{k}shot{s}' for k in (5, 25)
-                                     for s in ('', '_std', '_l2')}
+                                     for s in ('', '_std')}
   assert 'classify   top1' in out.stdout
   assert f'{100 * top1:.2f}' in out.stdout
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vit_jax import data, evaluate, parallel
-from vit_jax.evaluate import fewshot
+from vit_jax.evaluate import fewshot, ridge
 from vit_jax.models import get_model
 
 PP = 'resize(16)|value_range(-1, 1)|onehot(10)'
@@ -43,9 +43,9 @@ def test_fewshot_on_digits_is_far_above_chance(tiny):
                                    image_size=16)
   assert (ev.name, ev.every) == ('fs', 0)
   result = ev.run(params)
-  # Frozen random features: chance is 10%.
-  assert result['digits_25shot'] > 0.4
-  assert result['digits_10shot'] > 0.3
+  # Frozen random features, l2 fixed at 2^10: chance is 10%.
+  assert result['digits_25shot'] > 0.3
+  assert result['digits_10shot'] > 0.2
   assert result['digits_25shot'] > result['digits_1shot']
   assert all(result[f'digits_{k}shot_std'] > 0 for k in (1, 5))
   # The same numbers as features computed without the mesh, in split order.
@@ -53,8 +53,25 @@ def test_fewshot_on_digits_is_far_above_chance(tiny):
   test = _direct_features(model, params, 'test')
   assert len(train.labels) == 1497 and len(test.labels) == 300
   expected = fewshot.probe_scores(train, test, 10, (1, 5, 10, 25), 3,
-                                  fewshot.DEFAULT_L2_REGS, dataset='digits')
+                                  dataset='digits')
   assert result == pytest.approx(expected, rel=1e-4, abs=1e-6)
+  # The default: l2 fixed at 2^10, shots nested per seed (seed s: the first k
+  # of each class's order under default_rng(s)), by hand for 5 shots, seed 1.
+  rng = np.random.default_rng(1)
+  orders = [rng.permutation(np.flatnonzero(train.labels == c))
+            for c in range(10)]
+  idx = np.sort(np.concatenate([o[:5] for o in orders]))
+  x = train.x[idx].astype(np.float64)
+  mean, std = x.mean(0), x.std(0) + 1e-5
+  feats = lambda f: np.concatenate(
+      [(f - mean) / std, np.full((len(f), 1), 100.0)], axis=1)
+  w = ridge.fit_ridge(feats(x), ridge.one_vs_rest_targets(train.labels[idx], 10),
+                      2.0**10)
+  by_hand = np.mean((feats(test.x.astype(np.float64)) @ w).argmax(1)
+                    == test.labels)
+  seed1 = fewshot.probe_scores(fewshot.Features(train.x, train.labels, 10),
+                               test, 10, (5,), 1, seed=1)
+  assert seed1['5shot'] == pytest.approx(by_hand)
 
 
 def test_fixed_l2_and_sharded_params(tiny):
@@ -62,11 +79,14 @@ def test_fixed_l2_and_sharded_params(tiny):
   mesh = parallel.make_mesh({'data': 2, 'fsdp': 4})
   sharded = parallel.put_sharded(params, parallel.tree_shardings(
       params, mesh, [('.*', 'fsdp')], fsdp_min_size=1))
-  [ev] = evaluate.build_evaluators(_config(l2_regs=(64.0,), seeds=2),
-                                   model=model, mesh=mesh, image_size=16)
+  [ev] = evaluate.build_evaluators(
+      _config(l2_reg=64.0, seeds=2, tuned_l2=True, l2_grid=(1.0, 1e3)),
+      model=model, mesh=mesh, image_size=16)
   result = ev.run(sharded)
-  assert result['digits_5shot_l2'] == pytest.approx(64.0)
-  assert result['digits_25shot'] > 0.3
+  assert set(result) == {f'digits_{k}shot{s}' for k in (1, 5, 10, 25) for s in (
+      '', '_std', '_tuned_l2', '_tuned_l2_std', '_tuned_l2_reg')}
+  assert 1.0 <= result['digits_5shot_tuned_l2_reg'] <= 1e3
+  assert result['digits_25shot'] > 0.3 and result['digits_25shot_tuned_l2'] > 0.3
 
 
 def test_config_errors_name_the_problem(tiny):
@@ -81,9 +101,7 @@ def test_config_errors_name_the_problem(tiny):
       'b': dict(data=dict(name='digits'), pp=PP, test_split='nope')})}
   with pytest.raises(ValueError, match=r"fs/a.*no split 'valid'.*fs/b.*'nope'"):
     evaluate.build_evaluators(bad, model=model, mesh=mesh, image_size=16)
-  too_many = _config()
-  too_many['fs']['datasets']['digits']['train_split'] = 'train[:100]'
-  [ev] = evaluate.build_evaluators(too_many, model=model, mesh=mesh,
-                                   image_size=16)
-  with pytest.raises(ValueError, match='class 0 has 8 training examples, fewer than 10 shots'):
-    ev.run(tiny[1])
+  with pytest.raises(ValueError, match="unknown key 'l2_regs' \\(did you mean "
+                     "'l2_reg'"):
+    evaluate.build_evaluators(_config(l2_regs=(1.0,)), model=model, mesh=mesh,
+                              image_size=16)

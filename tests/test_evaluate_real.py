@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.evaluate import real
+from vit_jax.evaluate import classify, real
 
-REAL_JSON = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
-                         'imagenet_real.json')
+# The packaged copy: these tests never skip.
+REAL_JSON = str(real.packaged_real_json())
 
 
 def test_scoring_hand_built_cases():
@@ -56,9 +56,8 @@ def test_multi_hot_from_lists_with_empty_and_padding():
 
 
 def test_load_real_labels_checks_the_file(tmp_path):
-  with pytest.raises(ValueError, match='real_json=PATH'):
-    real.load_real_labels('')
-  with pytest.raises(FileNotFoundError, match='reassessed-imagenet'):
+  assert len(real.load_real_labels('')) == 50_000  # '' is the packaged copy
+  with pytest.raises(FileNotFoundError, match='leave real_json out'):
     real.load_real_labels(str(tmp_path / 'missing.json'))
   short = tmp_path / 'short.json'
   short.write_text(json.dumps([[1]] * 10))
@@ -70,15 +69,15 @@ def test_load_real_labels_checks_the_file(tmp_path):
     real.load_real_labels(str(bad))
 
 
-@pytest.mark.skipif(not os.path.exists(REAL_JSON), reason='needs shared/data')
-def test_the_released_real_json():
-  lists = real.load_real_labels(REAL_JSON)
+def test_the_packaged_real_json():
+  lists = real.load_real_labels()
+  assert lists == real.load_real_labels(REAL_JSON)
+  assert os.path.getsize(REAL_JSON) == 388_478
   assert sum(bool(x) for x in lists) == 46_837
   assert lists[1] == [970, 795]  # ILSVRC2012_val_00000002.JPEG.
   assert sum(len(x) > 1 for x in lists) == 7_443
 
 
-@pytest.mark.skipif(not os.path.exists(REAL_JSON), reason='needs shared/data')
 def test_real_evaluator_end_to_end_by_file_name():
   """In-memory 'validation' images named like the ILSVRC files, on 8 devices."""
   import jax
@@ -125,3 +124,44 @@ def test_real_evaluator_end_to_end_by_file_name():
   assert result['real_num_examples'] == sum(has) < 40  # Some lists are empty.
   assert result['real_top1'] == pytest.approx(expected_real)
   assert result['top1'] == pytest.approx(np.mean(pred == original))
+
+  # The classify evaluator on the same images, with the ReaL sets as its
+  # (multi-hot) labels, as the real_eval preset makes them: empty sets are
+  # left out there too, so the number is the same.
+  config = {'classify': dict(
+      data=dict(name='arrays', arrays={'test': {
+          'image': images, 'label': original,
+          'real': real.multi_hot(lists, names)}}),
+      pp="value_range(-1, 1)|copy('real', 'labels')|keep('image', 'labels')",
+      batch_size=16)}
+  [ev] = evaluate.build_evaluators(config, model=model,
+                                   mesh=parallel.make_mesh({'data': -1}))
+  classified = ev.run(params)
+  assert classified['top1'] == result['real_top1']
+  assert classified['num_examples'] == result['real_num_examples']
+
+
+def test_classify_and_real_counts_agree_on_the_same_logits():
+  """ImageNet-sized: 3,163 of the first 50,000 lists are empty."""
+  lists = real.load_real_labels()
+  rng = np.random.default_rng(0)
+  n = 2000
+  numbers = rng.choice(50_000, size=n, replace=False)
+  names = [f'ILSVRC2012_val_{i + 1:08d}.JPEG' for i in numbers]
+  sets = real.multi_hot(lists, names)
+  # Logits whose argmax is in the set for about 60% of the labelled images.
+  pred = np.where(rng.random(n) < 0.6,
+                  [l[0] if l else 0 for l in (lists[i] for i in numbers)],
+                  rng.integers(0, 1000, n))
+  logits = jnp.asarray(np.eye(1000, dtype=np.float32)[pred])
+  mask = jnp.ones(n)
+  by_classify = classify.accuracies(
+      classify.topk_counts(logits, jnp.asarray(sets), mask))
+  by_real = real.real_accuracies(real.real_counts(
+      logits, jnp.asarray(sets), jnp.asarray(sets), mask))
+  empty = sum(not lists[i] for i in numbers)
+  assert 100 < empty < 200  # about 6.3% of the images
+  assert by_classify['num_examples'] == by_real['real_num_examples'] == n - empty
+  assert by_classify['top1'] == by_real['real_top1']
+  hits = sum(p in lists[i] for p, i in zip(pred, numbers))
+  assert by_real['real_top1'] == pytest.approx(hits / (n - empty))

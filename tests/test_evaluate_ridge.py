@@ -70,7 +70,8 @@ def test_probe_separates_gaussian_classes():
   assert accs[0] > 0.95
   # Standardising the evaluation set with the training statistics: the same
   # as standardize() + the solver by hand.
-  train, test = ridge.standardize(x[::2], x[1::2])
+  train, test = ridge.standardize(x[::2], x[1::2], bias=ridge.BIAS_FEATURE,
+                                  std_eps=ridge.STD_EPS)
   w = ridge.fit_ridge(train, ridge.one_vs_rest_targets(labels[::2], 5), 1.0)
   assert accs[0] == np.mean((test @ w).argmax(1) == labels[1::2])
 
@@ -96,10 +97,24 @@ def test_probe_scores_selects_l2_on_holdout():
   test = fewshot.Features(centres[te_labels] + rng.normal(size=(200, 16)),
                           te_labels, 4)
   scores = fewshot.probe_scores(train, test, 4, (1, 5), seeds=4,
-                                l2_regs=(1e-3, 1.0, 1e2), dataset='blobs')
-  assert set(scores) == {f'blobs_{k}shot{s}' for k in (1, 5)
-                         for s in ('', '_std', '_l2')}
+                                tuned_l2_grid=(1e-3, 1.0, 1e2), dataset='blobs')
+  assert set(scores) == {f'blobs_{k}shot{s}' for k in (1, 5) for s in (
+      '', '_std', '_tuned_l2', '_tuned_l2_std', '_tuned_l2_reg')}
+  assert scores['blobs_5shot_tuned_l2'] > 0.8
+  assert scores['blobs_1shot_tuned_l2_reg'] in (1e-3, 1.0, 1e2) or (
+      1e-3 <= scores['blobs_1shot_tuned_l2_reg'] <= 1e2)
   assert scores['blobs_5shot'] > 0.8 and scores['blobs_5shot_std'] >= 0
   assert scores['blobs_1shot'] > 0.4  # Chance is 0.25.
   # Seeds give different draws, so the spread over seeds is not zero.
   assert scores['blobs_1shot_std'] > 0
+
+
+def test_shots_are_nested_and_short_classes_give_what_they_have():
+  labels = np.array([0] * 3 + [1] * 30)
+  orders = fewshot.shot_orders(labels, 2, seed=0)
+  assert len(orders[0]) == 3 and len(orders[1]) == 30
+  assert orders[1][:5].tolist() == list(orders[1][:10][:5])
+  train = fewshot.Features(np.random.default_rng(0).normal(size=(33, 4)),
+                           labels, 2)
+  scores = fewshot.probe_scores(train, train, 2, (1, 5, 10), seeds=2)
+  assert set(scores) == {f'{k}shot{s}' for k in (1, 5, 10) for s in ('', '_std')}

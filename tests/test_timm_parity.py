@@ -80,7 +80,8 @@ def _random_params(shapes, seed):
 def _our_logits(name, size, params, images, gelu_approximate):
   model = get_model(name, NUM_CLASSES, scan_layers=True,
                     gelu_approximate=gelu_approximate)
-  scanned = checkpoint.load_pretrained(params, param_shapes(model, size))
+  scanned = checkpoint.load_pretrained(params, param_shapes(model, size),
+                                       keep_head=True)
   return np.asarray(jax.jit(model.apply)({'params': scanned}, images))
 
 

@@ -18,10 +18,15 @@ A Hugging Face transformers ViT directory (config.json + model.safetensors)
 is read into the released layout too (`vit_jax.hf_interop`).
 
 `save_npz` writes the released vit_jax layout in float32 (what timm's
-`_load_weights` reads). `load_pretrained` fits a checkpoint to a model for
-fine-tuning: it resamples the position-embedding grid, re-initialises the head
-when the class count changes, drops an unused representation layer, and
-otherwise refuses a checkpoint that does not fit, listing what is wrong.
+`_load_weights` reads). `load_pretrained` fits a checkpoint to a model: it
+resamples the position-embedding grid; for transfer (the default) it replaces
+the whole head by a zero-initialised linear layer (paper App. B.1.1), for
+evaluation (`keep_head=True`) it keeps the head exactly; it refuses a
+checkpoint that does not fit otherwise, listing what is wrong.
+
+The released R50+ViT files store the ResNet stem's GroupNorm scale and bias as
+(1, 1, 1, C), an older flax layout; `load_npz` and `load_pretrained` read them
+as (C,), for those parameters only.
 
 Archives are opened with `allow_pickle=False`, always. Paths may be local or
 URIs (`gs://...`, through `etils.epath`); TensorFlow is never imported here.
@@ -58,6 +63,9 @@ _SCAN_OURS = 'Transformer/encoderblock/block/'
 _SCAN_BIG_VISION = 'Transformer/encoderblock/'
 _BLOCK_KEY = re.compile(r'^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$')
 _ZIP_MAGIC = b'PK\x03\x04'
+# The ResNet stem's GroupNorm parameters (hybrids), which the released R50+ViT
+# files store as (1, 1, 1, C).
+_STEM_GROUPNORM = re.compile(r'^(gn_root|block\d+/unit\d+/gn[^/]*)/(scale|bias)$')
 _LIST_LIMIT = 3  # how many keys of each kind an error message names
 
 
@@ -205,10 +213,27 @@ def _move_big_vision_posemb(flat: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _squeeze_stem_groupnorm(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """(1, 1, 1, C) GroupNorm scale/bias of the ResNet stem -> (C,).
+
+  Only the stem's GroupNorm parameters (`gn_root`, `block*/unit*/gn*`) are
+  read this way; any other parameter of that shape is left for `_check_fits`
+  to report.
+  """
+  out = dict(flat)
+  for key, value in flat.items():
+    shape = np.shape(value)
+    if (len(shape) == 4 and shape[:3] == (1, 1, 1) and
+        _STEM_GROUPNORM.match(key)):
+      out[key] = np.reshape(value, shape[3:])
+  return out
+
+
 def _to_released_layout(flat: Mapping[str, Any], source: str) -> dict[str, Any]:
   flat = _strip_prefix(flat, source)
   flat = _unstack_scan(flat)
   flat = _rename_big_vision_blocks(flat)
+  flat = _squeeze_stem_groupnorm(flat)
   return _move_big_vision_posemb(flat)
 
 
@@ -303,6 +328,21 @@ def resample_posemb(posemb: np.ndarray, grid_size: Sequence[int], *,
   return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
 
 
+def posemb_grid(tree: Mapping[str, Any]) -> Optional[tuple[int, int]]:
+  """The (h, w) token grid a checkpoint's learned position embedding is for.
+
+  `tree` is a parameter tree as `load_npz` returns it (or a flat dict). None
+  when it has no learned position embedding (sin-cos tables fit any size).
+  """
+  flat = flatten_params(tree)
+  posemb = flat.get(_POSEMB)
+  if posemb is None:
+    return None
+  tokens = np.shape(posemb)[1] - (1 if 'cls' in flat else 0)
+  return _square_grid(tokens, 'the checkpoint position embedding',
+                      'image_size')
+
+
 def _layer_shapes(init_flat: Mapping[str, Any]) -> tuple[dict, Optional[int]]:
   """Target key -> (shape, dtype) in the per-layer layout, and the scan depth."""
   shapes, depth = {}, None
@@ -318,25 +358,53 @@ def _layer_shapes(init_flat: Mapping[str, Any]) -> tuple[dict, Optional[int]]:
   return shapes, depth
 
 
-def _fit_head(restored: dict, target: Mapping[str, tuple]) -> None:
-  """Drops or re-initialises the classifier parts that cannot be reused."""
+def _fit_head(restored: dict, target: Mapping[str, tuple], keep_head: bool,
+              source: str) -> None:
+  """Replaces the checkpoint's head (transfer) or checks that it fits exactly.
+
+  Transfer (`keep_head=False`, paper App. B.1.1): "we remove the whole head
+  (two linear layers) and replace it by a single, zero-initialized linear
+  layer". The checkpoint's `head` is never reused, whatever its shape; its
+  `pre_logits` is dropped unless the model itself has a representation layer
+  (then that layer starts from the checkpoint's, and only the last layer is
+  new). With `keep_head=True` (evaluation, prediction, or continuing a run on
+  the same label space) head and representation layer are kept exactly, and
+  a checkpoint whose head does not fit the model is refused.
+  """
+  if keep_head:
+    if 'pre_logits/kernel' in restored and 'pre_logits/kernel' not in target:
+      raise ValueError(
+          f'checkpoint {source} has a representation layer (pre_logits of '
+          f'width {restored["pre_logits/kernel"].shape[-1]}) but the model has '
+          f'none; build the model with representation_size='
+          f'{restored["pre_logits/kernel"].shape[-1]} to keep the head.')
+    old, want = restored.get('head/kernel'), target.get('head/kernel')
+    if want is not None and old is not None and old.shape[:-1] == want[0][:-1] \
+        and old.shape[-1] != want[0][-1]:  # another class count
+      raise ValueError(
+          f'checkpoint {source} has a head of shape {tuple(old.shape)} but the '
+          f'model {want[0]}; build the model with '
+          f'{old.shape[-1]} classes, or pass keep_head=False (init_keep_head='
+          f'False) to start a new zero head.')  # other widths: _check_fits
+    if 'head/kernel' not in target:
+      restored.pop('head/kernel', None)
+      restored.pop('head/bias', None)
+    return
   if 'pre_logits/kernel' not in target:
     for key in ('pre_logits/kernel', 'pre_logits/bias'):
       if restored.pop(key, None) is not None:
-        logging.info('checkpoint: dropped %s (the model has no representation '
-                     'layer).', key)
+        logging.info('checkpoint: dropped %s (transfer replaces the whole '
+                     'head).', key)
+  old = restored.pop('head/kernel', None)
+  restored.pop('head/bias', None)
   if 'head/kernel' not in target:
-    restored.pop('head/kernel', None)
-    restored.pop('head/bias', None)
     return
-  old = restored.get('head/kernel')
-  if old is None or tuple(old.shape) != target['head/kernel'][0]:
-    for key in ('head/kernel', 'head/bias'):
-      shape, dtype = target[key]
-      restored[key] = np.zeros(shape, dtype)
-    logging.info('checkpoint: head re-initialised to zeros (%s -> %s).',
-                 None if old is None else tuple(old.shape),
-                 target['head/kernel'][0])
+  for key in ('head/kernel', 'head/bias'):
+    shape, dtype = target[key]
+    restored[key] = np.zeros(shape, dtype)
+  logging.info('checkpoint: new zero head %s (the checkpoint\'s %s is not '
+               'reused; keep_head=True keeps it).', target['head/kernel'][0],
+               None if old is None else tuple(old.shape))
 
 
 def _fit_posemb(restored: dict, target: Mapping[str, tuple],
@@ -393,8 +461,9 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
                     init_params: Mapping[str, Any], *,
                     grid_size: Optional[Sequence[int]] = None,
                     checkpoint_grid_size: Optional[Sequence[int]] = None,
-                    name: Optional[str] = None) -> dict[str, Any]:
-  """Fits a checkpoint to a model's parameters for fine-tuning.
+                    name: Optional[str] = None,
+                    keep_head: bool = False) -> dict[str, Any]:
+  """Fits a checkpoint to a model's parameters, for transfer or evaluation.
 
   Args:
     checkpoint: an .npz path (local or gs://), a transformers ViT directory,
@@ -405,12 +474,15 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
     grid_size: the model's token grid (h, w); needed only when it is not square.
     checkpoint_grid_size: the checkpoint's grid; needed only when not square.
     name: what error messages call the checkpoint (default: its path).
+    keep_head: False (transfer, the paper's protocol): the head is always a
+      new zero layer and `pre_logits` is dropped unless the model has one.
+      True (evaluation, prediction, continuing a run on the same label
+      space): head and `pre_logits` are kept exactly and must fit.
 
   Returns:
     A nested dict of numpy arrays with exactly the structure of `init_params`.
-    The position embedding is resampled to the model's grid, the head is
-    zeroed when its shape differs (another class count), and `pre_logits` is
-    dropped when the model has no representation layer.
+    The position embedding is resampled to the model's grid and the head is
+    replaced or kept as `keep_head` says.
 
   Raises:
     ValueError: in one line, the missing and unexpected keys and mismatched
@@ -426,7 +498,7 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
     init_params = init_params['params']
   target, depth = _layer_shapes(flatten_params(init_params))
 
-  _fit_head(restored, target)
+  _fit_head(restored, target, keep_head, source)
   _fit_posemb(restored, target, grid_size, checkpoint_grid_size)
   _check_fits(restored, target, source)
 

@@ -86,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Starting point: a released .npz or another run's workdir.
   c.init_from = placeholder(str)
+  # False (transfer, paper App. B.1.1): the checkpoint's whole head (head and
+  # pre_logits) is replaced by one zero-initialised linear layer. True: keep
+  # the head exactly (continuing a run on the same label space); a head that
+  # does not fit the model is then an error.
+  c.init_keep_head = False
 
   # Logging, evaluation, checkpoints.
   c.log_every = 50
@@ -137,8 +142,9 @@ EVALUATOR_KEYS = {
                      num_classes=int, top_k=int),
     'real': dict(data=dict, split=str, pp=str, batch_size=int,
                  real_json=str),
-    'fewshot': dict(datasets=dict, batch_size=int, seeds=int, l2_regs=tuple,
-                    holdout_per_class=int, seed=int),
+    'fewshot': dict(datasets=dict, batch_size=int, seeds=int, l2_reg=float,
+                    tuned_l2=bool, l2_grid=tuple, holdout_per_class=int,
+                    seed=int),
 }
 _COMMON_EVALUATOR_KEYS = dict(type=str, every=int)
 

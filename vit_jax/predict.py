@@ -101,6 +101,10 @@ def build(model_name: Optional[str], checkpoint_path: str,
   """(model, params, image_size, class names or None) of a checkpoint."""
   model, params, info = pretrained.load(checkpoint_path, model_name,
                                         image_size, scan_layers=True)
+  if info.image_size != info.checkpoint_image_size:
+    print(f'classifying at {info.image_size} px (given; the checkpoint is for '
+          f'{info.checkpoint_image_size} px: its position embeddings are '
+          f'resampled)', file=sys.stderr)
   return model, params, info.image_size, info.class_names
 
 

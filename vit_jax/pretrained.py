@@ -37,6 +37,9 @@ class Described:
   image_size: int                  # the resolution of its position embeddings
   class_names: Optional[list] = None
   run_config: Optional[dict] = None
+  #: The resolution the checkpoint's position embeddings were made for (what
+  #: `image_size` says before `load` is given another one).
+  checkpoint_image_size: Optional[Any] = None
 
   @property
   def label(self) -> str:
@@ -127,10 +130,14 @@ def fitting_overrides(tree: dict) -> dict:
 
 
 def native_image_size(tree: dict, model: dict) -> int:
-  """The resolution the position-embedding grid was made for."""
+  """The resolution the position-embedding grid was made for.
+
+  The grid times the model's pixels per token (the patch size, overrides
+  included, times the ResNet stem's stride for hybrids).
+  """
   posemb = tree.get('Transformer', {}).get('posembed_input', {}).get(
       'pos_embedding')
-  _, spec = models.build(model, 1)
+  module, _ = models.build(model, 1)
   if posemb is None:
     return 224  # Fixed sin-cos embeddings fit any size.
   grid = posemb.shape[1] - (1 if 'cls' in tree else 0)
@@ -138,7 +145,11 @@ def native_image_size(tree: dict, model: dict) -> int:
   if side * side != grid:
     raise ValueError(f'the checkpoint has a non-square grid of {grid} tokens; '
                      f'give the image size explicitly.')
-  return side * spec.stride
+  ph, pw = models.pixels_per_token(module)
+  if ph != pw:
+    raise ValueError(f'the model has non-square {ph}x{pw}-pixel tokens; give '
+                     f'the image size explicitly.')
+  return side * ph
 
 
 def describe(path: str, tree: Optional[dict] = None,
@@ -173,7 +184,7 @@ def describe(path: str, tree: Optional[dict] = None,
   class_names = _class_names(run_config)
   return Described(source=path, model=section, num_classes=num_classes,
                    image_size=image_size, class_names=class_names,
-                   run_config=run_config)
+                   run_config=run_config, checkpoint_image_size=image_size)
 
 
 def _class_names(run_config: Optional[dict]) -> Optional[list]:
@@ -210,7 +221,7 @@ def load(path: str, model: Optional[Any] = None,
   module, _ = models.build(section, info.num_classes)
   try:
     params = checkpoint.load_pretrained(
-        tree, models.param_shapes(module, size), name=path)
+        tree, models.param_shapes(module, size), name=path, keep_head=True)
   except ValueError as e:
     fits = fitting_overrides(tree)
     hint = ', '.join(f'{k}={v}' for k, v in sorted(fits.items()))

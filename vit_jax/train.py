@@ -81,13 +81,16 @@ def _initial_params(config, abstract_params) -> Optional[Any]:
   """Host parameters from `init_from` (a released .npz or a run), or None.
 
   `load_pretrained` resamples the position embeddings to this model's grid,
-  replaces the head as the paper transfers, and refuses what does not fit.
+  replaces the whole head by a zero layer as the paper transfers (unless
+  `init_keep_head`: continuing on the same label space), and refuses what
+  does not fit.
   """
   if not config.init_from:
     return None
   tree, _ = pretrained.read(config.init_from)
   return checkpoint.load_pretrained(tree, abstract_params,
-                                    name=config.init_from)
+                                    name=config.init_from,
+                                    keep_head=config.init_keep_head)
 
 
 #: What a fine-tuning run takes from the run it starts from (init_from).
@@ -280,6 +283,10 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
   # 1. Inputs that could be wrong are checked before anything compiles.
   workdir = check_workdir(workdir)
   mesh = parallel.make_mesh(dict(config.mesh))
+  device_kind = jax.devices()[0].device_kind
+  # Core-hours count every second the devices are held, from here to exit.
+  tracker = budget.CoreHoursTracker(device_kind, jax.device_count())
+  tracker.hold()
   parallel.check_batch_divisible(config.batch_size, config.accum_steps, mesh)
   is_primary = jax.process_index() == 0
   train_data = data.build_train(
@@ -315,12 +322,9 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
     checkpointer = TrainCheckpointer(workdir, keep=config.keep_checkpoints,
                                      keep_every=config.keep_checkpoint_every)
     resources.callback(checkpointer.close)
-    device_kind = jax.devices()[0].device_kind
-    flops_per_image = budget.train_flops_per_image(
+    tracker.flops_per_image = budget.train_flops_per_image(
         spec, config.image_size, num_classes, model.representation_size,
         model.classifier)
-    tracker = budget.CoreHoursTracker(device_kind, jax.device_count(),
-                                      flops_per_image=flops_per_image)
 
     # 3. State: resume this workdir, or start fresh (optionally init_from).
     if config.resume_from_step is not None and not _rolled_back(
@@ -385,14 +389,16 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
                                                    workdir)
     img_per_sec = None
     with preemption:
-      tracker.start_training()  # Input time counts: a starved step is slow.
+      tracker.start_training()  # Input wait is a part of training time.
       if preemption.requested and step < config.total_steps:
         status = 'preempted'
         logging.warning('SIGTERM before the first step: nothing was trained '
                         'in this run; rerun the same command to start or '
                         'resume.')
       while step < config.total_steps and not preemption.requested:
-        batch = parallel.host_to_global(next(batches), mesh)
+        with tracker.waiting_for_input():
+          host_batch = next(batches)
+        batch = parallel.host_to_global(host_batch, mesh)
         checkpointer.check_for_errors()  # A failed save ends the run here.
         profiler.before(step)
         state, step_metrics = compiled(state, batch)
@@ -443,7 +449,6 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
           save(step, state)
       window.settle()
       profiler.stop()
-      tracker.stop()
     if start_step >= config.total_steps:  # A finished run: report its scores.
       logging.info('The run in %s is already complete (step %d).', workdir,
                    start_step)
@@ -453,6 +458,7 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
   if status == 'done' and config.export_npz:
     _export_npz(eval_params(state), os.path.join(workdir, 'params.npz'),
                 is_primary)
+  tracker.stop()  # The devices are released.
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
                      eval_metrics=eval_metrics, img_per_sec=img_per_sec,
                      core_hours=tracker.core_hours, params=state['params'])

@@ -129,6 +129,10 @@ class RunReport:
   eval_metric: Optional[str]
   best_eval: Optional[float]
   train_loss: Optional[float]
+  #: Held wall hours by activity: held, training, input_wait (a part of
+  #: training), each pause reason, other. Empty for runs logged before
+  #: held time was counted.
+  held_hours: dict = dataclasses.field(default_factory=dict)
 
   @property
   def name(self) -> str:
@@ -198,7 +202,31 @@ def summarize(workdir: str) -> RunReport:
       plan_core_hours=lookup(config, 'budget.plan_core_hours'),
       max_core_hours=max_hours, eval_metric=keys[0] if evals else None,
       best_eval=max(evals) if evals else None,
-      train_loss=losses[-1] if losses else None)
+      train_loss=losses[-1] if losses else None,
+      held_hours=_held_hours(last))
+
+
+def _held_hours(row: dict) -> dict:
+  if 'held_hours' not in row:
+    return {}
+  out = {'held': float(row['held_hours']),
+         'training': float(row.get('training_hours', 0.0)),
+         'input_wait': float(row.get('input_wait_hours', 0.0))}
+  out.update({k.split('/', 1)[1]: float(v) for k, v in row.items()
+              if k.startswith('pause_hours/')})
+  out['other'] = float(row.get('other_hours', 0.0))
+  return out
+
+
+def _held_line(r: RunReport) -> str:
+  if not r.held_hours:
+    pauses = ', '.join(f'{k} {v:,.2f}' for k, v in r.pause_hours.items())
+    return f'pauses (wall hours, not counted): {pauses or "-"}'
+  h = dict(r.held_hours)
+  held, training, wait = h.pop('held'), h.pop('training'), h.pop('input_wait')
+  parts = ', '.join(f'{k} {v:,.2f}' for k, v in h.items())
+  return (f'wall hours held (all counted): {held:,.2f} = training '
+          f'{training:,.2f} (input wait {wait:,.2f}), {parts}')
 
 
 def summarize_runs(workdirs: list[str]) -> tuple[list[RunReport], list[str]]:
@@ -241,9 +269,7 @@ def format_reports(reports: list[RunReport]) -> str:
         f'{_fmt(r.best_eval, ".4f"):>10s} {_fmt(r.train_loss, ".4f"):>7s}')
   for r in reports:
     kinds = ', '.join(f'{k} {v:,.2f}' for k, v in r.core_hours_by_kind.items())
-    pauses = ', '.join(f'{k} {v:,.2f}' for k, v in r.pause_hours.items())
     lines.append(f'{r.name}: core-hours by device kind: {kinds or "-"}; '
-                 f'pauses (wall hours, not counted): {pauses or "-"}; '
-                 f'restarts: {r.restarts}'
+                 f'{_held_line(r)}; restarts: {r.restarts}'
                  + (f'; best {r.eval_metric}' if r.eval_metric else ''))
   return '\n'.join(lines)

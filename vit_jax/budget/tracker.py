@@ -1,19 +1,28 @@
 """Core-hours of a training run: wall clocks per activity, kept in the checkpoint.
 
-Training time is counted per device kind as devices x wall seconds; compile,
-evaluation and checkpoint pauses run their own clocks and are reported, not
-counted. Core-hours = device-hours x TensorCores per device (2 on v4/v5p,
-whose JAX device is a two-core chip; 1 elsewhere, and for unknown kinds).
+The paper's TPUv3-core-days are cores x wall time: every second the devices
+are held counts. The held clock runs from `hold()` (the first device use; the
+first `start_training()` or `pause()` starts it too) to `stop()`, and is
+counted per device kind as devices x wall seconds. Core-hours = device-hours
+x TensorCores per device (2 on v4/v5p, whose JAX device is a two-core chip;
+1 elsewhere, and for unknown kinds). The cap sees all of it.
 
-    tracker = CoreHoursTracker(jax.devices()[0].device_kind, jax.device_count(),
-                               flops_per_image=budget.train_flops_per_image(...))
+Beside the total, the held time is broken down by activity: training (the
+step loop, of which `input_wait`: the host waiting for the next batch),
+compile, eval, checkpoint (the pause clocks), and other (setup: restore,
+initialisation, building evaluators; the held time no clock named).
+
+    tracker = CoreHoursTracker(jax.devices()[0].device_kind, jax.device_count())
+    tracker.hold()                           # first device use
     tracker.load_state_dict(restored)        # after a restore, if any
     with tracker.paused('compile'): step = train_step.lower(...).compile()
     tracker.start_training()
+    ... with tracker.waiting_for_input(): batch = next(batches)
     ... state = step(state, batch); tracker.add_images(global_batch_size)
     with tracker.paused('eval'): ...
     writer.write_scalars(step, tracker.metrics())
     checkpoint(..., budget=tracker.state_dict())
+    tracker.stop()                           # the devices are released
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ STATE_VERSION = 1.0
 PAUSE_REASONS = ('compile', 'eval', 'checkpoint')
 _TRAINING = 'training'
 _SCALAR_KEYS = ('version', 'images', 'training_seconds')
+# Written since held time counts; a state without them reads them as 0.
+_OPTIONAL_KEYS = ('held_seconds', 'input_wait_seconds')
 _KIND_PREFIXES = ('device_seconds__', 'num_devices__', 'flops__', 'images__')
 _PAUSE_PREFIX = 'pause_seconds__'
 
@@ -65,11 +76,15 @@ class CoreHoursTracker:
     self.hardware = hardware.for_device_kind(device_kind)
     self._clock = clock
     self._counters = {'version': STATE_VERSION, 'images': 0.0,
-                      'training_seconds': 0.0}
+                      'training_seconds': 0.0, 'held_seconds': 0.0,
+                      'input_wait_seconds': 0.0}
     self._touch_kind()
     self._session: dict[str, float] = {}  # this process only, never loaded
     self._mode: Optional[str] = None      # the running clock
     self._since = 0.0
+    self._holding = False                 # the held clock runs
+    self._held_since = 0.0
+    self._frozen = False
     self._last_metrics = (0.0, 0.0)       # (images, training seconds)
 
   # Clocks.
@@ -80,16 +95,28 @@ class CoreHoursTracker:
     self._counters['num_devices__' + self.kind] = float(self.num_devices)
 
   def _flush(self) -> None:
-    """Moves the running clock's elapsed time into the counters."""
+    """Moves the running clocks' elapsed time into the counters."""
+    if self._frozen:  # metrics() reads one consistent snapshot
+      return
     now = self._clock()
     if self._mode is not None:
       elapsed = max(now - self._since, 0.0)
       if self._mode == _TRAINING:
         self._add('training_seconds', elapsed)
-        self._add('device_seconds__' + self.kind, elapsed * self.num_devices)
       else:
         self._add(_PAUSE_PREFIX + self._mode, elapsed)
-    self._since = now
+    if self._holding:
+      held = max(now - self._held_since, 0.0)
+      self._add('held_seconds', held)
+      self._add('device_seconds__' + self.kind, held * self.num_devices)
+    self._since = self._held_since = now
+
+  def hold(self) -> None:
+    """Starts the held clock (the devices are in use from now on)."""
+    if not self._holding:
+      self._flush()
+      self._holding = True
+      self._held_since = self._since
 
   def _add(self, key: str, value: float) -> None:
     self._counters[key] = self._counters.get(key, 0.0) + value
@@ -97,19 +124,31 @@ class CoreHoursTracker:
 
   def start_training(self) -> None:
     """Starts (or resumes) the training clock, stopping any pause clock."""
+    self.hold()
     self._flush()
     self._mode = _TRAINING
 
   def pause(self, reason: str) -> None:
     """Stops the training clock and runs the clock of `reason` instead."""
     reason = _check_reason(reason)
+    self.hold()
     self._flush()
     self._mode = reason
 
   def stop(self) -> None:
-    """Stops every clock (end of the run, or before a blocking exit)."""
+    """Stops every clock, the held one too (the devices are released)."""
     self._flush()
     self._mode = None
+    self._holding = False
+
+  @contextlib.contextmanager
+  def waiting_for_input(self) -> Iterator[None]:
+    """Times the block as input wait, a part of training (no clock changes)."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self._add('input_wait_seconds', max(self._clock() - start, 0.0))
 
   @contextlib.contextmanager
   def paused(self, reason: str) -> Iterator[None]:
@@ -142,14 +181,14 @@ class CoreHoursTracker:
     return hardware.cores_per_device(kind.replace('_', ' '))
 
   def core_hours_by_kind(self) -> dict[str, float]:
-    """TensorCore-hours of training per device kind (slug -> hours)."""
+    """TensorCore-hours held per device kind (slug -> hours)."""
     self._flush()
     return {k: self._counters['device_seconds__' + k] *
                self._cores_per_device(k) / 3600. for k in self._kinds()}
 
   @property
   def core_hours(self) -> float:
-    """TensorCore-hours of training, all device kinds together."""
+    """TensorCore-hours held, all device kinds together."""
     return sum(self.core_hours_by_kind().values())
 
   @property
@@ -162,6 +201,24 @@ class CoreHoursTracker:
     """Wall-clock hours on the training clock."""
     self._flush()
     return self._counters['training_seconds'] / 3600.
+
+  @property
+  def held_hours(self) -> float:
+    """Wall-clock hours the devices were held (all processes of the run)."""
+    self._flush()
+    return self._counters['held_seconds'] / 3600.
+
+  def breakdown_hours(self) -> dict[str, float]:
+    """Held wall-clock hours by activity; the values add up to held_hours.
+
+    training (input_wait is a part of it, reported apart and not added),
+    each pause reason, and other (held time no clock named).
+    """
+    self._flush()
+    pauses = self.pause_hours()
+    out = {'training': self.training_hours, **pauses}
+    out['other'] = max(self.held_hours - sum(out.values()), 0.0)
+    return out
 
   def pause_hours(self) -> dict[str, float]:
     """Wall-clock hours on each pause clock (compile, eval, checkpoint, ...)."""
@@ -194,8 +251,18 @@ class CoreHoursTracker:
     `mfu` is left out where the device's peak is unknown (e.g. CPU).
     """
     self._flush()
+    self._frozen = True
+    try:
+      return self._metrics()
+    finally:
+      self._frozen = False
+
+  def _metrics(self) -> dict[str, float]:
     out = {'core_hours': self.core_hours, 'device_hours': self.device_hours,
+           'held_hours': self.held_hours,
            'training_hours': self.training_hours,
+           'input_wait_hours': self._counters['input_wait_seconds'] / 3600.,
+           'other_hours': self.breakdown_hours()['other'],
            'session_core_hours': self.session_core_hours}
     out.update({f'core_hours/{k}': v for k, v in self.core_hours_by_kind().items()})
     out.update({f'pause_hours/{k}': v for k, v in self.pause_hours().items()})
@@ -227,8 +294,8 @@ class CoreHoursTracker:
     """
     if not state:
       return
-    unexpected = [k for k in state if k not in _SCALAR_KEYS and not
-                  k.startswith(_KIND_PREFIXES + (_PAUSE_PREFIX,))]
+    unexpected = [k for k in state if k not in _SCALAR_KEYS + _OPTIONAL_KEYS
+                  and not k.startswith(_KIND_PREFIXES + (_PAUSE_PREFIX,))]
     missing = [k for k in _SCALAR_KEYS if k not in state]
     if unexpected or missing:
       raise ValueError(f'not a CoreHoursTracker state: missing keys {missing}, '
@@ -236,7 +303,8 @@ class CoreHoursTracker:
     if float(state['version']) != STATE_VERSION:
       raise ValueError(f'tracker state version {state["version"]} is not '
                        f'{STATE_VERSION}; it was written by another vit_jax.')
-    self._counters = {k: float(v) for k, v in state.items()}
+    self._counters = {**{k: 0.0 for k in _OPTIONAL_KEYS},
+                      **{k: float(v) for k, v in state.items()}}
     self._touch_kind()
     self._last_metrics = (self._counters['images'],
                           self._counters['training_seconds'])

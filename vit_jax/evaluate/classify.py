@@ -4,7 +4,9 @@ Correct predictions and valid examples are integer counts summed on device
 over the whole split (padded examples carry mask 0), so the accuracy is exact:
 no dropped remainder and no mean of batch means. A prediction is correct when
 the label vector is positive at the predicted class, which for multi-hot labels
-means "the argmax is one of the labels".
+means "the argmax is one of the labels". An example whose label vector is all
+zero has no label (e.g. an ImageNet image with an empty ReaL list under the
+`real_eval` preset) and is left out, as the ReaL evaluator does.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ def topk_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array,
   """Integer sums: top-1 and top-k correct predictions and the valid count.
 
   `logits` [B, K], `labels` [B, K] one-hot or multi-hot, `mask` [B] (0 for
-  padding). With fewer than `top_k` classes, top-k counts every valid example.
+  padding). Examples without any positive label are left out (not counted as
+  misses). With fewer than `top_k` classes, top-k counts every valid example.
   """
-  valid = mask > 0
+  valid = jnp.logical_and(mask > 0, jnp.any(labels > 0, axis=-1))
   k = min(top_k, logits.shape[-1])
   _, top = jax.lax.top_k(logits, k)  # [B, k]
   hits = jnp.take_along_axis(labels, top, axis=-1) > 0
@@ -40,8 +43,8 @@ def accuracies(counts: dict[str, Any], top_k: int = 5) -> dict[str, float]:
   """{'top1', 'top5', 'num_examples'} from the summed counts."""
   n = int(counts['count'])
   if n == 0:
-    raise ValueError('no valid example was evaluated (every mask was 0); '
-                     'check the evaluation split.')
+    raise ValueError('no labelled example was evaluated (every mask or '
+                     'label vector was 0); check the evaluation split and pp.')
   return {'top1': float(counts['top1_correct']) / n,
           f'top{top_k}': float(counts[f'top{top_k}_correct']) / n,
           'num_examples': float(n)}

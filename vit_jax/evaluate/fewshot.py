@@ -1,18 +1,33 @@
 """Few-shot linear probes on frozen pre-logits features (paper §4.1).
 
 For each dataset, the representation the head sees is computed for a pool of
-training images and for the test split. For every shot count k and seed, k
-examples per class are drawn from the pool, the features are standardised
-(train statistics) with a bias feature appended, and a ridge regression to
-{-1, 1}^K targets is solved in closed form (see `ridge`). Accuracy is the
-argmax on the test split; the mean and the standard deviation over seeds are
-reported as `{dataset}_{k}shot` and `{dataset}_{k}shot_std`.
+training images and for the test split. For every seed, the training
+examples of each class are put in a random order (`numpy.random.default_rng(
+seed)`, one permutation per class, in class order), and the k shots of a
+class are the first k of its order, so the shot sets are nested. The features
+are standardised (train mean, train std + 1e-5) with a bias feature of 100,
+and a ridge regression to {-1, 1}^K targets is solved in closed form (see
+`ridge`). Accuracy is the argmax on the test split; the mean and the
+standard deviation over seeds are reported as `{dataset}_{k}shot` and
+`{dataset}_{k}shot_std`, and the mean over datasets as `mean_{k}shot`.
 
-The regularisation strength is fixed (one value in `l2_regs`) or chosen per
-shot and seed from the grid `l2_regs` by the accuracy on held-out training
-examples: up to `holdout_per_class` examples per class that are not among the
-k shots (or, for datasets whose training split is too small, drawn from a
-separate `holdout_split`).
+Default protocol: big_vision's few-shot evaluator (`configs/
+common_fewshot.py`, `evaluators/fewshot_lsr.py`), the one behind the few-shot
+numbers of the ViT follow-up papers: a fixed l2 of 2^10, preprocessing
+`decode|resize(256)|central_crop(224)|value_range(-1, 1)` (the ratio 8/7 at
+other sizes), the datasets and splits of `DATASETS`, shots 1, 5, 10 and 25, 3
+seeds. The paper's own few-shot figures (Figs. 3-6, "linear 5-shot
+ImageNet") came from Google's internal code and are close to, not exactly,
+this protocol. A class with fewer than k training examples contributes what
+it has, as in big_vision.
+
+Option `tuned_l2=True`: l2 is also chosen per shot and seed from the grid
+`l2_grid` by the accuracy on held-out training examples (up to
+`holdout_per_class` per class that are not among the k shots, or a separate
+`holdout_split`), reported beside the default under its own names
+`{dataset}_{k}shot_tuned_l2`, `..._tuned_l2_std` and `..._tuned_l2_reg` (the
+chosen strength, geometric mean over seeds). Choosing l2 per shot inflates
+1-shot numbers: they are not comparable with the fixed-l2 ones.
 """
 
 from __future__ import annotations
@@ -25,6 +40,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from vit_jax.evaluate import inputs, ridge, sharded
+
+
+#: big_vision's fixed l2 regularisation (configs/common_fewshot.py).
+DEFAULT_L2_REG = 2.0**10
+#: The grid that tuned_l2 chooses from on held-out training examples.
+DEFAULT_L2_GRID = tuple(2.0**i for i in range(-6, 20, 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,49 +78,80 @@ def sample_per_class(labels: np.ndarray, num_classes: int, k: int,
   return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def shot_orders(labels: np.ndarray, num_classes: int,
+                seed: int) -> list[np.ndarray]:
+  """Each class's training indices in a random order of `seed`.
+
+  The k shots of a class are the first k of its order (nested over k).
+  """
+  rng = np.random.default_rng(seed)
+  return [rng.permutation(np.flatnonzero(labels == c))
+          for c in range(num_classes)]
+
+
+def _shots(orders: Sequence[np.ndarray], k: int) -> np.ndarray:
+  return np.sort(np.concatenate([o[:k] for o in orders])).astype(np.int64)
+
+
+def _suffix_names(dataset: str, k: int) -> str:
+  return f'{dataset}_{k}shot' if dataset else f'{k}shot'
+
+
 def probe_scores(train: Features, test: Features, num_classes: int,
-                 shots: Sequence[int], seeds: int, l2_regs: Sequence[float],
+                 shots: Sequence[int], seeds: int,
+                 l2_reg: float = DEFAULT_L2_REG,
+                 tuned_l2_grid: Optional[Sequence[float]] = None,
                  holdout_per_class: int = 10, seed: int = 0, dataset: str = '',
                  holdout: Optional[Features] = None) -> dict[str, float]:
   """Few-shot accuracies: mean and std over `seeds` for each k in `shots`.
 
-  With one value in `l2_regs` it is used as it is; with several, each shot and
-  seed picks the one with the best accuracy on held-out examples: from
-  `holdout` when given, else training examples that are not among the shots.
-  The chosen strength (geometric mean over seeds) is reported as `_l2`.
+  Fixed `l2_reg` (the default protocol, see the module doc); with
+  `tuned_l2_grid`, also the accuracies with l2 chosen per shot and seed on
+  held-out examples (from `holdout` when given, else training examples that
+  are not among the shots), under the `_tuned_l2` names.
   """
-  if not l2_regs:
-    raise ValueError('few-shot l2_regs is empty; give one value (fixed) or a '
-                     'grid to choose from on held-out training examples.')
+  if not l2_reg > 0:
+    raise ValueError(f'few-shot l2_reg must be positive, got {l2_reg}.')
+  if tuned_l2_grid is not None and not len(tuned_l2_grid):
+    raise ValueError('few-shot l2_grid is empty; give the strengths that '
+                     'tuned_l2 chooses from.')
   if seeds < 1:
     raise ValueError(f'few-shot seeds must be at least 1, got {seeds}.')
-  select = len(l2_regs) > 1
+  fixed = {k: [] for k in shots}
+  tuned = {k: [] for k in shots}
+  chosen = {k: [] for k in shots}
+  for s in range(seeds):
+    orders = shot_orders(train.labels, num_classes, seed + s)
+    for k in shots:
+      idx = _shots(orders, k)
+      probe = ridge.LinearProbe(train.x[idx], train.labels[idx], num_classes)
+      fixed[k].append(probe.accuracy(test.x, test.labels, [l2_reg])[0])
+      if tuned_l2_grid is None:
+        continue
+      pool = train if holdout is None else holdout
+      rng = np.random.default_rng([seed, k, s])
+      held = sample_per_class(pool.labels, num_classes, holdout_per_class,
+                              rng, exclude=idx if holdout is None else None,
+                              strict=False)
+      if not len(held):
+        raise ValueError(f'{dataset or "few-shot"}: no training example is '
+                         f'left for choosing l2 at {k} shots; use a larger '
+                         f'train_split, a holdout_split or tuned_l2=False.')
+      held_accs = probe.accuracy(pool.x[held], pool.labels[held],
+                                 tuned_l2_grid)
+      l2 = tuned_l2_grid[int(np.argmax(held_accs))]
+      tuned[k].append(probe.accuracy(test.x, test.labels, [l2])[0])
+      chosen[k].append(l2)
+  std = lambda a: float(np.std(a, ddof=1)) if seeds > 1 else 0.0
   out = {}
   for k in shots:
-    accs, chosen = [], []
-    for s in range(seeds):
-      rng = np.random.default_rng([seed, k, s])
-      idx = sample_per_class(train.labels, num_classes, k, rng, dataset=dataset)
-      probe = ridge.LinearProbe(train.x[idx], train.labels[idx], num_classes)
-      l2 = l2_regs[0]
-      if select:
-        pool = train if holdout is None else holdout
-        held = sample_per_class(pool.labels, num_classes, holdout_per_class,
-                                rng, exclude=idx if holdout is None else None,
-                                strict=False)
-        if not len(held):
-          raise ValueError(f'{dataset or "few-shot"}: no training example is '
-                           f'left for choosing l2 at {k} shots; use a larger '
-                           f'train_split, a holdout_split or a single fixed '
-                           f'l2_regs value.')
-        held_accs = probe.accuracy(pool.x[held], pool.labels[held], l2_regs)
-        l2 = l2_regs[int(np.argmax(held_accs))]
-      accs.append(probe.accuracy(test.x, test.labels, [l2])[0])
-      chosen.append(l2)
-    name = f'{dataset}_{k}shot' if dataset else f'{k}shot'
-    out[name] = float(np.mean(accs))
-    out[f'{name}_std'] = float(np.std(accs, ddof=1)) if seeds > 1 else 0.0
-    out[f'{name}_l2'] = float(np.exp(np.mean(np.log(chosen))))
+    name = _suffix_names(dataset, k)
+    out[name] = float(np.mean(fixed[k]))
+    out[f'{name}_std'] = std(fixed[k])
+    if tuned_l2_grid is not None:
+      out[f'{name}_tuned_l2'] = float(np.mean(tuned[k]))
+      out[f'{name}_tuned_l2_std'] = std(tuned[k])
+      out[f'{name}_tuned_l2_reg'] = float(np.exp(np.mean(np.log(chosen[k]))))
   return out
 
 
@@ -127,7 +179,9 @@ class FewShotEvaluator:
   datasets: Sequence[FewShotDataset]
   batch_size: int
   seeds: int = 3
-  l2_regs: Sequence[float] = (2.0**10,)
+  l2_reg: float = DEFAULT_L2_REG
+  tuned_l2: bool = False
+  l2_grid: Sequence[float] = DEFAULT_L2_GRID
   holdout_per_class: int = 10
   seed: int = 0
 
@@ -162,71 +216,80 @@ class FewShotEvaluator:
       train = self.features(params, ds.train_batches())
       test = self.features(params, ds.test_batches())
       holdout = None
-      if ds.holdout_batches is not None and len(self.l2_regs) > 1:
+      if ds.holdout_batches is not None and self.tuned_l2:
         holdout = self.features(params, ds.holdout_batches())
-      scores = probe_scores(train, test, train.num_classes, ds.shots, self.seeds,
-                            self.l2_regs, self.holdout_per_class, self.seed,
-                            ds.name, holdout)
+      scores = probe_scores(
+          train, test, train.num_classes, ds.shots, self.seeds, self.l2_reg,
+          tuned_l2_grid=tuple(self.l2_grid) if self.tuned_l2 else None,
+          holdout_per_class=self.holdout_per_class, seed=self.seed,
+          dataset=ds.name, holdout=holdout)
       results.update(scores)
       for k in ds.shots:
-        per_shot.setdefault(k, []).append(scores[f'{ds.name}_{k}shot'])
+        for suffix in ('', '_tuned_l2') if self.tuned_l2 else ('',):
+          per_shot.setdefault(f'{k}shot{suffix}', []).append(
+              scores[f'{ds.name}_{k}shot{suffix}'])
     if len(self.datasets) > 1:
-      for k, accs in per_shot.items():
+      for name, accs in per_shot.items():
         if len(accs) == len(self.datasets):
-          results[f'mean_{k}shot'] = float(np.mean(accs))
+          results[f'mean_{name}'] = float(np.mean(accs))
     return results
 
 
-# The customary few-shot datasets (TFDS names): the training split the shots
-# are drawn from, the test split, the class count and the shot counts.
-# imagenet2012 draws from its first 65,000 training images (about 65 per
-# class, in TFDS's shuffled order) and reports 5 shots. oxford_flowers102
-# has exactly 10 training images per class, so it stops at 10 shots and
-# chooses l2 on its validation split. cars196 leaves out 25 shots: 25 shots
-# plus held-out images need more images in every class than its training
-# split guarantees. uc_merced has one split: 1,000 images to draw from and the
-# other 1,100 to test on.
-CUSTOMARY_DATASETS = {
-    'imagenet2012': dict(data=dict(name='imagenet2012'),
-                         train_split='train[:65000]', test_split='validation',
-                         num_classes=1000, shots=(5,)),
+# big_vision's few-shot datasets (configs/common_fewshot.py; imagenet2012 is
+# listed there too, commented out because it needs a manual download): the
+# TFDS name, the split the shots are drawn from, the test split, the class
+# count. Shots 1, 5, 10, 25 everywhere. imagenet2012 draws from its first
+# 65,000 training images (at least 30 per class); uc_merced has one split:
+# 1,000 images to draw from, the other 1,100 to test on.
+DATASETS = {
+    'caltech101': dict(data=dict(name='caltech101'), train_split='train',
+                       test_split='test', num_classes=102),
+    'cars196': dict(data=dict(name='cars196:2.1.0'), train_split='train',
+                    test_split='test', num_classes=196),
     'cifar100': dict(data=dict(name='cifar100'), train_split='train',
-                     test_split='test', num_classes=100, shots=(1, 5, 10, 25)),
+                     test_split='test', num_classes=100),
+    'dtd': dict(data=dict(name='dtd'), train_split='train', test_split='test',
+                num_classes=47),
     'oxford_iiit_pet': dict(data=dict(name='oxford_iiit_pet'),
                             train_split='train', test_split='test',
-                            num_classes=37, shots=(1, 5, 10, 25)),
+                            num_classes=37),
+    'uc_merced': dict(data=dict(name='uc_merced'), train_split='train[:1000]',
+                      test_split='train[1000:]', num_classes=21),
+    'imagenet2012': dict(data=dict(name='imagenet2012'),
+                         train_split='train[:65000]', test_split='validation',
+                         num_classes=1000),
+}
+DATASETS = {n: {**d, 'shots': (1, 5, 10, 25)} for n, d in DATASETS.items()}
+# Not in big_vision's set, available by name: oxford_flowers102 has exactly
+# 10 training images per class, so it stops at 10 shots and (with tuned_l2)
+# chooses l2 on its validation split.
+EXTRA_DATASETS = {
     'oxford_flowers102': dict(data=dict(name='oxford_flowers102'),
                               train_split='train', test_split='test',
                               holdout_split='validation', num_classes=102,
                               shots=(1, 5, 10)),
-    'caltech101': dict(data=dict(name='caltech101'), train_split='train',
-                       test_split='test', num_classes=102,
-                       shots=(1, 5, 10, 25)),
-    'dtd': dict(data=dict(name='dtd'), train_split='train', test_split='test',
-                num_classes=47, shots=(1, 5, 10, 25)),
-    'cars196': dict(data=dict(name='cars196'), train_split='train',
-                    test_split='test', num_classes=196, shots=(1, 5, 10)),
-    'uc_merced': dict(data=dict(name='uc_merced'), train_split='train[:1000]',
-                      test_split='train[1000:]', num_classes=21,
-                      shots=(1, 5, 10, 25)),
 }
-#: Regularisation grid, chosen on held-out training examples by default.
-DEFAULT_L2_REGS = tuple(2.0**i for i in range(-6, 20, 2))
+
+
+def default_pp(size: int, num_classes: int) -> str:
+  """big_vision's few-shot preprocessing: resize to size x 8/7, central crop."""
+  return (f'decode|resize({round(size * 8 / 7)})|central_crop({size})|'
+          f"value_range(-1, 1)|onehot({num_classes})|keep('image', 'labels')")
 
 
 def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
                 context: inputs.EvalContext) -> FewShotEvaluator:
   """Config keys: datasets ({name: {data, train_split, test_split,
-  holdout_split, num_classes, shots, pp}}; default CUSTOMARY_DATASETS),
-  seeds (3), l2_regs (DEFAULT_L2_REGS; one value = fixed), holdout_per_class
-  (10), batch_size, every."""
+  holdout_split, num_classes, shots, pp (default: `default_pp`)}}; default
+  DATASETS), seeds (3), l2_reg (2^10), tuned_l2 (False), l2_grid
+  (DEFAULT_L2_GRID), holdout_per_class (10), seed (0), batch_size, every."""
   size = inputs.image_size_of(context.image_size)
   batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
-  specs = inputs.as_dict(inputs.get(config, 'datasets', CUSTOMARY_DATASETS))
+  specs = inputs.as_dict(inputs.get(config, 'datasets', DATASETS))
   if not specs:
     raise ValueError(f'evaluator {name!r} has no datasets; set '
-                     f'evals.{name}.datasets or leave it out for the customary '
-                     f'set ({", ".join(CUSTOMARY_DATASETS)}).')
+                     f'evals.{name}.datasets or leave it out for big_vision\'s '
+                     f'set ({", ".join(DATASETS)}).')
   datasets, problems = [], []
   for ds_name, spec in specs.items():
     try:
@@ -240,8 +303,10 @@ def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
       name=name, every=int(inputs.get(config, 'every', 0)), model=model,
       mesh=mesh, datasets=datasets, batch_size=batch_size,
       seeds=int(inputs.get(config, 'seeds', 3)),
-      l2_regs=tuple(float(v) for v in inputs.get(config, 'l2_regs',
-                                                 DEFAULT_L2_REGS)),
+      l2_reg=float(inputs.get(config, 'l2_reg', DEFAULT_L2_REG)),
+      tuned_l2=bool(inputs.get(config, 'tuned_l2', False)),
+      l2_grid=tuple(float(v) for v in inputs.get(config, 'l2_grid',
+                                                 DEFAULT_L2_GRID)),
       holdout_per_class=int(inputs.get(config, 'holdout_per_class', 10)),
       seed=int(inputs.get(config, 'seed', 0)))
 
@@ -256,7 +321,7 @@ def _dataset(where: str, ds_name: str, spec: Any, size: int, batch_size: int,
     classes = inputs.get(spec, 'num_classes')
     if not classes:
       raise ValueError(f'{where}: give num_classes (or a pp string).')
-    pp = f'vit_eval({size}, {classes})'
+    pp = default_pp(size, classes)
 
   def pipeline(split_key, default):
     split = inputs.get(spec, split_key, default)

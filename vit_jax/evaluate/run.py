@@ -52,10 +52,11 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
   image_size = config.image_size or info.image_size
   model, _ = models.build(info.model, num_classes)
   params = checkpoint.load_pretrained(
-      tree, models.param_shapes(model, image_size), name=checkpoint_path)
-  note = ('' if image_size == info.image_size else
-          f' (the checkpoint is at {info.image_size} px: position embeddings '
-          f'resampled)')
+      tree, models.param_shapes(model, image_size), name=checkpoint_path,
+      keep_head=True)  # Evaluation uses the head exactly as saved.
+  note = (" (the checkpoint's own resolution)" if image_size == info.image_size
+          else f' (given; the checkpoint is for {info.image_size} px: its '
+          f'position embeddings are resampled)')
   logging.info('Evaluating %s (%s) at %s px%s.', checkpoint_path, info.label,
                image_size, note)
 
@@ -91,7 +92,7 @@ def table(results: dict) -> str:
   rows = [('evaluator', 'metric', 'value')]
   for name, metrics in results['metrics'].items():
     for metric, value in metrics.items():
-      percent = not any(s in metric for s in ('num_', '_l2', 'num_tasks'))
+      percent = not ('num_' in metric or metric.endswith('_reg'))
       rows.append((name, metric, f'{100 * value:.2f}' if percent
                    else f'{value:g}'))
   widths = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -3,7 +3,8 @@
 from vit_jax.models.fast_path import XLA_GPU_FLAGS, backend_defaults
 from vit_jax.models.registry import (MODELS, ModelSpec, build, count_params,
                                      describe, get_model, get_spec,
-                                     model_overrides, param_shapes)
+                                     model_overrides, param_shapes,
+                                     pixels_per_token)
 from vit_jax.models.vit import (VisionTransformer, layers_to_scan,
                                 scan_to_layers)
 
@@ -11,4 +12,5 @@ __all__ = ['MODELS', 'ModelSpec', 'VisionTransformer', 'XLA_GPU_FLAGS',
            'backend_defaults', 'build', 'count_params',
            'describe', 'model_overrides',
            'get_model', 'get_spec', 'layers_to_scan', 'param_shapes',
+           'pixels_per_token',
            'scan_to_layers']

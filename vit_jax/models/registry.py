@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models.fast_path import backend_defaults
+from vit_jax.models.resnet import stem_stride
 from vit_jax.models.vit import ResNetStem, VisionTransformer
 
 _WIDTHS = {
@@ -65,9 +66,8 @@ def _vit(size: str, patch: int, dropout: float = 0.0) -> ModelSpec:
 def _hybrid(name: str, size: str, stages: tuple[int, ...], patch: int,
             dropout: float = 0.0) -> ModelSpec:
   d, l, m, h = _WIDTHS[size]
-  stem_stride = 4 * 2**max(len(stages) - 1, 0)
   return ModelSpec(name, d, l, m, h, (patch, patch), ResNetStem(stages),
-                   dropout_rate=dropout, stride=stem_stride * patch)
+                   dropout_rate=dropout, stride=stem_stride(stages) * patch)
 
 
 # Dropout rates as in the released configs (the pretraining recipes of the
@@ -133,6 +133,14 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
   if value is None or value.name not in COMPUTE_DTYPES:
     raise ValueError(f'model dtype {dtype!r} is not one of {COMPUTE_DTYPES}.')
   return value
+
+
+def pixels_per_token(model: VisionTransformer) -> tuple[int, int]:
+  """(h, w) pixels per token: the patch size times a hybrid stem's stride."""
+  stem = stem_stride(model.resnet.num_layers) if model.resnet else 1
+  ph, pw = ((model.patch_size, model.patch_size)
+            if isinstance(model.patch_size, int) else model.patch_size)
+  return ph * stem, pw * stem
 
 
 def param_shapes(model: VisionTransformer, image_size: int | tuple[int, int] = 224

@@ -77,6 +77,11 @@ class ResNetStage(nn.Module):
     return x
 
 
+def stem_stride(num_layers: Sequence[int]) -> int:
+  """Pixels per output position of `bit_stem`: 4 at the root, 2 per later stage."""
+  return 4 * 2**max(len(num_layers) - 1, 0)
+
+
 def bit_stem(x, num_layers: Sequence[int], width_factor: int = 1,
              dtype: Dtype = jnp.float32):
   """Root (7x7/2 conv, GN, ReLU, 3x3/2 max-pool), then the ResNet stages.
