@@ -304,7 +304,7 @@ def test_h14_without_fsdp_misses_16gb_and_fits_with_fsdp():
   accumulation (64 micro-batches of 2 images per core) the activations fit
   too, even as the CPU compiler counts them (docs/budget.md).
   """
-  config = cli._load_config('configs/pretrain.py:model=H/14,batch=1024')
+  config = cli._load_config('configs/pretrain.py:model=H/14,dataset=jft,batch=1024')
   spec = fit.spec_from_config(config)
   assert spec.optim['name'] == 'adam' and spec.num_layers == 32
   dp = fit.fit_one(spec, 'v3-8', {'data': N}, remat='full')

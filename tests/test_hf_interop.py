@@ -268,7 +268,8 @@ def test_transformers_classifier_loads_with_equal_logits(runs, name,
       make['config']['hidden_act'] != 'gelu'))
   assert arch.num_classes == NUM_CLASSES and arch.representation_size is None
   model = get_model(arch.name, arch.num_classes, **arch.model_kwargs())
-  params = checkpoint.load_pretrained(make['dir'], param_shapes(model, size))
+  params = checkpoint.load_pretrained(make['dir'], param_shapes(model, size),
+                                      keep_head=True)
   ours = _apply(model, params, np.load(make['images']))
   theirs = np.load(make['out'])['logits']
   assert float(np.std(theirs)) > 0.3  # informative logits
@@ -297,7 +298,8 @@ def test_layer_norm_epsilon_gap_is_measured(runs, record_property):
   arch = hf_interop.model_for_checkpoint(make['dir'])
   assert arch.layer_norm_eps == 1e-12
   model = get_model(arch.name, arch.num_classes, **arch.model_kwargs())
-  params = checkpoint.load_pretrained(make['dir'], param_shapes(model, 224))
+  params = checkpoint.load_pretrained(make['dir'], param_shapes(model, 224),
+                                      keep_head=True)
   ours = _apply(model, params, np.load(make['images']))
   at_1e12 = float(np.max(np.abs(ours - np.load(make['out'])['logits'])))
   at_1e6 = float(np.max(np.abs(
@@ -488,7 +490,7 @@ def test_bad_directories_are_one_line_errors(tmp_path, capsys):
   assert export.main(['--checkpoint', str(tmp_path / 'none.npz'),
                       '--out', str(tmp_path / 'o')]) == 2
   err = capsys.readouterr().err
-  assert 'does not exist' in err and err.count('\n') == 1
+  assert 'checkpoint file not found' in err and err.count('\n') == 1
 
 
 def test_export_cli_npz_and_labels(runs, tmp_path):

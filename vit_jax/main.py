@@ -51,25 +51,33 @@ def main(argv) -> None:
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except train.SaveError as e:
-    # orbax's save threads may still run; exiting without joining them keeps
-    # their shutdown errors off the console (the checkpoints on disk are final).
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(train.EXIT_SAVE_FAILED)  # pylint: disable=protected-access
+    _exit_save_failed(str(e))
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(str(e).strip('"\''))
   except OSError as e:
     if e.errno not in train_checkpoint.DISK_FULL_ERRNOS:
       raise
-    cli.fail(f'{e.filename or _WORKDIR.value}: {e.strerror} [errno {e.errno}]'
-             f'; free space, then rerun to resume from the last checkpoint.',
-             status=train.EXIT_SAVE_FAILED)
+    _exit_save_failed(f'{e.filename or _WORKDIR.value}: {e.strerror} [errno '
+                      f'{e.errno}]; free space, then rerun to resume from the '
+                      f'last checkpoint.')
   if jax.process_index() == 0:
     exported = result.status == 'done' and _CONFIG.value.export_npz
     print(summary_line(result, os.path.join(_WORKDIR.value, 'params.npz')
                        if exported else None), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
+
+
+def _exit_save_failed(message: str) -> None:
+  """One line and exit 74, without joining orbax's save threads.
+
+  They may still run; exiting without them keeps their shutdown errors off
+  the console (the checkpoints on disk are final).
+  """
+  from vit_jax import train  # pylint: disable=g-import-not-at-top  (loaded by then)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(train.EXIT_SAVE_FAILED)  # pylint: disable=protected-access
 
 
 def _stop_before_training(signum, frame) -> None:

@@ -20,6 +20,8 @@ import errno
 import logging
 import os
 import re
+import sys
+import threading
 import time
 import zlib
 from typing import Any, Callable, Optional
@@ -92,6 +94,8 @@ class _QuietSaveErrors(logging.Filter):
       return False
     if exc is not None and 'No space left' in str(exc):
       return False  # e.g. TensorBoard's writer on the same full disk.
+    if exc is not None and 'Event loop is closed' in str(exc):
+      return False  # orbax's save loop, shut down after the failed save.
     text = str(record.msg)
     return not ('os_error_code' in text or 'No space left' in text or (
         record.args and any('os_error_code' in str(a) for a in (
@@ -101,6 +105,30 @@ class _QuietSaveErrors(logging.Filter):
 _QUIET = _QuietSaveErrors()
 for _name in ('absl', 'asyncio', 'clu'):
   logging.getLogger(_name).addFilter(_QUIET)
+
+
+def _quiet_thread_errors(args, _default=threading.excepthook) -> None:
+  """Save threads that die of the failed save (a full disk, then the closed
+  event loop they report to) stay off the console: SaveError says it once."""
+  exc = args.exc_value
+  if exc is not None and (_errno_of(exc)[0] is not None or
+                          'Event loop is closed' in str(exc) or
+                          'No space left' in str(exc)):
+    return
+  _default(args)
+
+
+def _quiet_unraisable(args, _default=sys.unraisablehook) -> None:
+  """The same for errors raised in callbacks that nothing can catch."""
+  exc = args.exc_value
+  if exc is not None and ('Event loop is closed' in str(exc) or
+                          _errno_of(exc)[0] is not None):
+    return
+  _default(args)
+
+
+threading.excepthook = _quiet_thread_errors
+sys.unraisablehook = _quiet_unraisable
 
 
 def _host_array(x: Any) -> Optional[np.ndarray]:

@@ -166,8 +166,10 @@ def _fits(args, mfu: float):
     if not args.model or not args.batch_size:
       raise ValueError('give --model and --batch-size (or --config).')
     model = args.model.removeprefix('ViT-')
-    config = _load_config(f'configs/pretrain.py:model={model},'
-                          f'batch={args.batch_size}')
+    # The JFT recipe's optimizer (Adam); epochs and lr do not change what
+    # a step holds or sends, and make every registered model a valid row.
+    config = _load_config(f'configs/pretrain.py:model={model},dataset=jft,'
+                          f'epochs=7,lr=0.001,batch={args.batch_size}')
   if args.model and args.config:
     config.model.name = args.model
   if args.batch_size:
