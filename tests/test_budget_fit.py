@@ -298,8 +298,8 @@ def test_h14_without_fsdp_misses_16gb_and_fits_with_fsdp():
   128 images per core, as batch 4096 on a v3-32 (here batch 1024 on the 8
   simulated cores of a v3-8). Without FSDP, float32 parameters, gradients
   and the two Adam moments of 632M parameters take 10.1 GB per core, and
-  with the activations of one compiled block the step misses 16 GiB: the
-  fit reports the miss as a lower bound after a single 1-block compile.
+  with the activations the step misses 16 GiB, and the fit reports by how
+  much (a lower bound when the 1-block compile already misses).
   With FSDP over the slice those bytes shrink 8-fold, and with gradient
   accumulation (64 micro-batches of 2 images per core) the activations fit
   too, even as the CPU compiler counts them (docs/budget.md).
@@ -308,10 +308,10 @@ def test_h14_without_fsdp_misses_16gb_and_fits_with_fsdp():
   spec = fit.spec_from_config(config)
   assert spec.optim['name'] == 'adam' and spec.num_layers == 32
   dp = fit.fit_one(spec, 'v3-8', {'data': N}, remat='full')
-  assert dp.fits is False and dp.lower_bound
+  assert dp.fits is False
   assert dp.params_bytes + dp.opt_state_bytes > 12 * 632e6
   assert dp.miss_bytes > 0
-  assert 'misses by at least' in fit.format_fit(dp)
+  assert 'misses by' in fit.format_fit(dp)
   accumulated = dataclasses.replace(spec, accum_steps=64)
   sharded = fit.fit_one(accumulated, 'v3-8', {'fsdp': N}, remat='full')
   assert sharded.fits, fit.format_fit(sharded)
