@@ -15,6 +15,15 @@ from typing import Any, Optional
 from etils import epath
 
 
+def probe_writable(directory: str) -> None:
+  """Creates `directory` and writes and removes a file in it; OSError if not."""
+  os.makedirs(directory, exist_ok=True)
+  probe = os.path.join(directory, f'.write_test_{os.getpid()}')
+  with open(probe, 'w') as f:
+    f.write('ok')
+  os.remove(probe)
+
+
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (creates the parent directory)."""
   if '://' in path:

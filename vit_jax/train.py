@@ -60,11 +60,7 @@ def check_workdir(workdir: str) -> str:
     return workdir
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    files.probe_writable(workdir)
   except OSError as e:
     raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
                      f'choose a directory you can write to.') from None

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vit_jax import rules
+from vit_jax import files, rules
 
 ASIDE_DIR = 'checkpoints_aside'
 #: errno values that mean the storage is full.
@@ -200,11 +200,7 @@ def check_writable(workdir: str) -> None:
     raise ValueError(f'{path} is a file, not a directory: move it away or '
                      f'choose another --workdir.')
   try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f'.write_test_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    files.probe_writable(path)
   except OSError as e:
     raise ValueError(f'{path} cannot be written ({e.strerror}); fix its '
                      f'permissions or choose another --workdir.') from None
