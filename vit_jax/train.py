@@ -276,8 +276,8 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
 def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
                         ) -> TrainResult:
-  # 1. Inputs that could be wrong are checked before anything compiles.
-  workdir = check_workdir(workdir)
+  # 1. Inputs that could be wrong are checked before anything compiles (the
+  # schema, the model and the workdir already were, by train_and_evaluate).
   mesh = parallel.make_mesh(dict(config.mesh))
   device_kind = jax.devices()[0].device_kind
   # Core-hours count every second the devices are held, from here to exit.
