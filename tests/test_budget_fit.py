@@ -7,14 +7,15 @@ per device must equal a count made here from the shapes alone.
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
 import pytest
 
-from vit_jax import models
+from vit_jax import models, train_step
 from vit_jax.budget import __main__ as cli
-from vit_jax.budget import collectives, fit, hardware
+from vit_jax.budget import activations, collectives, fit, hardware
 
 N = 8
 F32 = 4
@@ -261,18 +262,119 @@ def test_depth_extrapolation_matches_a_full_compile():
   assert guess['temp'] == pytest.approx(three['temp'], rel=0.05)
 
 
+# ------------------------------------------------- activations, counted
+
+
+def counted(remat, depth, dtype='float32', micro=BATCH // N, **options):
+  """Residual bytes of the tiny model's loss at one device's micro-batch."""
+  spec = tiny(depth, model_options=dict(tiny().model_options, dtype=dtype,
+                                        num_layers=depth, **options))
+  model = fit._model(spec, remat, depth)
+  params = models.param_shapes(model, IMAGE)
+  loss = train_step.make_loss_fn(model, spec.loss)
+  found = activations.residuals(
+      loss, params, jax.ShapeDtypeStruct((micro, IMAGE, IMAGE, 3), 'float32'),
+      jax.ShapeDtypeStruct((micro, 10), 'float32'), jax.random.key(0))
+  return activations.per_device_bytes(found, 1)
+
+
+@pytest.mark.parametrize('dtype,itemsize', [('float32', 4), ('bfloat16', 2)])
+def test_full_remat_keeps_one_block_input_per_layer(dtype, itemsize):
+  per_block = counted('full', 3, dtype) - counted('full', 2, dtype)
+  assert per_block == BATCH // N * TOKENS * HIDDEN * itemsize
+  # Without remat a block keeps far more: among others every head's
+  # attention weights (micro x heads x tokens^2).
+  plain = counted('none', 3, dtype) - counted('none', 2, dtype)
+  assert plain > per_block + BATCH // N * HEADS * TOKENS**2 * itemsize
+
+
+def test_activation_bytes_extrapolate_exactly_and_split_per_device():
+  spec = tiny(3)
+  block_params = sum(math.prod(x) for x in param_shapes(2)) - \
+      sum(math.prod(x) for x in param_shapes(1))
+  for remat in ('none', 'full'):
+    got = fit.activation_bytes(spec, {'data': N}, remat)
+    assert got.saved == counted(remat, 3)
+    assert got.block == counted('none', 3) - counted('none', 2)
+  # FSDP without remat keeps every block's gathered parameters.
+  assert fit.activation_bytes(spec, {'fsdp': N}, 'none').saved == \
+      counted('none', 3) + 3 * block_params * F32
+  full = fit.activation_bytes(spec, {'fsdp': N}, 'full')
+  assert full.saved == counted('full', 3)
+  # Remat recomputes the block's forward, less the input it kept.
+  assert full.recomputed == full.block - (counted('full', 3) -
+                                          counted('full', 2))
+  # Two cotangents of the largest residual in flight: here the MLP's
+  # hidden activations (4 images x 17 tokens x 128, float32).
+  assert full.cotangents == 2 * BATCH // N * TOKENS * MLP * F32
+  # FSDP gathers one block's float32 parameters and its whole gradient.
+  assert full.gathered == 2 * block_params * F32
+  assert fit.activation_bytes(spec, {'data': N}, 'full').gathered == 0
+  # Half the shards, twice the images per device, twice the activations.
+  half = fit.activation_bytes(spec, {'data': 4}, 'none')
+  assert half.saved == counted('none', 3, micro=BATCH // 4)
+  assert half.saved == pytest.approx(
+      2 * fit.activation_bytes(spec, {'data': N}, 'none').saved, rel=0.01)
+
+
+def test_tensor_parallelism_splits_heads_and_mlp_not_the_stream():
+  arch = dict(num_heads=HEADS, head_dim=HIDDEN // HEADS, mlp_dim=MLP)
+  split = functools.partial(activations.split_by_model_axis, **arch)
+  r = activations.Residual
+  assert split(r((4, TOKENS, MLP), 2))                    # MLP hidden
+  assert split(r((4, TOKENS, HEADS, HIDDEN // HEADS), 2))  # q, k, v
+  assert split(r((1, 4, HEADS, TOKENS, TOKENS), 4))       # attention weights
+  assert not split(r((4, TOKENS, HIDDEN), 4))             # residual stream
+  assert not split(r((4, IMAGE, IMAGE, 3), 4))            # the image
+  found = [r((4, TOKENS, MLP), 2), r((4, TOKENS, HIDDEN), 4)]
+  assert activations.per_device_bytes(found, 2, **arch) == \
+      4 * TOKENS * MLP + 4 * TOKENS * HIDDEN * 4
+
+
+def test_counted_activations_against_the_cpu_compiler():
+  """The count against XLA:CPU's memory analysis of the compiled step.
+
+  Without remat (not scanned, float32), what the compiler keeps per block
+  is at most the count (it fuses element-wise ops and recomputes them
+  rather than keep them) and not much less. With the layers scanned (the
+  one form in which XLA:CPU realises remat), full remat grows the
+  compiled step per block by about the one block input the count keeps.
+  Both beside the block's share of the gradients, which the compiler
+  counts among its temporaries.
+  """
+  mesh = {'fsdp': N}
+  # The compiler's temporaries hold the gradients too: per block, its
+  # sharded float32 gradient.
+  grads = (fit.state_bytes(tiny(2), mesh, N)['params'] -
+           fit.state_bytes(tiny(1), mesh, N)['params'])
+  compiled = measured(mesh, 3)['temp'] - measured(mesh, 2)['temp']
+  count = (fit.activation_bytes(tiny(3), mesh, 'none').saved -
+           fit.activation_bytes(tiny(2), mesh, 'none').saved) + grads
+  assert 0.5 * count < compiled <= count
+  scanned = tiny(2, model_options=dict(tiny().model_options, scan_layers=True))
+  grow = [fit.measure(dataclasses.replace(
+      scanned, model_options=dict(scanned.model_options, num_layers=depth)),
+      mesh, N, 'full', depth)['temp'] for depth in (2, 4)]
+  per_block = (grow[1] - grow[0]) / 2
+  kept = BATCH // N * TOKENS * HIDDEN * F32 + grads
+  assert per_block == pytest.approx(kept, rel=0.1)
+
+
 def test_fit_reports_the_miss_and_ranks_layouts(monkeypatch):
   # The compiles of the tests above, reused; a fictitious accelerator whose
   # HBM lies between what data parallelism and FSDP need.
   monkeypatch.setattr(fit, 'measure', lambda spec, mesh, n, remat, layers:
                       dict(measured({k: v for k, v in mesh.items() if v > 1},
                                     layers, remat)))
-  dp_total = fit._total(measured({'data': N}))
-  fsdp_total = fit._total(measured({'fsdp': N}))
+  small = hardware.Hardware('tiny8', 'Tiny', 1e12, 1, 1, 2**40, 1e9)
+  monkeypatch.setitem(hardware.HARDWARE, 'tiny8', small)
+  dp_total, fsdp_total = (
+      fit.fit_one(tiny(), 'tiny8', mesh, chips=N, compile='never').total_bytes
+      for mesh in ({'data': N}, {'fsdp': N}))
   assert fsdp_total < dp_total
   hbm = (dp_total + fsdp_total) / 2 / 0.9
-  small = hardware.Hardware('tiny8', 'Tiny', 1e12, 1, 1, hbm, 1e9)
-  monkeypatch.setitem(hardware.HARDWARE, 'tiny8', small)
+  monkeypatch.setitem(hardware.HARDWARE, 'tiny8',
+                      dataclasses.replace(small, hbm_bytes_per_chip=hbm))
   fits = fit.search(tiny(), 'tiny8', chips=N, remats=('none',),
                     meshes=[{'data': N}, {'fsdp': N}])
   assert [f.mesh_name for f in fits] == ['fsdp=8', 'data=8']
@@ -282,6 +384,14 @@ def test_fit_reports_the_miss_and_ranks_layouts(monkeypatch):
   assert bad.miss_bytes == pytest.approx((dp_total - fsdp_total) / 2)
   assert 'does NOT fit' in fit.format_fit(bad)
   assert f'misses by {bad.miss_bytes / 2**30:.2f} GiB' in fit.format_fit(bad)
+  # Only the layout that fits was compiled.
+  assert bad.collective_bytes is None and 'not compiled' in fit.format_fit(bad)
+  # The total is the sum of its parts: state and gradients from the rules,
+  # the batch, and the counted activations.
+  assert good.total_bytes == pytest.approx(
+      good.params_bytes + good.opt_state_bytes + good.grads_bytes +
+      good.batch_bytes + good.saved_bytes + good.working_bytes)
+  assert good.grads_bytes == good.params_bytes
   # Predicted time: compute at the stated MFU plus the bytes sent over the
   # interconnect, nothing hidden (overlap 0).
   assert good.step_s == pytest.approx(
@@ -292,43 +402,70 @@ def test_fit_reports_the_miss_and_ranks_layouts(monkeypatch):
       measured({'fsdp': N})['collective_bytes'].values())
 
 
+def test_search_accumulates_gradients_when_no_layout_fits(monkeypatch):
+  small = hardware.Hardware('tiny8', 'Tiny', 1e12, 1, 1, 2**40, 1e9)
+  monkeypatch.setitem(hardware.HARDWARE, 'tiny8', small)
+  whole, halves = (
+      fit.fit_one(dataclasses.replace(tiny(), accum_steps=k), 'tiny8',
+                  {'data': N}, chips=N, compile='never') for k in (1, 2))
+  # Half the images per micro-batch: half the activations, and a second
+  # gradient tree (the running sum).
+  assert halves.saved_bytes == pytest.approx(whole.saved_bytes / 2, rel=0.05)
+  assert halves.grads_bytes == 2 * whole.grads_bytes
+  assert halves.total_bytes < whole.total_bytes
+  hbm = (halves.total_bytes + whole.total_bytes) / 2 / 0.9
+  monkeypatch.setitem(hardware.HARDWARE, 'tiny8',
+                      dataclasses.replace(small, hbm_bytes_per_chip=hbm))
+  fits = fit.search(tiny(), 'tiny8', chips=N, remats=('none',),
+                    meshes=[{'data': N}], compile='never')
+  assert [(f.accum_steps, f.fits) for f in fits] == [(2, True), (1, False)]
+  assert fit.summary_line(fits[0]).startswith(
+      'ViT-Ti/16, tiny8, data=8, remat=none, accum=2: fits at')
+
+
 def test_h14_without_fsdp_misses_16gb_and_fits_with_fsdp():
   """ViT-H/14 with the pretraining recipe's Adam on v3 cores (16 GiB each).
 
   128 images per core, as batch 4096 on a v3-32 (here batch 1024 on the 8
-  simulated cores of a v3-8). Without FSDP, float32 parameters, gradients
-  and the two Adam moments of 632M parameters take 10.1 GB per core, and
-  with the activations the step misses 16 GiB, and the fit reports by how
-  much (a lower bound when the 1-block compile already misses).
-  With FSDP over the slice those bytes shrink 8-fold, and with gradient
-  accumulation (64 micro-batches of 2 images per core) the activations fit
-  too, even as the CPU compiler counts them (docs/budget.md).
+  simulated cores of a v3-8), full remat. Without FSDP, float32 parameters,
+  gradients and the two Adam moments of 632M parameters take 10.1 GB per
+  core; with the activations the step misses 16 GiB, and the fit reports by
+  how much. With FSDP over the slice those bytes shrink 8-fold and it fits.
   """
   config = cli._load_config('configs/pretrain.py:model=H/14,dataset=jft,batch=1024')
   spec = fit.spec_from_config(config)
   assert spec.optim['name'] == 'adam' and spec.num_layers == 32
-  dp = fit.fit_one(spec, 'v3-8', {'data': N}, remat='full')
+  dp = fit.fit_one(spec, 'v3-8', {'data': N}, remat='full', compile='never')
   assert dp.fits is False
-  assert dp.params_bytes + dp.opt_state_bytes > 12 * 632e6
+  assert dp.params_bytes + dp.opt_state_bytes + dp.grads_bytes > 16 * 632e6
+  # Full remat keeps one bfloat16 block input per layer: 128 x 257 x 1280.
+  assert dp.saved_bytes > 32 * 128 * 257 * 1280 * 2
   assert dp.miss_bytes > 0
-  assert 'misses by' in fit.format_fit(dp)
-  accumulated = dataclasses.replace(spec, accum_steps=64)
-  sharded = fit.fit_one(accumulated, 'v3-8', {'fsdp': N}, remat='full')
+  assert f'misses by {dp.miss_bytes / 2**30:.2f} GiB' in fit.format_fit(dp)
+  sharded = fit.fit_one(spec, 'v3-8', {'fsdp': N}, remat='full',
+                        compile='never')
   assert sharded.fits, fit.format_fit(sharded)
   assert sharded.params_bytes < dp.params_bytes / 7
   assert sharded.opt_state_bytes < dp.opt_state_bytes / 7
+  assert sharded.saved_bytes == dp.saved_bytes
+  # Without remat the activations alone miss.
+  plain = fit.fit_one(spec, 'v3-8', {'fsdp': N}, remat='none',
+                      compile='never')
+  assert plain.fits is False and plain.saved_bytes > 10 * dp.saved_bytes
 
 
 def test_plan_with_fit_uses_the_best_layouts_predicted_mfu(monkeypatch,
                                                             capsys):
   best = fit.Fit(
       model='ViT-H/14', hardware='v3-32', num_devices=32, batch_size=4096,
-      mesh={'data': 4, 'fsdp': 8, 'model': 1}, remat='full',
-      params_bytes=1e8, opt_state_bytes=2e8, ema_bytes=0, batch_bytes=1e8,
-      temp_bytes=1.3e10, total_bytes=13.1 * 2**30, hbm_bytes=16 * 2**30,
+      accum_steps=1, mesh={'data': 4, 'fsdp': 8, 'model': 1}, remat='full',
+      params_bytes=1e8, opt_state_bytes=2e8, ema_bytes=0, grads_bytes=1e8,
+      batch_bytes=1e8, saved_bytes=3e9, working_bytes=1e10,
+      total_bytes=13.1 * 2**30, hbm_bytes=16 * 2**30,
       margin=0.1, collective_bytes={'all-gather': 2**30,
                                     'reduce-scatter': 1.1 * 2**30},
       collective_count={'all-gather': 64, 'reduce-scatter': 1},
+      xla_cpu_bytes=5e10,
       compute_s=10., comm_s=1., step_s=11., mfu=0.5, overlap=0.,
       predicted_mfu=0.41, flops_per_step=1e18, compile_s=1.,
       layers_compiled=(1, 2))

@@ -57,6 +57,20 @@ def sharded_init(model, tx, image_shape, mesh, rules, *, seed: int,
   return state, shardings
 
 
+def make_loss_fn(model: nn.Module, loss: str = 'softmax_xent',
+                 label_smoothing: float = 0.0) -> Callable:
+  """`loss(params, images, labels, rng)`: the mean training loss of a
+  (micro-)batch, dropout on; what the step differentiates."""
+  loss_fn = losses.get_loss(loss)
+
+  def micro_loss(params, images, labels, rng):
+    logits = model.apply({'params': params}, images, train=True,
+                         rngs={'dropout': rng})
+    targets = losses.smooth_labels(labels, label_smoothing)
+    return jnp.mean(loss_fn(logits, targets))
+  return micro_loss
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mesh: Mesh, shardings: Any, *, loss: str = 'softmax_xent',
                     label_smoothing: float = 0.0, accum_steps: int = 1,
@@ -71,16 +85,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   batch, in less memory. Row i*accum + j belongs to micro-batch j, so every
   micro-batch is spread evenly over the devices.
   """
-  loss_fn = losses.get_loss(loss)
   batch_axes = parallel.BATCH_AXES
-
-  def micro_loss(params, images, labels, rng):
-    logits = model.apply({'params': params}, images, train=True,
-                         rngs={'dropout': rng})
-    targets = losses.smooth_labels(labels, label_smoothing)
-    return jnp.mean(loss_fn(logits, targets))
-
-  grad_fn = jax.value_and_grad(micro_loss)
+  grad_fn = jax.value_and_grad(make_loss_fn(model, loss, label_smoothing))
 
   def step(state, batch):
     params = state['params']

@@ -113,8 +113,8 @@ def _fit_options(p: argparse.ArgumentParser, plan: bool) -> None:
                  help='a layout to try, e.g. data=4,fsdp=8,model=1; repeat '
                  'for several (default: the sensible ones for the slice)')
   p.add_argument('--remat-policy', '--remat_policy', dest='remat_policy',
-                 help='one remat policy (default: none, then dots, then full '
-                 'while the step does not fit)')
+                 help='one remat policy: none, dots, dots_no_batch or full '
+                 '(default: none, then full if none does not fit)')
   p.add_argument('--accum-steps', '--accum_steps', dest='accum_steps',
                  type=int, help='gradient accumulation micro-batches '
                  '(default: the config\'s, 1)')
@@ -192,9 +192,12 @@ def _fits(args, mfu: float):
   meshes = [_mesh_arg(m) for m in args.mesh] if args.mesh else None
   remats = ([args.remat_policy] if args.remat_policy
             else list(fit_lib.REMAT_ORDER))
+  # One layout asked for: its collectives are compiled even if it misses.
+  one = meshes is not None and len(meshes) == 1 and len(remats) == 1
   return fit_lib.search(
       spec, args.hardware, chips=args.chips, mfu=mfu, overlap=args.overlap,
       margin=args.margin, layers=layers, remats=remats, meshes=meshes,
+      compile='always' if one else 'if_fits',
       log=lambda m: print(m, file=sys.stderr, flush=True))
 
 

@@ -1,21 +1,26 @@
-"""Whether the real sharded training step fits a slice: per-device memory and collectives, compiled on simulated devices.
+"""Whether the real sharded training step fits a slice: per-device memory, collectives and predicted step time.
 
 The step is `vit_jax.train_step.make_train_step` with the recipe's
 optimizer (`vit_jax.optim.make_optimizer`) and sharding rules
-(`vit_jax.parallel`), the one `vit_jax.main` runs. It is lowered with
-abstract inputs for a mesh over N simulated CPU devices and compiled, never
-run; XLA's memory analysis gives the bytes one device holds, and the
-optimised HLO lists every collective (`collectives.py`).
+(`vit_jax.parallel`), the one `vit_jax.main` runs.
 
-Compiling a 32-layer model for every candidate mesh would be slow on a small
-machine, so the encoder is compiled with `layers` = (1, 2) blocks and every
-per-device figure f is extrapolated to the model's L blocks:
-f(L) = f(1) + (L - 1) (f(2) - f(1)). Blocks are identical, so parameter,
-optimizer and collective bytes are exactly linear in L; activations and
-temporaries are linear as long as the peak stays where it is (the test
-suite compares the extrapolation against a full compile). Parameter and
-optimizer bytes are also counted directly from the sharding rules on the
-full model, without compiling.
+Memory per device is counted, not compiled: parameters, optimizer state and
+EMA from the sharding rules on the full model (exact), gradients like the
+parameters, one device's slice of the batch, and the activations of
+`activations.py` (what JAX's autodiff keeps for the backward pass at the
+remat policy and compute dtype, plus one block's working set). XLA:CPU's
+own memory analysis of the compiled step is reported beside it, not used:
+it counts bfloat16 temporaries at float32 size and does not realise remat's
+savings (docs/budget.md).
+
+Collectives are compiled: the step is lowered with abstract inputs for a
+mesh over N simulated CPU devices and compiled, never run, and the
+optimised HLO lists every collective (`collectives.py`). Compiling a
+32-layer model for every mesh would be slow on a small machine, so the
+encoder is compiled with `layers` = (1, 2) blocks and every per-device
+figure f is extrapolated to the model's L blocks:
+f(L) = f(1) + (L - 1) (f(2) - f(1)); blocks are identical, so collective
+bytes are exactly linear in L (the test suite compares a full compile).
 
 Predicted step time = compute + (1 - overlap) x communication, with
 compute = model FLOPs per device x recompute factor / (peak x MFU) and
@@ -35,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import models, optim, parallel, train_step
+from vit_jax.budget import activations as activations_lib
 from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
@@ -50,6 +56,7 @@ DEFAULT_MARGIN = 0.1     # HBM kept free for XLA's own buffers and fragmentation
 DEFAULT_MFU = 0.5        # compute-only MFU (the project's B/16 target).
 DEFAULT_OVERLAP = 0.0    # communication assumed not hidden behind compute.
 DEFAULT_LAYERS = (1, 2)
+COMPILE_CHOICES = ('always', 'if_fits', 'never')
 #: The CPU backend's LLVM optimisation does not change buffer sizes or the
 #: collectives, only compile time (halved); the test suite checks that.
 FAST_COMPILE = {'xla_backend_optimization_level': 0,
@@ -272,25 +279,96 @@ def _extrapolate(a: dict, b: dict, la: int, lb: int, full: int) -> dict:
 # One fit, and the search over meshes and remat policies.
 
 
+def activation_bytes(spec: StepSpec, mesh_sizes: Mapping[str, int],
+                     remat: str = 'none',
+                     layers: Sequence[int] = DEFAULT_LAYERS
+                     ) -> activations_lib.ActivationBytes:
+  """Per-device activation bytes of the step (`activations.py`): the
+  residuals of the project's own loss traced at one device's micro-batch
+  for `layers` blocks and extrapolated to the model's depth, and the
+  working set of one block. Traces only; compiles nothing."""
+  sizes = {a: int(mesh_sizes.get(a, 1)) for a in parallel.MESH_AXES}
+  shards = sizes['data'] * sizes['fsdp']
+  micro = spec.batch_size // shards // spec.accum_steps
+  if micro < 1 or spec.batch_size % (shards * spec.accum_steps):
+    raise ValueError(f'batch {spec.batch_size} does not split into '
+                     f'{shards} shards x {spec.accum_steps} micro-batches; '
+                     f'use a multiple of {shards * spec.accum_steps}.')
+  arch = _spec_with_options(spec)
+  split = dict(num_heads=arch.num_heads, mlp_dim=arch.mlp_dim,
+               head_dim=arch.hidden_size // arch.num_heads)
+  shape = (spec.image_size, spec.image_size, 3)
+  inputs = (jax.ShapeDtypeStruct((micro, *shape), jnp.float32),
+            jax.ShapeDtypeStruct((micro, spec.num_classes), jnp.float32),
+            jax.random.key(0))
+
+  @functools.lru_cache(maxsize=None)
+  def count(policy: str, depth: int) -> tuple[float, float, float]:
+    """(residual bytes, parameter bytes, the largest residual)."""
+    model = _model(spec, policy, depth)
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))['params']
+    loss = train_step.make_loss_fn(model, spec.loss, spec.label_smoothing)
+    found = activations_lib.per_device(
+        activations_lib.residuals(loss, params, *inputs), sizes['model'],
+        **split)
+    param_bytes = sum(x.size * jnp.dtype(x.dtype).itemsize
+                      for x in jax.tree.leaves(params))
+    return float(sum(found)), float(param_bytes), max(found, default=0.0)
+
+  full = spec.num_layers
+  la, lb = sorted(layers)[:2]
+  if lb >= full:
+    la, lb = (1, full) if full > 1 else (full, full)
+  saved_a, params_a, _ = count(remat, la)
+  saved_b, params_b, _ = count(remat, lb)
+  none_a, _, _ = count('none', la)
+  none_b, _, largest = count('none', lb)
+  steps = max(lb - la, 1)
+  per_block_saved = (saved_b - saved_a) / steps if lb > la else 0.0
+  block = (none_b - none_a) / steps if lb > la else none_a
+  block_params = (params_b - params_a) / steps if lb > la else params_a
+  gathered = block_params / sizes['model'] if sizes['fsdp'] > 1 else 0.0
+  return activations_lib.ActivationBytes(
+      # Without remat the compiler keeps each block's gathered parameters
+      # for the backward pass (they are gathered once, see the collectives).
+      saved=(saved_a + (full - la) * per_block_saved +
+             (full * gathered if remat == 'none' else 0.0)),
+      block=block,
+      recomputed=max(block - per_block_saved, 0.0) if remat != 'none' else 0.,
+      cotangents=2 * largest,
+      gathered=2 * gathered)
+
+
 @dataclasses.dataclass(frozen=True)
 class Fit:
-  """Per-device memory, communication and predicted time of one layout."""
+  """Per-device memory, communication and predicted time of one layout.
+
+  `total_bytes` = parameters + optimizer state + EMA + gradients + batch +
+  activations (saved residuals + one block's working set). The collectives
+  and `xla_cpu_bytes` (XLA:CPU's own memory analysis of the compiled step,
+  for reference) are None when the layout was not compiled.
+  """
   model: str
   hardware: str
   num_devices: int
   batch_size: int
+  accum_steps: int
   mesh: dict
   remat: str
   params_bytes: float
   opt_state_bytes: float
   ema_bytes: float
+  grads_bytes: float
   batch_bytes: float
-  temp_bytes: float
+  saved_bytes: float
+  working_bytes: float
   total_bytes: float
   hbm_bytes: Optional[float]
   margin: float
-  collective_bytes: dict
-  collective_count: dict
+  collective_bytes: Optional[dict]
+  collective_count: Optional[dict]
+  xla_cpu_bytes: Optional[float]
   compute_s: float
   comm_s: Optional[float]
   step_s: Optional[float]
@@ -300,9 +378,6 @@ class Fit:
   flops_per_step: float
   compile_s: float
   layers_compiled: tuple
-  #: True when only `layers_compiled[0]` blocks were compiled because they
-  #: already miss: total_bytes and the collectives are then lower bounds.
-  lower_bound: bool = False
 
   @property
   def fits(self) -> Optional[bool]:
@@ -316,7 +391,13 @@ class Fit:
     return self.total_bytes - (1 - self.margin) * (self.hbm_bytes or 0)
 
   @property
-  def collective_total(self) -> float:
+  def activation_bytes(self) -> float:
+    return self.saved_bytes + self.working_bytes
+
+  @property
+  def collective_total(self) -> Optional[float]:
+    if self.collective_bytes is None:
+      return None
     return float(sum(self.collective_bytes.values()))
 
   @property
@@ -325,10 +406,18 @@ class Fit:
              if self.mesh.get(a, 1) > 1]
     return ' x '.join(parts) or 'data=1'
 
+  @property
+  def layout(self) -> str:
+    """'fsdp=8 x data=4, remat=full' (and ', accum=K' when accumulating)."""
+    text = f'{self.mesh_name}, remat={self.remat}'
+    return text + (f', accum={self.accum_steps}' if self.accum_steps > 1
+                   else '')
+
   def to_dict(self) -> dict:
     return dict(dataclasses.asdict(self), fits=self.fits,
                 miss_bytes=self.miss_bytes, mesh_name=self.mesh_name,
-                collective_total=self.collective_total)
+                collective_total=self.collective_total,
+                activation_bytes=self.activation_bytes)
 
 
 def slice_of(hardware: str, chips: Optional[int] = None
@@ -352,8 +441,15 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
             chips: Optional[int] = None, remat: str = 'none',
             mfu: float = DEFAULT_MFU, overlap: float = DEFAULT_OVERLAP,
             margin: float = DEFAULT_MARGIN,
-            layers: Sequence[int] = DEFAULT_LAYERS) -> Fit:
-  """Compiles the step at two depths and extrapolates to the model's depth."""
+            layers: Sequence[int] = DEFAULT_LAYERS,
+            compile: str = 'always') -> Fit:
+  """Memory of one layout (counted: `state_bytes`, `activation_bytes`)
+  and its collectives: the step compiled at two depths and extrapolated to
+  the model's depth. `compile`: 'always', 'if_fits' (the collectives of a
+  layout that does not fit are left out) or 'never'."""
+  if compile not in COMPILE_CHOICES:
+    raise ValueError(f'compile must be one of {COMPILE_CHOICES}, got '
+                     f'{compile!r}.')
   hw, _, n = slice_of(hardware, chips)
   _check_fractions(mfu, overlap, margin)
   if remat not in RECOMPUTE:
@@ -367,31 +463,31 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
     raise ValueError(f'layers must be two different depths >= 1, got '
                      f'{tuple(layers)}.')
   state = state_bytes(spec, sizes, n)
-  usable = (1 - margin) * (hw.hbm_bytes_per_device or math.inf)
-  lower_bound = False
-  if lb >= full:
-    measured = measure(spec, sizes, n, remat, full)
-    compile_s, used = measured.pop('compile_s'), (full,)
-  else:
-    a = measure(spec, sizes, n, remat, la)
-    compile_s, used = a.pop('compile_s'), (la,)
-    # The other blocks only add parameters, optimizer state and
-    # activations: if `la` blocks plus the rest of the state already miss,
-    # the whole model misses, and the second compile is saved.
-    small = state_bytes(spec, sizes, n, num_layers=la)
-    bound = (_total(a) + sum(state.values()) - sum(small.values()))
-    if bound > usable:
-      extra = sum(state.values()) - sum(small.values())
-      measured = dict(a, argument=a['argument'] + extra)
-      lower_bound = True
-    else:
-      b = measure(spec, sizes, n, remat, lb)
-      compile_s += b.pop('compile_s')
-      measured, used = _extrapolate(a, b, la, lb, full), (la, lb)
+  acts = activation_bytes(spec, sizes, remat, (la, lb))
   shards = sizes['data'] * sizes['fsdp']
   image_bytes = spec.image_size**2 * 3 * 4 + spec.num_classes * 4
   batch_bytes = spec.batch_size // shards * image_bytes
-  total = _total(measured)
+  # Gradients: a tree like the parameters, sharded alike; accumulation adds
+  # the running sum.
+  grads_bytes = state['params'] * (2 if spec.accum_steps > 1 else 1)
+  total = sum(state.values()) + grads_bytes + batch_bytes + acts.total
+
+  collective_bytes = collective_count = xla_cpu = None
+  compile_s, used = 0.0, ()
+  usable = (1 - margin) * (hw.hbm_bytes_per_device or math.inf)
+  if compile == 'always' or (compile == 'if_fits' and total <= usable):
+    if lb >= full:
+      measured = measure(spec, sizes, n, remat, full)
+      compile_s, used = measured.pop('compile_s'), (full,)
+    else:
+      a = measure(spec, sizes, n, remat, la)
+      b = measure(spec, sizes, n, remat, lb)
+      compile_s = a.pop('compile_s') + b.pop('compile_s')
+      measured, used = _extrapolate(a, b, la, lb, full), (la, lb)
+    collective_bytes = measured['collective_bytes']
+    collective_count = {k: int(round(v)) for k, v in
+                        measured['collective_count'].items()}
+    xla_cpu = _total(measured)
   flops_per_image = flops_lib.train_flops_per_image(
       _spec_with_options(spec), spec.image_size, spec.num_classes,
       spec.model_options.get('representation_size'),
@@ -400,24 +496,25 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
   compute_s = (flops_per_step / n * RECOMPUTE[remat] /
                (hw.peak_flops_per_device * mfu))
   bandwidth = hw.interconnect_bytes_per_s_per_device
-  sent = sum(measured['collective_bytes'].values())
-  comm_s = sent / bandwidth if bandwidth else None
-  step_s = None if comm_s is None else compute_s + (1 - overlap) * comm_s
-  predicted = (None if step_s is None else
-               flops_per_step / (n * hw.peak_flops_per_device * step_s))
+  comm_s = step_s = predicted = None
+  if bandwidth and collective_bytes is not None:
+    comm_s = sum(collective_bytes.values()) / bandwidth
+    step_s = compute_s + (1 - overlap) * comm_s
+    predicted = flops_per_step / (n * hw.peak_flops_per_device * step_s)
   return Fit(
       model=spec.model, hardware=hardware, num_devices=n,
-      batch_size=spec.batch_size, mesh=sizes, remat=remat,
+      batch_size=spec.batch_size, accum_steps=spec.accum_steps, mesh=sizes,
+      remat=remat,
       params_bytes=state['params'], opt_state_bytes=state['opt_state'],
-      ema_bytes=state['ema_params'], batch_bytes=batch_bytes,
-      temp_bytes=measured['temp'], total_bytes=total,
+      ema_bytes=state['ema_params'], grads_bytes=grads_bytes,
+      batch_bytes=batch_bytes, saved_bytes=acts.saved,
+      working_bytes=acts.working, total_bytes=total,
       hbm_bytes=hw.hbm_bytes_per_device, margin=margin,
-      collective_bytes=measured['collective_bytes'],
-      collective_count={k: int(round(v)) for k, v in
-                        measured['collective_count'].items()},
-      compute_s=compute_s, comm_s=comm_s, step_s=step_s, mfu=mfu,
-      overlap=overlap, predicted_mfu=predicted, flops_per_step=flops_per_step,
-      compile_s=compile_s, layers_compiled=used, lower_bound=lower_bound)
+      collective_bytes=collective_bytes, collective_count=collective_count,
+      xla_cpu_bytes=xla_cpu, compute_s=compute_s, comm_s=comm_s,
+      step_s=step_s, mfu=mfu, overlap=overlap, predicted_mfu=predicted,
+      flops_per_step=flops_per_step, compile_s=compile_s,
+      layers_compiled=used)
 
 
 def _check_fractions(mfu: float, overlap: float, margin: float) -> None:
@@ -467,10 +564,11 @@ def search(spec: StepSpec, hardware: str, *, chips: Optional[int] = None,
            margin: float = DEFAULT_MARGIN, layers=DEFAULT_LAYERS,
            remats: Sequence[str] = REMAT_ORDER,
            meshes: Optional[Sequence[Mapping[str, int]]] = None,
-           log=None) -> list[Fit]:
+           compile: str = 'if_fits', log=None) -> list[Fit]:
   """Tries the meshes (cheapest remat first, the next one only when it does
-  not fit); returns every measured Fit, the fitting ones first by predicted
-  step time, then the rest by memory."""
+  not fit); returns every Fit, the fitting ones first by predicted step
+  time, then the rest by memory. `compile` as in `fit_one` (by default
+  only layouts that fit are compiled)."""
   hw, _, n = slice_of(hardware, chips)
   _check_fractions(mfu, overlap, margin)
   meshes = list(meshes) if meshes else candidate_meshes(spec, n)
@@ -490,15 +588,47 @@ def search(spec: StepSpec, hardware: str, *, chips: Optional[int] = None,
               f'take {static / 2**30:.2f} GiB per device')
         break
       fit = fit_one(spec, hardware, sizes, chips=chips, remat=remat, mfu=mfu,
-                    overlap=overlap, margin=margin, layers=layers)
+                    overlap=overlap, margin=margin, layers=layers,
+                    compile=compile)
       if log:
         log(f'{fit.mesh_name:28s} remat={remat:5s} '
-            f'{fit.total_bytes / 2**30:7.2f} GiB  fits={fit.fits}  '
-            f'compile {fit.compile_s:.1f}s')
+            f'{fit.total_bytes / 2**30:7.2f} GiB  fits={fit.fits}'
+            + (f'  compile {fit.compile_s:.1f}s' if fit.layers_compiled
+               else ''))
       results.append(fit)
       if fit.fits is not False:
         break
+  if results and not any(f.fits is not False for f in results):
+    results += _accumulate(spec, hardware, results, chips=chips, mfu=mfu,
+                           overlap=overlap, margin=margin, layers=layers,
+                           compile=compile, log=log)
   return rank(results)
+
+
+def _accumulate(spec: StepSpec, hardware: str, tried: Sequence[Fit], *,
+                log=None, **kwargs) -> list[Fit]:
+  """When no layout fits: for each mesh, at the last remat policy tried,
+  the fewest micro-batches (doubling the config's accum_steps) that fit."""
+  out, done = [], set()
+  for fit in tried:
+    key = tuple(sorted(fit.mesh.items()))
+    last = [f for f in tried if tuple(sorted(f.mesh.items())) == key][-1]
+    if key in done or fit is not last:
+      continue
+    done.add(key)
+    shards = fit.mesh['data'] * fit.mesh['fsdp']
+    k = spec.accum_steps * 2
+    while spec.batch_size % (shards * k) == 0:
+      trial = fit_one(dataclasses.replace(spec, accum_steps=k), hardware,
+                      fit.mesh, remat=fit.remat, **kwargs)
+      if log:
+        log(f'{trial.mesh_name:28s} remat={trial.remat:5s} accum={k:<4d} '
+            f'{trial.total_bytes / 2**30:7.2f} GiB  fits={trial.fits}')
+      if trial.fits is not False:
+        out.append(trial)
+        break
+      k *= 2
+  return out
 
 
 def rank(fits: Sequence[Fit]) -> list[Fit]:
@@ -517,36 +647,51 @@ def rank(fits: Sequence[Fit]) -> list[Fit]:
 GiB = 2.**30
 
 
+def _collectives_text(fit: Fit) -> str:
+  if fit.collective_bytes is None:
+    return ('  collectives: not compiled' +
+            (' (the layout does not fit)' if fit.fits is False else ''))
+  coll = ', '.join(f'{k} {v / 2**20:,.1f} MiB ({fit.collective_count[k]})'
+                   for k, v in fit.collective_bytes.items() if v) or 'none'
+  return (f'  collectives per device per step: {fit.collective_total / GiB:.3f}'
+          f' GiB sent ({coll})')
+
+
 def format_fit(fit: Fit) -> str:
   """One paragraph on a layout: memory, collectives, time."""
   hbm = fit.hbm_bytes
   verdict = ('unknown HBM' if hbm is None else
              f'fits ({fit.total_bytes / GiB:.2f} of {hbm / GiB:.2f} GiB, '
              f'{fit.margin:.0%} kept free)' if fit.fits else
-             f'does NOT fit: {"at least " if fit.lower_bound else ""}'
-             f'{fit.total_bytes / GiB:.2f} GiB > '
+             f'does NOT fit: {fit.total_bytes / GiB:.2f} GiB > '
              f'{(1 - fit.margin) * hbm / GiB:.2f} GiB usable of '
-             f'{hbm / GiB:.2f}; misses by {"at least " if fit.lower_bound else ""}'
-             f'{fit.miss_bytes / GiB:.2f} GiB')
-  coll = ', '.join(f'{k} {v / 2**20:,.1f} MiB ({fit.collective_count[k]})'
-                   for k, v in fit.collective_bytes.items() if v) or 'none'
+             f'{hbm / GiB:.2f}; misses by {fit.miss_bytes / GiB:.2f} GiB')
   lines = [
       f'{fit.model}, {fit.hardware} ({fit.num_devices} devices), batch '
-      f'{fit.batch_size:,}, mesh {fit.mesh_name}, remat={fit.remat}: {verdict}',
+      f'{fit.batch_size:,}, mesh {fit.layout}: {verdict}',
       f'  per device: params {fit.params_bytes / GiB:.3f} GiB, optimizer '
       f'{fit.opt_state_bytes / GiB:.3f} GiB'
       + (f', EMA {fit.ema_bytes / GiB:.3f} GiB' if fit.ema_bytes else '') +
-      f', batch {fit.batch_bytes / GiB:.3f} GiB, activations/temporaries '
-      f'{fit.temp_bytes / GiB:.3f} GiB, total {fit.total_bytes / GiB:.3f} GiB',
-      f'  collectives per device per step: {fit.collective_total / GiB:.3f} '
-      f'GiB sent ({coll})',
+      f', gradients {fit.grads_bytes / GiB:.3f} GiB, batch '
+      f'{fit.batch_bytes / GiB:.3f} GiB, activations '
+      f'{fit.activation_bytes / GiB:.3f} GiB (saved for the backward '
+      f'{fit.saved_bytes / GiB:.3f} + one block\'s working set '
+      f'{fit.working_bytes / GiB:.3f}), total {fit.total_bytes / GiB:.3f} GiB',
+      _collectives_text(fit),
   ]
+  if fit.xla_cpu_bytes is not None:
+    lines.append(f'  XLA:CPU\'s memory analysis of the compiled step: '
+                 f'{fit.xla_cpu_bytes / GiB:.2f} GiB (float32 temporaries, '
+                 f'no remat savings; not the verdict, see docs/budget.md)')
   if fit.step_s is not None:
     lines.append(
         f'  predicted step {fit.step_s * 1e3:,.0f} ms = compute '
         f'{fit.compute_s * 1e3:,.0f} ms at {fit.mfu:.0%} MFU + communication '
         f'{fit.comm_s * 1e3:,.0f} ms x {1 - fit.overlap:.0%} not overlapped; '
         f'predicted MFU {fit.predicted_mfu:.1%}')
+  elif fit.collective_bytes is None:
+    lines.append(f'  compute {fit.compute_s * 1e3:,.0f} ms at {fit.mfu:.0%} '
+                 f'MFU')
   else:
     lines.append(f'  compute {fit.compute_s * 1e3:,.0f} ms at {fit.mfu:.0%} '
                  f'MFU; no interconnect figure for this hardware')
@@ -555,33 +700,34 @@ def format_fit(fit: Fit) -> str:
 
 def format_table(fits: Sequence[Fit]) -> str:
   """A markdown table of fits."""
-  rows = ['| model | hardware | mesh | remat | fits | GiB/device (HBM) | '
-          'collectives GiB/device | step ms (compute + comm) | predicted MFU |',
-          '|---|---|---|---|---|---|---|---|---|']
+  rows = ['| model | hardware | mesh | remat | accum | fits | GiB/device (HBM) | '
+          'saved + working GiB | collectives GiB/device | '
+          'step ms (compute + comm) | predicted MFU |',
+          '|---|---|---|---|---|---|---|---|---|---|---|']
   for f in fits:
     step = ('-' if f.step_s is None else
             f'{f.step_s * 1e3:,.0f} ({f.compute_s * 1e3:,.0f} + '
             f'{f.comm_s * 1e3:,.0f})')
     mfu = '-' if f.predicted_mfu is None else f'{f.predicted_mfu:.1%}'
     hbm = '?' if f.hbm_bytes is None else f'{f.hbm_bytes / GiB:.1f}'
-    at_least = '>= ' if f.lower_bound else ''
+    coll = ('-' if f.collective_total is None else
+            f'{f.collective_total / GiB:.3f}')
     rows.append(
         f'| {f.model} | {f.hardware} | {f.mesh_name} | {f.remat} | '
-        f'{"yes" if f.fits else "no"} | {at_least}{f.total_bytes / GiB:.2f} '
-        f'({hbm}) | {at_least}{f.collective_total / GiB:.3f} | {step} | '
-        f'{mfu} |')
+        f'{f.accum_steps} | {"yes" if f.fits else "no"} | {f.total_bytes / GiB:.2f} ({hbm}) | '
+        f'{f.saved_bytes / GiB:.2f} + {f.working_bytes / GiB:.2f} | {coll} | '
+        f'{step} | {mfu} |')
   return '\n'.join(rows)
 
 
 def summary_line(fit: Fit) -> str:
   """'H/14, v3-32, fsdp=8 x data=4, remat=full: fits at 13.1 GB/core; ...'"""
   unit = 'core' if fit.hardware.startswith('v') else 'device'
-  text = (f'{fit.model}, {fit.hardware}, {fit.mesh_name}, remat={fit.remat}: '
+  text = (f'{fit.model}, {fit.hardware}, {fit.layout}: '
           f'{"fits" if fit.fits else "does not fit"} at '
-          f'{fit.total_bytes / GiB:.1f} GiB/{unit}; '
-          f'{fit.collective_total / GiB:.2f} GiB of collectives per step')
+          f'{fit.total_bytes / GiB:.1f} GiB/{unit}')
+  if fit.collective_total is not None:
+    text += f'; {fit.collective_total / GiB:.2f} GiB of collectives per step'
   if fit.predicted_mfu is not None:
     text += f'; predicted {fit.predicted_mfu:.0%} MFU'
   return text
-
-
