@@ -119,46 +119,47 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes(
   assert aside[0] in warning
 
 
-def _plain_read(checkpoints):
-  """The state at step 20 read by orbax alone (no verification), or None if it fails."""
+def _plain_read(checkpoints, step=20):
+  """The state at `step` read by orbax alone (no verification), or None if it fails."""
   manager = ocp.CheckpointManager(
       checkpoints, options=ocp.CheckpointManagerOptions(read_only=True),
       item_handlers=train_checkpoint._handlers())
   try:
-    tree = manager.item_metadata(20)['state']
+    tree = manager.item_metadata(step)['state']
     tree = getattr(tree, 'tree', tree)
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(
         m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0])), tree)
-    return _host(manager.restore(20, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state'])
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
   except Exception:  # pylint: disable=broad-except
     return None
   finally:
     manager.close()
 
 
-def test_silent_corruption_is_caught_by_the_checksum_and_the_resume_is_exact(
-    base, tmp_path, caplog):
-  workdir = _copy(base[0], tmp_path)
-  step_dir = os.path.join(workdir, 'checkpoints', '20')
-  pristine = _plain_read(os.path.join(workdir, 'checkpoints'))
-  # Find a flipped byte that orbax reads back without an error but with other
-  # values (compressed chunks without their own checksum).
-  silent = None
+def _corrupt_silently(workdir):
+  """Flips one byte of step 20 that orbax reads back without an error but
+  with other values (compressed chunks without their own checksum)."""
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  step_dir = os.path.join(checkpoints, '20')
+  pristine = _host(_plain_read(checkpoints))
   for path in reversed(_data_files(step_dir)):
     data = bytearray(open(path, 'rb').read())
     for frac in np.arange(0.01, 1.0, 0.03):  # Most bytes are checked or unused.
       flipped = bytearray(data)
       flipped[int(len(data) * frac)] ^= 0x40
       open(path, 'wb').write(bytes(flipped))
-      read = _plain_read(os.path.join(workdir, 'checkpoints'))
-      if read is not None and any((a != b).any() for a, b in zip(read, pristine)):
-        silent = (path, frac)
-        break
+      read = _plain_read(checkpoints)
+      if read is not None and any((a != b).any() for a, b in zip(_host(read), pristine)):
+        return
       open(path, 'wb').write(bytes(data))
-    if silent:
-      break
-  assert silent, 'no silent corruption found to inject'
+  raise AssertionError('no silent corruption found to inject')
+
+
+def test_silent_corruption_is_caught_by_the_checksum_and_the_resume_is_exact(
+    base, tmp_path, caplog):
+  workdir = _copy(base[0], tmp_path)
+  _corrupt_silently(workdir)
   caplog.set_level(logging.WARNING)
   result = train.train_and_evaluate(_config(), workdir)
   warning = next(r.getMessage() for r in caplog.records
@@ -168,6 +169,31 @@ def test_silent_corruption_is_caught_by_the_checksum_and_the_resume_is_exact(
   for a, b in zip(_host(result.params), base[1]):  # ... bit-identically.
     np.testing.assert_array_equal(a, b)
   assert [r['step'] for r in _rows(workdir)] == [5, 10, 15, 20]
+
+
+def test_init_from_skips_a_silently_damaged_step_and_moves_nothing(
+    base, tmp_path, caplog):
+  """restore_params (init_from, evaluators) verifies what it reads."""
+  workdir = _copy(base[0], tmp_path)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  step_10 = _plain_read(checkpoints, 10)['params']
+  _corrupt_silently(workdir)
+  caplog.set_level(logging.WARNING)
+  params = train_checkpoint.restore_params(workdir)
+  for a, b in zip(_host(params), _host(step_10)):
+    np.testing.assert_array_equal(a, b)
+  warning = next(r.getMessage() for r in caplog.records
+                 if 'Skipped damaged checkpoints' in r.getMessage())
+  assert 'step 20: CheckpointDamage' in warning and 'fails its checksum' in warning
+  assert warning.endswith('read step 10 instead.'), warning
+  # Another run's directory is only read: nothing moved aside.
+  assert sorted(os.listdir(checkpoints)) == ['10', '20']
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints_aside'))
+  for step in ('10', '20'):
+    _truncate_data(os.path.join(checkpoints, step))
+  with pytest.raises(ValueError, match='no good checkpoint in') as e:
+    train_checkpoint.restore_params(workdir)
+  assert '\n' not in str(e.value) and 'step 10: ' in str(e.value)
 
 
 def test_no_good_checkpoint_is_one_line(base, tmp_path):
@@ -293,9 +319,11 @@ def test_full_disk_fails_fast_with_its_own_status_and_one_line(tmp_path):
     errors = [l for l in err.splitlines() if l.startswith('error:')]
     assert len(errors) == 1 and 'No space left on device [errno 28]' in errors[0], err
     assert 'Traceback' not in err and 'No space left' not in err.replace(errors[0], '')
-    assert sorted(os.listdir(workdir / 'checkpoints'))[0] == '10'
-    assert not (workdir / 'checkpoints' / '30').exists()
-    assert max(r['step'] for r in _rows(workdir)) < 30  # it stopped at the failed save
+    saved = sorted(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
+    assert saved[0] == 10
+    # It stopped at the first failed save (step 20, or later when the filler
+    # lost the race with a loaded machine): nothing was trained past it.
+    assert max(r['step'] for r in _rows(workdir)) <= saved[-1] + 10 < 40
     os.remove(disk / 'filler')
     params = train_checkpoint.restore_params(str(workdir))  # step 10 is intact
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

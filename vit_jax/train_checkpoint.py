@@ -437,33 +437,22 @@ def check_compatible(stored: dict[str, tuple[int, ...]], abstract_state: Any,
   """One error listing missing, unexpected and mismatched arrays, if any."""
   wanted = {name: tuple(x.shape) for name, x in
             rules.named_leaves(abstract_state)}
-  missing = sorted(set(wanted) - set(stored))
-  unexpected = sorted(set(stored) - set(wanted))
-  mismatched = sorted(n for n in set(wanted) & set(stored)
-                      if wanted[n] != stored[n])
-  if not (missing or unexpected or mismatched):
-    return
-  def few(names, fmt=str):
-    shown = ', '.join(fmt(n) for n in names[:4])
-    return f'{len(names)} ({shown}{", ..." if len(names) > 4 else ""})'
-  parts = []
-  if missing:
-    parts.append(f'missing {few(missing)}')
-  if unexpected:
-    parts.append(f'unexpected {few(unexpected)}')
-  if mismatched:
-    parts.append('mismatched shapes ' + few(
-        mismatched, lambda n: f'{n}: stored {stored[n]} vs model {wanted[n]}'))
-  raise ValueError(f'the checkpoint in {where} does not fit this model/'
-                   f'optimizer: {"; ".join(parts)}. Use another --workdir, or '
-                   f'the same model and optimizer settings as that run.')
+  differences = rules.describe_differences(stored, wanted,
+                                           have_name='stored', limit=4)
+  if differences:
+    raise ValueError(f'the checkpoint in {where} does not fit this model/'
+                     f'optimizer: {differences}. Use another --workdir, or '
+                     f'the same model and optimizer settings as that run.')
 
 
 def restore_params(workdir_or_checkpoints: str) -> dict:
-  """Parameters (as numpy) of the latest checkpoint of another run.
+  """Parameters (as numpy) of the newest good checkpoint of another run.
 
   For `init_from` and the evaluators: reads the state on the host, whatever
-  mesh wrote it, and returns its `params` subtree.
+  mesh wrote it, verifies it as a resume does (per-array checksums when the
+  save wrote them, finite values) and returns its `params` subtree. A
+  damaged step is skipped with a warning naming it, never moved: the
+  directory is another run's and is only read.
   """
   path = _abs(workdir_or_checkpoints)
   if os.path.basename(path.rstrip('/')) != 'checkpoints':
@@ -474,16 +463,41 @@ def restore_params(workdir_or_checkpoints: str) -> dict:
   manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
       item_handlers=_handlers())
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{path} holds no finished checkpoint.')
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'{path} holds no finished checkpoint.')
+    damaged = []
+    for step in steps:
+      try:
+        state = _read_on_host(manager, step)
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(f'step {step}: {type(e).__name__}: '
+                       f'{" ".join(str(e).split())[:200]}')
+        continue
+      if damaged:
+        logging.warning('Skipped damaged checkpoints of %s (%s); read step '
+                        '%d instead.', path, '; '.join(damaged), step)
+      return jax.tree.map(np.asarray, state['params'])
+  finally:
+    manager.close()
+  raise ValueError(f'no good checkpoint in {path}: {"; ".join(damaged)}. '
+                   f'Use an earlier copy of that run, or another init_from.')
+
+
+def _read_on_host(manager, step: int) -> Any:
+  """The state of `step` on this host's first device, verified."""
   metadata = manager.item_metadata(step)['state']
   tree = getattr(metadata, 'tree', metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(
-          m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
-              jax.local_devices()[0])), tree)
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  manager.close()
-  return jax.tree.map(np.asarray, restored['state']['params'])
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+  checksums = dict(restored['meta'] or {}).get('checksums')
+  # A checkpoint written before saves carried checksums is still read; its
+  # values must be finite.
+  why = verify(restored['state'], checksums or {})
+  if why:
+    raise CheckpointDamage(why)
+  return restored['state']
