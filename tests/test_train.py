@@ -188,7 +188,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
                                  'allow_config_change': True})
   with pytest.raises(ValueError, match='does not fit') as e:
     train.train_and_evaluate(other, str(tmp_path))
-  assert 'mismatched shapes' in str(e.value) and '\n' not in str(e.value)
+  assert 'shape mismatches' in str(e.value) and '\n' not in str(e.value)
 
 
 @pytest.mark.parametrize('flag,match', [

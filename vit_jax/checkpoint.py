@@ -46,7 +46,7 @@ from absl import logging
 import numpy as np
 import scipy.ndimage
 
-from vit_jax import hf_interop
+from vit_jax import hf_interop, rules
 
 PathLike = Union[str, os.PathLike]
 
@@ -433,26 +433,14 @@ def _fit_posemb(restored: dict, target: Mapping[str, tuple],
                tuple(old.shape), new_shape)
 
 
-def _listing(kind: str, items: Sequence[str]) -> str:
-  shown = ', '.join(items[:_LIST_LIMIT])
-  more = f', ... ({len(items) - _LIST_LIMIT} more)' if len(items) > _LIST_LIMIT else ''
-  return f'{len(items)} {kind} ({shown}{more})'
-
-
 def _check_fits(restored: Mapping[str, Any], target: Mapping[str, tuple],
                 source: str) -> None:
-  missing = sorted(set(target) - set(restored))
-  unexpected = sorted(set(restored) - set(target))
-  mismatched = sorted(
-      f'{k}: checkpoint {tuple(restored[k].shape)} vs model {target[k][0]}'
-      for k in set(target) & set(restored)
-      if tuple(restored[k].shape) != target[k][0])
-  if missing or unexpected or mismatched:
-    parts = [_listing(kind, items) for kind, items in (
-        ('missing keys', missing), ('unexpected keys', unexpected),
-        ('shape mismatches', mismatched)) if items]
+  differences = rules.describe_differences(
+      {k: tuple(v.shape) for k, v in restored.items()},
+      {k: tuple(v[0]) for k, v in target.items()}, limit=_LIST_LIMIT)
+  if differences:
     raise ValueError(f'checkpoint {source} does not fit the model: '
-                     f'{"; ".join(parts)}. Pick the model the checkpoint was '
+                     f'{differences}. Pick the model the checkpoint was '
                      f'trained as (hidden size, layers, classifier, '
                      f'representation_size).')
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jax
 
@@ -114,3 +114,28 @@ class Rules:
   def select(self, names: Sequence[str]) -> list[str]:
     """The names a rule matches (value not the default)."""
     return [n for n in names if self.index(n) is not None]
+
+
+def describe_differences(have: Mapping[str, tuple], want: Mapping[str, tuple],
+                         *, have_name: str = 'checkpoint',
+                         want_name: str = 'model', limit: int = 5
+                         ) -> Optional[str]:
+  """How two {name: shape} listings differ, for a one-line error, or None.
+
+  '2 missing keys (a, b); 1 unexpected keys (c); 1 shape mismatches
+  (d: checkpoint (3,) vs model (4,))': missing are in `want` only,
+  unexpected in `have` only; at most `limit` names shown of each kind.
+  """
+  def listing(kind: str, items: Sequence[str]) -> str:
+    more = (f', ... ({len(items) - limit} more)' if len(items) > limit
+            else '')
+    return f'{len(items)} {kind} ({", ".join(items[:limit])}{more})'
+  missing = sorted(set(want) - set(have))
+  unexpected = sorted(set(have) - set(want))
+  mismatched = sorted(
+      f'{k}: {have_name} {tuple(have[k])} vs {want_name} {tuple(want[k])}'
+      for k in set(want) & set(have) if tuple(have[k]) != tuple(want[k]))
+  parts = [listing(kind, items) for kind, items in (
+      ('missing keys', missing), ('unexpected keys', unexpected),
+      ('shape mismatches', mismatched)) if items]
+  return '; '.join(parts) or None
