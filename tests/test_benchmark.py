@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = '''
 import sys, runpy
-sys.argv = ['benchmark', '--model=ViT-Ti/16', '--batch=8', '--image_size=32',
+sys.argv = ['benchmark', '--model=ViT-Ti/16', '--num_layers=2', '--batch=8', '--image_size=32',
             '--num_classes=10', '--steps=2', '--warmup=1', '--dtype=bfloat16',
             '--mesh=data=2,fsdp=2', '--accum_steps=2', '--remat_policy=full']
 try:
@@ -33,8 +33,8 @@ def test_benchmark_prints_one_json_line_without_heavy_imports():
   assert result['devices'] == 4 and result['batch'] == 8
   assert result['img_per_sec'] > 0 and result['step_ms'] > 0
   assert result['mfu'] is None  # No peak is known for a CPU: no guess.
-  # 3 x 2 x forward MACs of ViT-Ti/16 at 32 px with 10 classes.
-  d, n, l, m = 192, 5, 12, 768
+  # 3 x 2 x forward MACs of ViT-Ti/16 (2 blocks) at 32 px with 10 classes.
+  d, n, l, m = 192, 5, 2, 768
   macs = l * (4 * n * d * d + 2 * n * d * m + 2 * n * n * d) + 4 * 16 * 16 * 3 * d
   assert abs(result['gflops_per_image'] - 6 * macs / 1e9) < 0.01
 
