@@ -30,35 +30,6 @@ def _config(steps=6, **sweep):
   return c
 
 
-def test_sweep_trains_the_grid_on_dev_then_the_best_rate_on_everything(tmp_path):
-  config = _config(learning_rates=(1e-6, 3e-3), train_split='train[:80%]',
-                   eval_split='train[80%:]')
-  result = transfer.run(config, str(tmp_path))
-  assert result.status == 'done' and result.step == 6
-  table = json.loads((tmp_path / 'sweep_results.json').read_text())
-  dev = {float(k): v for k, v in table['dev_top1'].items()}
-  assert set(dev) == {1e-6, 3e-3}
-  best = max(dev, key=dev.get)
-  assert table['chosen_learning_rate'] == best == 3e-3  # 1e-6 learns nothing.
-  for rate in dev:
-    run = json.loads((tmp_path / 'sweep' / f'lr{rate:g}' / 'config.json').read_text())
-    assert run['input']['data']['split'] == 'train[:80%]'
-    assert run['evals'] == {'dev': {**run['evals']['dev'], 'type': 'classify'}}
-    assert run['evals']['dev']['data']['split'] == 'train[80%:]'
-    assert run['schedule']['base_lr'] == rate and not run['export_npz']
-  final = json.loads((tmp_path / 'config.json').read_text())
-  assert final['schedule']['base_lr'] == best
-  assert final['input']['data']['split'] == 'train'
-  assert final['sweep']['learning_rates'] == []
-  assert 'val/top1' in result.eval_metrics
-  assert (tmp_path / 'params.npz').exists()
-  account = json.loads((tmp_path / runs.ACCOUNT).read_text())
-  assert set(account) == {'sweep/lr1e-06', 'sweep/lr0.003'}
-  # The result's core-hours hold the final run's and both sweep runs'.
-  assert result.core_hours > sum(account.values()) > 0
-  assert '| 0.003 |' in (tmp_path / 'sweep_results.md').read_text()
-
-
 def test_a_non_finite_loss_in_a_sweep_run_names_that_run(tmp_path):
   config = _config(learning_rates=(1e9,), train_split='train[:80%]',
                    eval_split='train[80%:]')
@@ -127,29 +98,56 @@ def test_sigterm_during_vtab_after_training_saves_stops_and_resumes(
   assert second.core_hours > first.core_hours
 
 
-def test_main_exits_0_on_sigterm_in_a_sweep_and_resumes(tmp_path):
-  workdir = str(tmp_path / 'run')
+def test_sweep_via_main_survives_sigterm_then_trains_the_best_rate_on_everything(
+    tmp_path):
+  """`python -m vit_jax.main` with a sweep: SIGTERM inside the first grid
+  run exits 0 ('preempted'); the rerun finishes the grid on the dev split,
+  picks the best rate and trains it on the whole train split."""
+  workdir = tmp_path / 'run'
   args = [sys.executable, '-m', 'vit_jax.main',
           '--config=configs/quickstart.py:steps=60', f'--workdir={workdir}',
-          '--config.sweep.learning_rates=(0.001,0.003)',
+          '--config.sweep.learning_rates=(1e-6,0.003)',
           '--config.sweep.train_split=train[:80%]',
           '--config.sweep.eval_split=train[80%:]',
-          '--config.log_every=1', '--config.evals.val.every=0']
+          '--config.log_every=1', '--config.evals.val.every=0',
+          '--config.export_npz=True']
   proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-  metrics = os.path.join(workdir, 'sweep', 'lr0.001', 'metrics.jsonl')
+  metrics = workdir / 'sweep' / 'lr1e-06' / 'metrics.jsonl'
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+    if metrics.exists() and metrics.stat().st_size > 0:
       proc.send_signal(signal.SIGTERM)
       break
     time.sleep(0.05)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
-  assert 'status=preempted' in out and 'stopped_in="sweep lr=0.001' in out
+  assert 'status=preempted' in out and 'stopped_in="sweep lr=1e-06' in out
   done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stdout + done.stderr
-  assert 'status=done' in done.stdout
-  table = json.load(open(os.path.join(workdir, 'sweep_results.json')))
-  assert set(table['dev_top1']) == {'0.001', '0.003'}
+  assert 'status=done' in done.stdout and 'steps=60/60' in done.stdout
+  table = json.loads((workdir / 'sweep_results.json').read_text())
+  dev = {float(k): v for k, v in table['dev_top1'].items()}
+  assert set(dev) == {1e-6, 3e-3}
+  best = max(dev, key=dev.get)
+  assert table['chosen_learning_rate'] == best == 3e-3  # 1e-6 learns nothing.
+  for rate in dev:
+    run = json.loads((workdir / 'sweep' / f'lr{rate:g}' / 'config.json').read_text())
+    assert run['input']['data']['split'] == 'train[:80%]'
+    assert run['evals'] == {'dev': {**run['evals']['dev'], 'type': 'classify'}}
+    assert run['evals']['dev']['data']['split'] == 'train[80%:]'
+    assert run['schedule']['base_lr'] == rate and not run['export_npz']
+  final = json.loads((workdir / 'config.json').read_text())
+  assert final['schedule']['base_lr'] == best
+  assert final['input']['data']['split'] == 'train'
+  assert final['sweep']['learning_rates'] == []
+  assert (workdir / 'params.npz').exists()
+  account = json.loads((workdir / runs.ACCOUNT).read_text())
+  assert set(account) == {'sweep/lr1e-06', 'sweep/lr0.003'}
+  assert '| 0.003 |' in (workdir / 'sweep_results.md').read_text()
+  summary = next(l for l in done.stdout.splitlines() if l.startswith('SUMMARY'))
+  assert 'val/top1=' in summary and f'params={workdir / "params.npz"}' in summary
+  # The run's core-hours hold the final run's and both sweep runs'.
+  held = float(summary.split('core_hours=')[1].split()[0])
+  assert held > round(sum(account.values()), 4) > 0
