@@ -46,7 +46,7 @@ from absl import logging
 import numpy as np
 import scipy.ndimage
 
-from vit_jax import hf_interop, rules
+from vit_jax import hf_interop, models, rules
 
 PathLike = Union[str, os.PathLike]
 
@@ -160,19 +160,10 @@ def _strip_prefix(flat: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def _unstack_scan(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """Splits scanned blocks (leading layer axis) into `encoderblock_{i}`."""
-  out = {}
-  for key, value in flat.items():
-    if key.startswith(_SCAN_OURS):
-      rest = key[len(_SCAN_OURS):]
-    elif key.startswith(_SCAN_BIG_VISION):
-      rest = key[len(_SCAN_BIG_VISION):]
-    else:
-      out[key] = value
-      continue
-    for i in range(value.shape[0]):
-      out[f'Transformer/encoderblock_{i}/{rest}'] = value[i]
-  return out
+  """Splits scanned blocks (ours or big_vision's) into `encoderblock_{i}`."""
+  if not any(k.startswith(_SCAN_BIG_VISION) for k in flat):
+    return dict(flat)
+  return flatten_params(models.scan_to_layers(unflatten_params(flat)))
 
 
 def _rename_big_vision_blocks(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -490,21 +481,6 @@ def load_pretrained(checkpoint: Union[PathLike, Mapping[str, Any]],
   _fit_posemb(restored, target, grid_size, checkpoint_grid_size)
   _check_fits(restored, target, source)
 
-  fitted = {k: np.asarray(restored[k], dtype=target[k][1]) for k in target}
-  if depth is not None:
-    fitted = _stack_scan(fitted, depth)
-  return unflatten_params(fitted)
-
-
-def _stack_scan(flat: Mapping[str, np.ndarray], depth: int) -> dict[str, Any]:
-  """Per-layer keys -> `Transformer/encoderblock/block/...` stacked on axis 0."""
-  out, per_layer = {}, {}
-  for key, value in flat.items():
-    m = re.match(r'^Transformer/encoderblock_(\d+)/(.*)$', key)
-    if m:
-      per_layer.setdefault(m.group(2), {})[int(m.group(1))] = value
-    else:
-      out[key] = value
-  for rest, layers in per_layer.items():
-    out[_SCAN_OURS + rest] = np.stack([layers[i] for i in range(depth)])
-  return out
+  fitted = unflatten_params(
+      {k: np.asarray(restored[k], dtype=target[k][1]) for k in target})
+  return fitted if depth is None else models.layers_to_scan(fitted, depth)

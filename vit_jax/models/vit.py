@@ -372,18 +372,23 @@ class VisionTransformer(nn.Module):
     return x.astype(jnp.float32)
 
 
-def scan_to_layers(params: dict, num_layers: int) -> dict:
+def scan_to_layers(params: dict, num_layers: Optional[int] = None) -> dict:
   """Converts a scan-over-layers parameter tree to the per-layer layout.
 
-  `Transformer/encoderblock/block/...` with a leading layer axis becomes
+  `Transformer/encoderblock/block/...` (ours) or `Transformer/encoderblock/...`
+  (big_vision's) with a leading layer axis becomes
   `Transformer/encoderblock_{i}/...`, the layout of the released checkpoints.
+  `num_layers` defaults to the length of that axis.
   """
   params = dict(params)
   transformer = dict(params['Transformer'])
   if 'encoderblock' not in transformer:
     raise ValueError('parameters are not in the scan layout: no '
                      'Transformer/encoderblock found.')
-  stacked = transformer.pop('encoderblock')['block']
+  stacked = transformer.pop('encoderblock')
+  stacked = stacked.get('block', stacked)
+  if num_layers is None:
+    num_layers = np.shape(jax.tree.leaves(stacked)[0])[0]
   for i in range(num_layers):
     transformer[f'encoderblock_{i}'] = jax.tree.map(lambda a, i=i: a[i], stacked)
   params['Transformer'] = transformer
