@@ -23,21 +23,3 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # (jax reads no environment variable for this; vit_jax.main sets it too).
 jax.config.update('jax_cpu_enable_async_dispatch', False)
 
-
-# `make test` runs two workers that take whole files, in collection order
-# (`--dist loadfile --no-loadscope-reorder`): the files that take longest
-# go first so that none of them ends the run alone (as measured with
-# `--durations`); a file not listed keeps its place after these.
-SLOW_FIRST = (
-    'test_train.py', 'test_transfer.py', 'test_multihost.py',
-    'test_data_prepare.py', 'test_train_step.py', 'test_models.py',
-    'test_faults.py', 'test_budget_fit.py', 'test_configs.py',
-    'test_train_multihost_cap.py', 'test_hf_interop.py', 'test_timm_parity.py',
-    'test_workdir_model.py', 'test_console_output.py',
-    'test_benchmarks_side_by_side.py', 'test_transfer_vtab.py',
-)
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -137,22 +137,36 @@ def _plain_read(checkpoints, step=20):
     manager.close()
 
 
+_SILENT = {}  # Where a flip went unnoticed in a copy of `base`: the copies agree.
+
+
+def _flip(path, frac):
+  data = bytearray(open(path, 'rb').read())
+  data[int(len(data) * frac)] ^= 0x40
+  open(path, 'wb').write(bytes(data))
+
+
 def _corrupt_silently(workdir):
   """Flips one byte of step 20 that orbax reads back without an error but
   with other values (compressed chunks without their own checksum)."""
   checkpoints = os.path.join(workdir, 'checkpoints')
   step_dir = os.path.join(checkpoints, '20')
   pristine = _host(_plain_read(checkpoints))
+
+  def silent():
+    read = _plain_read(checkpoints)
+    return read is not None and any((a != b).any() for a, b in zip(_host(read), pristine))
+  if _SILENT:
+    _flip(os.path.join(step_dir, _SILENT['path']), _SILENT['frac'])
+    assert silent()
+    return
   for path in reversed(_data_files(step_dir)):
-    data = bytearray(open(path, 'rb').read())
     for frac in np.arange(0.01, 1.0, 0.03):  # Most bytes are checked or unused.
-      flipped = bytearray(data)
-      flipped[int(len(data) * frac)] ^= 0x40
-      open(path, 'wb').write(bytes(flipped))
-      read = _plain_read(checkpoints)
-      if read is not None and any((a != b).any() for a, b in zip(_host(read), pristine)):
+      _flip(path, frac)
+      if silent():
+        _SILENT.update(path=os.path.relpath(path, step_dir), frac=frac)
         return
-      open(path, 'wb').write(bytes(data))
+      _flip(path, frac)  # Flipped back.
   raise AssertionError('no silent corruption found to inject')
 
 
