@@ -5,14 +5,17 @@
   python -m vit_jax.export --format=npz --checkpoint PATH --out FILE.npz
 
 PATH is a released .npz (vit_jax or big_vision), a transformers ViT directory,
-or the workdir of one of our runs (its latest checkpoint, else its
-params.npz). `--format=transformers` writes config.json, model.safetensors
-(float32) and preprocessor_config.json, which
+the workdir of one of our runs (its latest checkpoint, else its params.npz)
+or a run's params.npz. `--format=transformers` writes config.json,
+model.safetensors (float32, the umask's permissions like every file it
+writes) and preprocessor_config.json, which
 `transformers.ViTForImageClassification.from_pretrained(DIR)` loads (a model
 with a pre-logits layer becomes a `ViTModel` whose pooler is that layer; see
 `vit_jax.hf_interop`). Label names: `--labels`, else a transformers source's
-own, else ImageNet's for a 1,000-class head, else those of a run on an image
-folder (its class sub-folders), else LABEL_i. The GELU flavour: `--gelu`,
+own, else those a run kept (its data's class names: a prepared TFDS
+dataset's or an image folder's, `vit_jax.class_names`), else ImageNet's for
+a 1,000-class head, else LABEL_i. A run's parameters are the set it
+evaluated (its Polyak average when it kept one). The GELU flavour: `--gelu`,
 else the run's `model.gelu_approximate` or the transformers source's
 `hidden_act`, else tanh (what the released weights were trained with).
 Bad input: a one-line error and exit status 2.
@@ -103,6 +106,7 @@ def export(args: argparse.Namespace) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
+  pretrained.show_what_is_read()
   try:
     print(export(args))
   except (FileNotFoundError, ValueError, ImportError) as e:

@@ -126,6 +126,7 @@ def classify(model, params, images: np.ndarray, top_k: int, batch_size: int):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
+  pretrained.show_what_is_read()
   try:
     for path in args.images:  # fail on a bad image before loading a model
       load_image(path, 8)

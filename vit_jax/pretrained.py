@@ -5,9 +5,12 @@
     model, params, info = pretrained.load('ViT-B_16.npz', model='ViT-B/16')
 
 A run's workdir holds `config.json` (written by the training loop), so its
-model (registry name and every override), class count, resolution and, for
-a folder dataset, class names are read from it: predicting, evaluating and
-fine-tuning from a run need no copied flags. For a released `.npz` alone, the
+model (registry name and every override), class count and resolution are
+read from it, and its class names from `class_names.json` beside it
+(`vit_jax.class_names`): predicting, evaluating and fine-tuning from a run
+need no copied flags. Its parameters are the set it evaluated: the
+Polyak-averaged ones when it kept an average (`read`). Its exported
+`params.npz` is described by the same files. For a released `.npz` alone, the
 model name comes from `model=` or the file name (`ViT-B_16.npz`), and the
 classifier, representation layer, class count and resolution from the
 arrays themselves; when the architecture does not fit, the error prints the
@@ -17,6 +20,7 @@ overrides that would (read off the file's shapes).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from typing import Any, Optional
@@ -24,8 +28,12 @@ from typing import Any, Optional
 import numpy as np
 
 from vit_jax import checkpoint, files, hf_interop, models, train_checkpoint
+from vit_jax import class_names as class_names_lib
 
 CONFIG = 'config.json'
+EXPORTED = 'params.npz'
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -66,25 +74,70 @@ def run_config(path: str) -> Optional[dict]:
 def read(path: str) -> tuple[dict, Optional[dict]]:
   """(parameter tree, the run's config as a dict, or None) of `path`.
 
-  A transformers ViT directory's config.json is read as the run config's
+  A run's workdir gives the parameters its evaluators scored and its
+  `params.npz` holds: the Polyak-averaged (EMA) set when the run kept one
+  (`ema_decay`), else the trained parameters, of its newest good checkpoint
+  (or of `params.npz` when it has no checkpoints/). Fine-tuning from a run
+  (`init_from`) starts from the same set, as the paper fine-tunes from the
+  averaged weights when averaging was used, and a run directory and its
+  `params.npz` give the same start. One INFO line says which set was read.
+  A run's `params.npz` is described by the run's config.json beside it. A
+  transformers ViT directory's config.json is read as the run config's
   `model`, `image_size` and `class_names` (`hf_interop.as_run_config`).
   """
   if hf_interop.is_transformers_dir(path):
     return checkpoint.load_npz(path), hf_interop.as_run_config(
         hf_interop.read_config(path))
   if path.endswith('.npz'):
-    return checkpoint.load_npz(path), None  # Says when the file is missing.
+    tree = checkpoint.load_npz(path)  # Says when the file is missing.
+    run = run_of_export(path)
+    if run is None:
+      return tree, None
+    config = files.read_json(os.path.join(run, CONFIG))
+    _log_read(config, config.get('total_steps'), path,
+              config.get('ema_decay') is not None)
+    return tree, config
   if not os.path.isdir(path):
     raise FileNotFoundError(f'checkpoint {path} is neither an .npz file nor '
                             f'a run directory.')
-  run_config = files.read_json(os.path.join(path, CONFIG))
+  config = files.read_json(os.path.join(path, CONFIG))
   if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return train_checkpoint.restore_params(path), run_config
-  exported = os.path.join(path, 'params.npz')
+    restored = train_checkpoint.read_params(path)
+    _log_read(config, restored.step, path, restored.averaged)
+    return restored.params, config
+  exported = os.path.join(path, EXPORTED)
   if os.path.exists(exported):
-    return checkpoint.load_npz(exported), run_config
-  raise FileNotFoundError(f'{path} holds neither checkpoints/ nor params.npz; '
+    _log_read(config, (config or {}).get('total_steps'), exported,
+              (config or {}).get('ema_decay') is not None)
+    return checkpoint.load_npz(exported), config
+  raise FileNotFoundError(f'{path} holds neither checkpoints/ nor {EXPORTED}; '
                           f'pass a run directory or an .npz file.')
+
+
+def run_of_export(path: str) -> Optional[str]:
+  """The run directory whose exported params.npz `path` is, or None."""
+  if os.path.basename(path) != EXPORTED:
+    return None
+  directory = os.path.dirname(os.path.abspath(path))
+  return directory if is_run(directory) else None
+
+
+def _log_read(config: Optional[dict], step: Optional[int], source: str,
+              averaged: bool) -> None:
+  """One line: which parameters of the run were read (averaged or not)."""
+  decay = (config or {}).get('ema_decay')
+  which = (f'the Polyak-averaged (EMA {decay}) parameters' if averaged
+           else 'the parameters')
+  of_step = f' of step {step}' if step is not None else ''
+  plain = '' if averaged else ' (the run keeps no Polyak average)'
+  _log.info('read %s%s from %s%s', which, of_step, source, plain)
+
+
+def show_what_is_read() -> None:
+  """For command lines without absl's logging: the line of `read` on stderr."""
+  if not logging.getLogger().handlers:
+    logging.basicConfig()
+  _log.setLevel(logging.INFO)
 
 
 def _name_from_file(path: str) -> Optional[str]:
@@ -181,16 +234,22 @@ def describe(path: str, tree: Optional[dict] = None,
   image_size = (run_config or {}).get('image_size')
   if not image_size or not isinstance(image_size, int):
     image_size = native_image_size(tree, section)
-  class_names = _class_names(run_config)
+  class_names = _class_names(run_config, path)
   return Described(source=path, model=section, num_classes=num_classes,
                    image_size=image_size, class_names=class_names,
                    run_config=run_config, checkpoint_image_size=image_size)
 
 
-def _class_names(run_config: Optional[dict]) -> Optional[list]:
-  """The class names of a run that trained on a folder (its sub-directories)."""
+def _class_names(run_config: Optional[dict], path: str) -> Optional[list]:
+  """The class names a run kept (class_names.json), or a transformers
+  directory's (id2label), or, for a run on an image folder from before runs
+  kept them, its class sub-directories."""
   if (run_config or {}).get('class_names'):  # a transformers config's id2label
     return list(run_config['class_names'])
+  run = path if is_run(path) else run_of_export(path)
+  kept = class_names_lib.read_class_names(run) if run else None
+  if kept:
+    return kept
   data = ((run_config or {}).get('input') or {}).get('data') or {}
   root = data.get('root')
   if data.get('name') != 'folder' or not root:

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -445,14 +445,32 @@ def check_compatible(stored: dict[str, tuple[int, ...]], abstract_state: Any,
                      f'the same model and optimizer settings as that run.')
 
 
+class RestoredParams(NamedTuple):
+  """The parameters a run evaluated, the step they are of, and which set."""
+  params: dict
+  step: int
+  averaged: bool  # The Polyak-averaged (EMA) set, kept when ema_decay is set.
+
+
 def restore_params(workdir_or_checkpoints: str) -> dict:
   """Parameters (as numpy) of the newest good checkpoint of another run.
 
+  The set the run evaluated and exported (its Polyak average when it kept
+  one); see `read_params`.
+  """
+  return read_params(workdir_or_checkpoints).params
+
+
+def read_params(workdir_or_checkpoints: str) -> RestoredParams:
+  """The evaluated parameters (as numpy) of the newest good checkpoint, with its step.
+
   For `init_from` and the evaluators: reads the state on the host, whatever
   mesh wrote it, verifies it as a resume does (per-array checksums when the
-  save wrote them, finite values) and returns its `params` subtree. A
-  damaged step is skipped with a warning naming it, never moved: the
-  directory is another run's and is only read.
+  save wrote them, finite values) and returns its `ema_params` subtree when
+  the run kept a Polyak average (`ema_decay`), else `params`: the set the
+  run's evaluators scored and `params.npz` holds. A damaged step is skipped
+  with a warning naming it, never moved: the directory is another run's and
+  is only read.
   """
   path = _abs(workdir_or_checkpoints)
   if os.path.basename(path.rstrip('/')) != 'checkpoints':
@@ -478,7 +496,9 @@ def restore_params(workdir_or_checkpoints: str) -> dict:
       if damaged:
         logging.warning('Skipped damaged checkpoints of %s (%s); read step '
                         '%d instead.', path, '; '.join(damaged), step)
-      return jax.tree.map(np.asarray, state['params'])
+      averaged = 'ema_params' in state
+      params = state['ema_params'] if averaged else state['params']
+      return RestoredParams(jax.tree.map(np.asarray, params), step, averaged)
   finally:
     manager.close()
   raise ValueError(f'no good checkpoint in {path}: {"; ".join(damaged)}. '

@@ -72,6 +72,7 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
              'image_size': image_size,
              'checkpoint_image_size': info.image_size,
              'num_classes': num_classes,
+             'class_names': info.class_names,
              'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
              'metrics': {}, 'seconds': {}}
   for ev in evaluators:

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from vit_jax import pretrained
 from vit_jax.visualize import commands, loading
 
 
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
+  pretrained.show_what_is_read()
   try:
     numbers = run(args)
   except (FileNotFoundError, ValueError) as e:
