@@ -6,11 +6,14 @@
   architecture read from the arrays themselves (width, depth, MLP size,
   heads, patch size). Class count, classifier, representation layer and
   position embedding come from the arrays.
-- A run directory: its `config.json` names the model (with its architecture
-  overrides) and the image size; the parameters are those of its latest
-  checkpoint (`checkpoints/`), or its exported `params.npz`.
+- A run directory (or its exported `params.npz`): its `config.json` names
+  the model (with its architecture overrides) and the image size; the
+  parameters are the set the run evaluated (its Polyak average when it kept
+  one) of its latest checkpoint (`checkpoints/`), or its `params.npz`
+  (`pretrained.read`).
 
-The position embedding is resampled to `image_size` (load_pretrained). The
+The head is kept as saved (the predicted classes are the checkpoint's); the
+position embedding is resampled to `image_size` (load_pretrained). The
 model computes in float32 whatever the run used.
 """
 
@@ -54,7 +57,7 @@ class Loaded:
 def load(path: str, model_name: Optional[str] = None,
          image_size: Optional[int] = None) -> Loaded:
   """The model of checkpoint `path` (an .npz or a run directory); see module doc."""
-  if os.path.isdir(path):
+  if os.path.isdir(path) or pretrained.run_of_export(path):
     tree, name, overrides, run_size = _from_workdir(path, model_name)
     label = models.describe(name, overrides)
   elif path.endswith('.npz') or '://' in path or os.path.isfile(path):
@@ -81,7 +84,7 @@ def load(path: str, model_name: Optional[str] = None,
                      f'{stride}x{stride}-pixel tokens of {label}; pass a '
                      f'multiple of {stride}, e.g. {max(1, round(image_size / stride)) * stride}.')
   params = checkpoint.load_pretrained(tree, param_shapes(model, image_size),
-                                      name=path)
+                                      name=path, keep_head=True)
   side = image_size // stride
   return Loaded(model=model, params=params, name=label,
                 image_size=image_size, grid=(side, side), stride=stride,
@@ -91,7 +94,9 @@ def load(path: str, model_name: Optional[str] = None,
 
 
 def _from_workdir(path: str, model_name: Optional[str]):
-  config_path = os.path.join(path, 'config.json')
+  """A run directory, or its exported params.npz: the run's config.json."""
+  run_dir = path if os.path.isdir(path) else os.path.dirname(path)
+  config_path = os.path.join(run_dir, 'config.json')
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f'{path} has no config.json: it is not the workdir '
                             f'of a vit_jax run; pass such a directory or an .npz.')
