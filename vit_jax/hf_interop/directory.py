@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from absl import logging
@@ -41,6 +42,12 @@ def model_for_checkpoint(path: PathLike) -> hf_config.Architecture:
   return arch
 
 
+def _new_file_mode(path: str) -> int:
+  """The permission bits a new file gets here (0666 less the umask): creates `path`."""
+  with open(path, 'wb') as f:
+    return stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+
+
 def _write_json(file: str, obj: Any) -> None:
   tmp = f'{file}.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
@@ -64,7 +71,9 @@ def save_transformers(out_dir: PathLike, flat: Mapping[str, np.ndarray], *,
            for k, v in weights.from_released(flat).items()}
   os.makedirs(out_dir, exist_ok=True)
   tmp = os.path.join(out_dir, f'{weights.SAFETENSORS}.tmp')
+  mode = _new_file_mode(tmp)
   st_numpy.save_file(state, tmp, metadata={'format': 'pt'})
+  os.chmod(tmp, mode)  # safetensors writes through its own 0600 temporary file.
   os.replace(tmp, os.path.join(out_dir, weights.SAFETENSORS))
   _write_json(os.path.join(out_dir, hf_config.CONFIG), config)
   image = config['image_size']
