@@ -2,8 +2,8 @@
 
 python -m vit_jax.benchmark --model=ViT-B/16 --batch=256 --dtype=bfloat16
 
-Times the real training step (`vit_jax.train_step.make_train_step`, the one
-the training loop runs) with the paper's pretraining optimizer (Adam, global
+Times the real training step (`vit_jax.assembly`, the one the training
+loop runs) with the paper's pretraining optimizer (Adam, global
 norm clipping, weight decay), and prints one JSON line: img/s, img/s per
 device, step ms, MFU, peak device memory and compile seconds. With
 `--mode=eval` it times the classification forward pass instead (logits and
@@ -16,16 +16,14 @@ TensorFlow nor clu nor ml_collections, so it runs on a bare JAX host.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import budget, models, optim, parallel, train_step
+from vit_jax import assembly, budget, models, parallel
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,16 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-_ARCH_KEYS = ('hidden_size', 'num_layers', 'mlp_dim', 'num_heads', 'patch_size')
-
-
 def _arch(args) -> dict:
-  """--arch and --num_layers as ModelSpec fields (patch_size as a pair)."""
+  """--arch and --num_layers as model overrides."""
   arch = {}
   for key, value in _mesh_sizes(args.arch, '--arch').items():
-    if key not in _ARCH_KEYS:
-      raise ValueError(f'--arch key {key!r} is not one of {_ARCH_KEYS}')
-    arch[key] = (value, value) if key == 'patch_size' else value
+    if key not in models.ARCHITECTURE_KEYS:
+      raise ValueError(f'--arch key {key!r} is not one of '
+                       f'{models.ARCHITECTURE_KEYS}')
+    arch[key] = value
   if args.num_layers:
     arch['num_layers'] = args.num_layers
   return arch
@@ -95,61 +91,65 @@ def _mesh_sizes(text: str, flag: str = '--mesh') -> dict:
   return sizes
 
 
+def config_of(args: argparse.Namespace) -> dict:
+  """The training config the benchmark assembles: the paper's pretraining
+  optimizer (Adam, weight decay 0.1, clipping at 1) on synthetic data."""
+  return {
+      'model': dict(name=args.model, dtype=args.dtype,
+                    remat_policy=args.remat_policy,
+                    scan_layers=args.scan_layers,
+                    attention_implementation=args.attention_implementation,
+                    attention_pad_multiple=args.attention_pad_multiple,
+                    **_arch(args)),
+      'image_size': args.image_size, 'batch_size': args.batch,
+      'accum_steps': args.accum_steps,
+      'total_steps': args.warmup + args.steps,
+      'schedule': dict(base_lr=1e-3, warmup_steps=1, decay_type='linear'),
+      'optim': {'name': 'adam', 'weight_decay': 0.1, 'grad_clip_norm': 1.0,
+                'mu_dtype': args.mu_dtype,
+                'weight_decay_exclude': ('.*/bias', '.*/scale')},
+      'sharding': {'rules': parallel.default_sharding_rules(),
+                   'fsdp_min_size': 2**16},
+      'seed': 0,
+  }
+
+
 def run(args: argparse.Namespace) -> dict:
   """Compiles and times the step; returns the JSON-able result."""
-  arch = _arch(args)
-  options = models.backend_defaults(dict(
-      dtype=args.dtype, remat_policy=args.remat_policy,
-      scan_layers=args.scan_layers,
-      attention_implementation=args.attention_implementation,
-      attention_pad_multiple=args.attention_pad_multiple, **arch),
-      jax.default_backend())
-  model = models.get_model(args.model, args.num_classes, **options)
   mesh = parallel.make_mesh(_mesh_sizes(args.mesh))
-  parallel.check_batch_divisible(args.batch, args.accum_steps, mesh)
-  total = args.warmup + args.steps
-  schedule = optim.make_schedule(base_lr=1e-3, total_steps=total,
-                                 warmup_steps=1, decay_type='linear')
-  shape = (args.image_size, args.image_size, 3)
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))['params']
-  tx = optim.make_optimizer(
-      {'name': 'adam', 'weight_decay': 0.1, 'grad_clip_norm': 1.0,
-       'mu_dtype': args.mu_dtype,
-       'weight_decay_exclude': ('.*/bias', '.*/scale')}, schedule, abstract)
-  state, shardings = train_step.sharded_init(
-      model, tx, shape, mesh, parallel.default_sharding_rules(), seed=0)
-  step = train_step.make_train_step(model, tx, mesh, shardings,
-                                    accum_steps=args.accum_steps,
-                                    schedule=schedule)
+  asm = assembly.assemble(config_of(args), mesh, args.num_classes)
   rng = np.random.default_rng(0)
   per_host = args.batch // jax.process_count()
+  shape = asm.image_shape
   host_batch = {
       'image': rng.uniform(-1, 1, (per_host, *shape)).astype(np.float32),
       'labels': np.eye(args.num_classes, dtype=np.float32)[
           rng.integers(0, args.num_classes, per_host)]}
   batch = parallel.host_to_global(host_batch, mesh)
-  if args.mode == 'eval':
-    state, step = state['params'], _eval_step(model, mesh, shardings['params'])
+  state = asm.init_state()
+  if args.mode == 'eval':  # Parameters in, top-1 count out.
+    step, state = asm.eval_step(), state['params']
+    run_step = lambda state: (state, compiled(state, batch))
+  else:
+    step = asm.step
+    run_step = lambda state: compiled(state, batch)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(args.warmup):
-    state, metrics = compiled(state, batch)
+    state, metrics = run_step(state)
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
   for _ in range(args.steps):
-    state, metrics = compiled(state, batch)
+    state, metrics = run_step(state)
   jax.block_until_ready((state, metrics))
   seconds = time.perf_counter() - t0
 
   n = jax.device_count()
   img_per_sec = args.batch * args.steps / seconds
   kind = jax.devices()[0].device_kind
-  spec = dataclasses.replace(models.get_spec(args.model), **arch)
-  flops_per_image = budget.train_flops_per_image(spec, args.image_size,
-                                                 args.num_classes)
+  flops_per_image = asm.flops_per_image
   if args.mode == 'eval':  # One forward pass: a third of the training FLOPs.
     flops_per_image /= budget.flops.TRAIN_FORWARD_MULTIPLE
   peak = budget.peak_flops(kind)
@@ -158,12 +158,12 @@ def run(args: argparse.Namespace) -> dict:
   if 'peak_bytes_in_use' in stats:
     memory = stats['peak_bytes_in_use']
   return {
-      'model': args.model, 'num_layers': spec.num_layers, 'mode': args.mode,
-      'batch': args.batch,
+      'model': args.model, 'num_layers': asm.spec.num_layers,
+      'mode': args.mode, 'batch': args.batch,
       'image_size': args.image_size, 'dtype': args.dtype,
       'remat_policy': args.remat_policy, 'mu_dtype': args.mu_dtype,
-      'attention_implementation': options.get('attention_implementation'),
-      'attention_pad_multiple': options.get('attention_pad_multiple'),
+      'attention_implementation': asm.model.attention_implementation,
+      'attention_pad_multiple': asm.model.attention_pad_multiple,
       'devices': n, 'device_kind': kind, 'backend': jax.default_backend(),
       'img_per_sec': round(img_per_sec, 2),
       'img_per_sec_per_device': round(img_per_sec / n, 2),
@@ -176,18 +176,6 @@ def run(args: argparse.Namespace) -> dict:
       'final_loss': (float(metrics['train_loss']) if args.mode == 'train'
                      else None),
   }
-
-
-def _eval_step(model, mesh, param_shardings):
-  """Jitted classification forward pass: logits -> top-1 correct count."""
-  def step(params, batch):
-    logits = model.apply({'params': params}, batch['image'], train=False)
-    correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(batch['labels'], -1))
-    return params, {'correct': correct}
-  return jax.jit(step, in_shardings=(param_shardings,
-                                     parallel.batch_sharding(mesh)),
-                 out_shardings=(param_shardings, parallel.replicated(mesh)),
-                 donate_argnums=(0,))  # Parameters pass through, not copied.
 
 
 def main(argv=None) -> int:

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vit_jax import (budget, checkpoint, config_lib, data, evaluate, files,
-                     models, optim, parallel, pretrained, profiling,
-                     train_step)
+from vit_jax import (assembly, budget, checkpoint, config_lib, data, evaluate,
+                     files, models, parallel, pretrained, profiling)
 from vit_jax import metrics as metrics_lib
 from vit_jax import resume_check, train_checkpoint
 from vit_jax.train_checkpoint import SaveError, TrainCheckpointer  # pylint: disable=unused-import
@@ -68,11 +67,6 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
-def image_shape(config) -> tuple[int, int, int]:
-  size = config.image_size
-  return (size, size, 3) if isinstance(size, int) else (*size, 3)
-
-
 def _initial_params(config, abstract_params) -> Optional[Any]:
   """Host parameters from `init_from` (a released .npz or a run), or None.
 
@@ -90,8 +84,8 @@ def _initial_params(config, abstract_params) -> Optional[Any]:
 
 
 #: What a fine-tuning run takes from the run it starts from (init_from).
-_ARCHITECTURE = ('name', 'hidden_size', 'num_layers', 'mlp_dim', 'num_heads',
-                 'patch_size', 'classifier', 'posemb', 'gelu_approximate')
+_ARCHITECTURE = ('name', *models.ARCHITECTURE_KEYS, 'classifier', 'posemb',
+                 'gelu_approximate')
 
 
 def resolve_model(config) -> None:
@@ -290,97 +284,56 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
       process_index=jax.process_index(), process_count=jax.process_count())
   num_classes = config.num_classes or train_data.num_classes
   check_classes(num_classes, train_data)
-  model, spec = models.build(config.model, num_classes)
-  model_label = models.describe(config.model.name,
-                                models.model_overrides(config.model))
-
-  schedule = optim.make_schedule(total_steps=config.total_steps,
-                                 **dict(config.schedule))
-  shape = image_shape(config)
-  abstract_params = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))['params']
-  tx = optim.make_optimizer(config.optim, schedule, abstract_params)
-  rules = [tuple(r) for r in config.sharding.rules]
-  ema = config.ema_decay is not None
-
-  def init():
-    return train_step.init_state(model, tx, shape, seed=config.seed, ema=ema)
-  abstract_state = jax.eval_shape(init)
-  shardings = parallel.tree_shardings(abstract_state, mesh, rules,
-                                      config.sharding.fsdp_min_size)
+  asm = assembly.assemble(config, mesh, num_classes)
   evaluators = evaluate.build_evaluators(
-      config.evals, model=model, mesh=mesh, image_size=config.image_size,
+      config.evals, model=asm.model, mesh=mesh, image_size=config.image_size,
       num_classes=num_classes, data_dir=config.input.get('data_dir'))
   cap = budget.BudgetCap.from_config(config.budget)
+  tracker.flops_per_image = asm.flops_per_image
 
   # 2. The resources the loop owns, closed in one place whatever happens.
   with contextlib.ExitStack() as resources:
     checkpointer = TrainCheckpointer(workdir, keep=config.keep_checkpoints,
                                      keep_every=config.keep_checkpoint_every)
     resources.callback(checkpointer.close)
-    tracker.flops_per_image = budget.train_flops_per_image(
-        spec, config.image_size, num_classes, model.representation_size,
-        model.classifier)
 
     # 3. State: resume this workdir, or start fresh (optionally init_from).
-    if config.resume_from_step is not None and not _rolled_back(
-        checkpointer, config.resume_from_step):
-      checkpointer.roll_back(config.resume_from_step)
-    resume_step, state, resumed_meta = checkpointer.restore_latest_good(
-        abstract_state, shardings)
-    if resume_step is not None:
-      tracker.load_state_dict(resumed_meta.get('budget', {}))
-      logging.info('Resumed from step %d in %s.', resume_step, workdir)
-    else:
-      state = jax.jit(init, out_shardings=shardings)()
-      loaded = _initial_params(config, abstract_params)
-      if loaded is not None:
-        state['params'] = parallel.put_sharded(loaded, shardings['params'])
-        if ema:
-          state['ema_params'] = parallel.put_sharded(loaded,
-                                                     shardings['ema_params'])
-        logging.info('Initialised parameters from %s.', config.init_from)
+    state, resumed = _restore_or_init(config, asm, checkpointer, workdir)
+    tracker.load_state_dict((resumed or {}).get('budget', {}))
     start_step = int(jax.device_get(state['step']))
     if is_primary:
       files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
-    # 4. The compiled step, metrics and the compute accounting.
-    step_fn = train_step.make_train_step(
-        model, tx, mesh, shardings, loss=config.loss,
-        label_smoothing=config.label_smoothing, accum_steps=config.accum_steps,
-        ema_decay=config.ema_decay, seed=config.seed, schedule=schedule)
-    batch_shape = {
-        'image': jax.ShapeDtypeStruct((config.batch_size, *shape),
-                                      jnp.float32),
-        'labels': jax.ShapeDtypeStruct((config.batch_size, num_classes),
-                                       jnp.float32)}
+    # 4. The compiled step and the metric writers.
     with tracker.paused('compile'):
-      compiled = step_fn.lower(state, batch_shape).compile()
-    writer = metrics_lib.MetricWriter(workdir, is_primary=is_primary,
-                                      resume_step=resume_step)
+      compiled = asm.lower().compile()
+    writer = metrics_lib.MetricWriter(
+        workdir, is_primary=is_primary,
+        resume_step=start_step if resumed is not None else None)
     resources.callback(writer.close)
     progress = metrics_lib.Progress(config.total_steps, start_step)
+    window = _Window(checkpointer.all_steps)
+    window.load_state_dict((resumed or {}).get('window'))
 
     def save(step, state):
+      window.settle()  # Every step is read before anything is saved after it.
       with tracker.paused('checkpoint'):
         checkpointer.save(step, state, {
-            'step': step, 'data_position': step, 'model': model_label,
+            'step': step, 'model': asm.label,
             'budget': tracker.state_dict(), 'window': window.state_dict(),
             'rolled_back_to': config.resume_from_step})
 
     def eval_params(state):
-      return state['ema_params'] if ema else state['params']
+      return state['ema_params'] if asm.ema else state['params']
 
     # 5. The loop.
     logging.info('Training %s (%s parameters) for %d steps on %d %s '
-                 'device(s), mesh %s, batch %d.', model_label,
-                 f'{models.count_params(abstract_params):,}',
+                 'device(s), mesh %s, batch %d.', asm.label,
+                 f'{models.count_params(asm.abstract_params):,}',
                  config.total_steps, jax.device_count(), device_kind,
                  dict(mesh.shape), config.batch_size)
     batches = train_data.iterator(start_batch=start_step)
     status, step, eval_metrics = 'done', start_step, {}
-    window = _Window(checkpointer.all_steps)
-    window.load_state_dict((resumed_meta or {}).get('window'))
     profiler = profiling.ProfileWindow.from_config(config.get('profile'),
                                                    workdir)
     img_per_sec = None
@@ -401,12 +354,11 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
         profiler.after(step, step_metrics)
         step += 1
         tracker.add_images(config.batch_size)
-        # Read the previous step's metrics while this one runs; every step
-        # is read before anything is logged or saved after it.
+        # Read the previous step's metrics while this one runs.
         window.push(step, step_metrics)
 
         last = step == config.total_steps
-        verdict = 'ok'
+        verdict = budget.OK
         if step % config.log_every == 0 or last:
           scalars = window.summary()
           scalars.update(tracker.metrics())  # img/s, per core, MFU, core-h.
@@ -424,25 +376,21 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
           # collective every step would defeat the one-step-late read.
           if cap.enabled:
             verdict = _agreed(cap.check(tracker.core_hours))
-
-        if verdict == 'warn':
+        if verdict == budget.WARN:
           logging.warning('%s', cap.warn_message(tracker.core_hours))
-        if verdict == 'stop':
-          window.settle()
+
+        # One stop path: the cap or a preemption saves, then ends the run.
+        stop = ('budget_exhausted' if verdict == budget.STOP else
+                'preempted' if preemption.reached(step) else None)
+        if stop or step % config.checkpoint_every == 0 or last:
           save(step, state)
-          status = 'budget_exhausted'
-          logging.warning('%s', cap.stop_message(tracker.core_hours, workdir))
+        if stop:
+          status = stop
+          logging.warning('%s', cap.stop_message(tracker.core_hours, workdir)
+                          if stop == 'budget_exhausted' else
+                          f'Preemption requested: saved step {step} to '
+                          f'{workdir}; rerun the same command to resume.')
           break
-        if preemption.reached(step):
-          window.settle()
-          save(step, state)
-          status = 'preempted'
-          logging.warning('Preemption requested: saved step %d to %s; rerun '
-                          'the same command to resume.', step, workdir)
-          break
-        if step % config.checkpoint_every == 0 or last:
-          window.settle()
-          save(step, state)
       window.settle()
       profiler.stop()
     if start_step >= config.total_steps:  # A finished run: report its scores.
@@ -458,6 +406,27 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
                      eval_metrics=eval_metrics, img_per_sec=img_per_sec,
                      core_hours=tracker.core_hours, params=state['params'])
+
+
+def _restore_or_init(config, asm: assembly.Assembly,
+                     checkpointer: TrainCheckpointer, workdir: str
+                     ) -> tuple[Any, Optional[dict]]:
+  """(state, the resumed checkpoint's meta, None when fresh): the workdir's latest good
+  checkpoint (after a requested roll-back), else a fresh state around
+  `init_from`'s parameters, else a random one."""
+  if config.resume_from_step is not None and not _rolled_back(
+      checkpointer, config.resume_from_step):
+    checkpointer.roll_back(config.resume_from_step)
+  step, state, meta = checkpointer.restore_latest_good(asm.abstract_state,
+                                                       asm.shardings)
+  if step is not None:
+    logging.info('Resumed from step %d in %s.', step, workdir)
+    return state, meta or {}
+  loaded = _initial_params(config, asm.abstract_params)
+  if loaded is None:
+    return asm.init_state(), None
+  logging.info('Initialised parameters from %s.', config.init_from)
+  return asm.state_from_params(loaded), None
 
 
 def _rolled_back(checkpointer: TrainCheckpointer, step: int) -> bool:

@@ -1,8 +1,7 @@
 """Whether the real sharded training step fits a slice: per-device memory, collectives and predicted step time.
 
-The step is `vit_jax.train_step.make_train_step` with the recipe's
-optimizer (`vit_jax.optim.make_optimizer`) and sharding rules
-(`vit_jax.parallel`), the one `vit_jax.main` runs.
+The step is the one `vit_jax.main` runs, built by `vit_jax.assembly` from
+the recipe (optimizer, sharding rules, accumulation, EMA).
 
 Memory per device is counted, not compiled: parameters, optimizer state and
 EMA from the sharding rules on the full model (exact), gradients like the
@@ -39,7 +38,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from vit_jax import models, optim, parallel, train_step
+from vit_jax import assembly, models, parallel, train_step
 from vit_jax.budget import activations as activations_lib
 from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import flops as flops_lib
@@ -133,26 +132,28 @@ def spec_from_config(config: Mapping[str, Any]) -> StepSpec:
 # Building and compiling the step.
 
 
-def _model(spec: StepSpec, remat: str, num_layers: Optional[int] = None):
-  options = dict(spec.model_options)
-  if isinstance(options.get('patch_size'), list):
-    options['patch_size'] = tuple(options['patch_size'])
-  options['remat_policy'] = remat
+def step_config(spec: StepSpec, remat: str,
+                num_layers: Optional[int] = None) -> dict:
+  """The training config of `spec` (as `vit_jax.assembly` reads it), with
+  the remat policy and, for a reduced-depth compile, `num_layers` blocks."""
+  model = dict(spec.model_options, name=spec.model, remat_policy=remat)
   if num_layers is not None:
-    options['num_layers'] = num_layers
-  return models.get_model(spec.model, spec.num_classes, **options)
+    model['num_layers'] = num_layers
+  return {
+      'model': model, 'image_size': spec.image_size,
+      'batch_size': spec.batch_size, 'accum_steps': spec.accum_steps,
+      'total_steps': 10,
+      'schedule': dict(base_lr=1e-3, warmup_steps=1, decay_type='linear'),
+      'optim': dict(spec.optim), 'loss': spec.loss,
+      'label_smoothing': spec.label_smoothing,
+      'ema_decay': 0.9999 if spec.ema else None,
+      'sharding': {'rules': spec.rules, 'fsdp_min_size': spec.fsdp_min_size},
+      'seed': 0}
 
 
-def _abstract_state(spec: StepSpec, model):
-  shape = (spec.image_size, spec.image_size, 3)
-  abstract_params = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))['params']
-  schedule = optim.make_schedule(base_lr=1e-3, total_steps=10,
-                                 warmup_steps=1, decay_type='linear')
-  tx = optim.make_optimizer(dict(spec.optim), schedule, abstract_params)
-  init = functools.partial(train_step.init_state, model, tx, shape, seed=0,
-                           ema=spec.ema)
-  return tx, schedule, jax.eval_shape(init)
+def _model(spec: StepSpec, remat: str, num_layers: Optional[int] = None):
+  return models.build(step_config(spec, remat, num_layers)['model'],
+                      spec.num_classes, backend='cpu')[0]
 
 
 def _shard_bytes(tree, shardings) -> int:
@@ -196,10 +197,10 @@ def state_bytes(spec: StepSpec, mesh_sizes: Mapping[str, int],
   """Per-device parameter, optimizer-state (and EMA) bytes of the model (of
   `num_layers` blocks if given), counted from the sharding rules without
   compiling."""
-  mesh = _mesh(mesh_sizes, num_devices)
-  _, _, abstract = _abstract_state(spec, _model(spec, 'none', num_layers))
-  shardings = train_step.state_shardings(abstract, mesh, spec.rules,
-                                         spec.fsdp_min_size)
+  asm = assembly.assemble(step_config(spec, 'none', num_layers),
+                          _mesh(mesh_sizes, num_devices), spec.num_classes,
+                          backend='cpu')
+  abstract, shardings = asm.abstract_state, asm.shardings
   out = {'params': _shard_bytes(abstract['params'], shardings['params']),
          'opt_state': _shard_bytes(abstract['opt_state'],
                                    shardings['opt_state'])}
@@ -217,30 +218,14 @@ def compile_step(spec: StepSpec, mesh_sizes: Mapping[str, int],
 
   Returns (compiled, seconds, abstract_state, shardings).
   """
-  mesh = _mesh(mesh_sizes, num_devices)
-  parallel.check_batch_divisible(spec.batch_size, spec.accum_steps, mesh)
-  model = _model(spec, remat, num_layers)
-  tx, schedule, abstract = _abstract_state(spec, model)
-  shardings = train_step.state_shardings(abstract, mesh, spec.rules,
-                                         spec.fsdp_min_size)
-  step = train_step.make_train_step(
-      model, tx, mesh, shardings, loss=spec.loss,
-      label_smoothing=spec.label_smoothing, accum_steps=spec.accum_steps,
-      ema_decay=0.9999 if spec.ema else None, schedule=schedule)
-  state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, shardings)
-  batch_sharding = parallel.batch_sharding(mesh)
-  shape = (spec.image_size, spec.image_size, 3)
-  batch = {
-      'image': jax.ShapeDtypeStruct((spec.batch_size, *shape), jnp.float32,
-                                    sharding=batch_sharding),
-      'labels': jax.ShapeDtypeStruct((spec.batch_size, spec.num_classes),
-                                     jnp.float32, sharding=batch_sharding)}
+  asm = assembly.assemble(step_config(spec, remat, num_layers),
+                          _mesh(mesh_sizes, num_devices), spec.num_classes,
+                          backend='cpu')
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile(
-      dict(FAST_COMPILE if compiler_options is None else compiler_options))
-  return compiled, time.perf_counter() - t0, abstract, shardings
+  compiled = asm.compile(FAST_COMPILE if compiler_options is None
+                         else compiler_options)
+  return (compiled, time.perf_counter() - t0, asm.abstract_state,
+          asm.shardings)
 
 
 def measure(spec: StepSpec, mesh_sizes: Mapping[str, int], num_devices: int,
@@ -306,8 +291,7 @@ def activation_bytes(spec: StepSpec, mesh_sizes: Mapping[str, int],
   def count(policy: str, depth: int) -> tuple[float, float, float]:
     """(residual bytes, parameter bytes, the largest residual)."""
     model = _model(spec, policy, depth)
-    params = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))['params']
+    params = models.param_shapes(model, spec.image_size)
     loss = train_step.make_loss_fn(model, spec.loss, spec.label_smoothing)
     found = activations_lib.per_device(
         activations_lib.residuals(loss, params, *inputs), sizes['model'],
@@ -527,13 +511,8 @@ def _check_fractions(mfu: float, overlap: float, margin: float) -> None:
 
 
 def _spec_with_options(spec: StepSpec):
-  base = models.get_spec(spec.model)
-  arch = {k: spec.model_options[k] for k in
-          ('hidden_size', 'num_layers', 'mlp_dim', 'num_heads', 'patch_size')
-          if spec.model_options.get(k) is not None}
-  if isinstance(arch.get('patch_size'), list):
-    arch['patch_size'] = tuple(arch['patch_size'])
-  return dataclasses.replace(base, **arch)
+  return models.with_architecture(models.get_spec(spec.model),
+                                  spec.model_options)
 
 
 def candidate_meshes(spec: StepSpec, num_devices: int) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -197,16 +197,117 @@ def model_overrides(model_config: Any) -> dict:
   return {k: v for k, v in overrides.items() if v is not None}
 
 
-def build(model_config: Any, num_classes: Optional[int]
+#: The fields that make an architecture (a model with other values is
+#: another model); what a fine-tuning run takes from the run it starts from.
+ARCHITECTURE_KEYS = ('hidden_size', 'num_layers', 'mlp_dim', 'num_heads',
+                     'patch_size')
+
+
+def with_architecture(spec: ModelSpec, overrides: Mapping[str, Any]
+                      ) -> ModelSpec:
+  """`spec` with the architecture fields of `overrides` (patch as a pair;
+  a hybrid's stem keeps its downsampling, the patch changes)."""
+  arch = {k: overrides[k] for k in ARCHITECTURE_KEYS
+          if overrides.get(k) is not None}
+  if 'patch_size' in arch:
+    p = arch['patch_size']
+    arch['patch_size'] = (p, p) if isinstance(p, int) else tuple(p)
+    arch['stride'] = spec.stride // spec.patch_size[0] * arch['patch_size'][0]
+  return dataclasses.replace(spec, **arch)
+
+
+def build(model_config: Any, num_classes: Optional[int],
+          backend: Optional[str] = None
           ) -> tuple[VisionTransformer, ModelSpec]:
   """The module of a config's `model` section and its ModelSpec (with the
-  architecture overrides, for FLOP counts and the token stride)."""
+  architecture overrides, for FLOP counts and the token stride). `backend`
+  ('cpu', 'gpu', 'tpu'; default jax's) picks the fast-path options that the
+  config leaves unset."""
   overrides = backend_defaults(model_overrides(model_config),
-                               jax.default_backend())
+                               backend or jax.default_backend())
   model = get_model(model_config['name'], num_classes, **overrides)
-  spec = get_spec(model_config['name'])
-  arch = {k: overrides[k] for k in ('hidden_size', 'num_layers', 'mlp_dim',
-                                    'num_heads', 'patch_size') if k in overrides}
-  if 'patch_size' in arch:  # The stem's downsampling stays; the patch changes.
-    arch['stride'] = spec.stride // spec.patch_size[0] * arch['patch_size'][0]
-  return model, dataclasses.replace(spec, **arch)
+  return model, with_architecture(get_spec(model_config['name']), overrides)
+
+
+def _token_pixels(model: Any) -> tuple[tuple[int, int], str, bool]:
+  """((h, w) pixels per token, the model's name, a hybrid?) of a spec,
+  module or size."""
+  if isinstance(model, ModelSpec):
+    ph, pw = model.patch_size
+    stem = model.stride // ph if model.stride else 1
+    return (ph * stem, pw * stem), model.name, model.resnet is not None
+  if isinstance(model, VisionTransformer):
+    return pixels_per_token(model), 'the model', model.resnet is not None
+  if isinstance(model, int):
+    return (model, model), 'the model', False
+  return tuple(int(p) for p in model), 'the model', False
+
+
+def check_image_size(model: Any, image_size: Any, name: str = 'image_size',
+                     label: Optional[str] = None) -> None:
+  """A resolution that does not divide into the model's tokens is an error.
+
+  The patch embedding is a VALID convolution: 18 px on 4x4 patches would
+  silently drop the last 2 pixels of each side (and a plan would cost
+  230 px as 224). `model` is a ModelSpec (from `build`: overrides
+  included), a module, or the pixels per token (int or (h, w)); `name` is
+  how the caller's user writes the size ('--image_size', 'image_size');
+  `label` the model's reported name (default: the spec's).
+  """
+  (ph, pw), default_label, hybrid = _token_pixels(model)
+  label = label or default_label
+  sizes = ((image_size, image_size) if isinstance(image_size, int)
+           else tuple(image_size))
+  shown = (image_size if isinstance(image_size, int)
+           else 'x'.join(str(s) for s in sizes))
+  given = f'{name} {shown}' if name.startswith('-') else f'{name}={shown}'
+  for side, size, pixels in zip(('height', 'width'), sizes, (ph, pw)):
+    if size >= pixels and size % pixels == 0:
+      continue
+    lower = size // pixels * pixels
+    nearest = ' or '.join(str(s) for s in (lower, lower + pixels) if s > 0)
+    where = 'each side' if sizes[0] == sizes[1] else f'the {side}'
+    why = ('it is smaller than one token' if not lower else
+           f'the stem would pad the last {size - lower} pixels of {where}'
+           if hybrid else
+           f'the last {size - lower} pixels of {where} would be dropped')
+    raise ValueError(f'{given} does not divide into the {ph}x{pw}-pixel '
+                     f'tokens of {label}: {why}; use a multiple of {pixels} '
+                     f'(e.g. {nearest}).')
+
+
+def _architecture(model_section: Any) -> tuple:
+  """What makes a model that model: sizes, patch and the hybrid's stem."""
+  spec = get_spec(model_section['name'])
+  overrides = model_overrides(model_section)
+  fields = []
+  for field, _ in _ARCH_FIELDS:
+    value = overrides.get(field, getattr(spec, field))
+    if field == 'patch_size' and isinstance(value, int):
+      value = (value, value)
+    fields.append(tuple(value) if isinstance(value, list) else value)
+  return (*fields, spec.resnet)
+
+
+def check_requested_model(requested: Any, run_model: Optional[dict],
+                          source: str) -> None:
+  """A model name given beside a checkpoint must be the checkpoint's model.
+
+  `run_model` is the `model` section of the checkpoint's config.json (a
+  run's, or a transformers directory's): the run says what it is, and a
+  name that disagrees would otherwise build the run's architecture under
+  another label (`--model ViT-B/16` on a width-64 run).
+  """
+  if requested is not None and not isinstance(requested, str):
+    requested = requested.get('name')  # A `model` section.
+  if not requested or not run_model or not run_model.get('name'):
+    return
+  spec = get_spec(requested)
+  if (spec.name == get_spec(run_model['name']).name or
+      _architecture({'name': spec.name}) == _architecture(run_model)):
+    return  # The run's own name (its overrides apply), or the same model.
+  run_label = describe(run_model['name'], model_overrides(run_model))
+  raise ValueError(f'the model {spec.name} given is not the model of '
+                   f'{source}, whose config.json says {run_label}: leave the '
+                   f'model out (the run names it), or pass a checkpoint of '
+                   f'{spec.name}.')
