@@ -1,7 +1,11 @@
 """Command-line entry: python -m vit_jax.main --config=configs/X.py:ARGS --workdir=DIR.
 
 Trains (pretraining or fine-tuning) with the config file's recipe; rerunning
-the same command resumes from the workdir's latest good checkpoint. Exit
+the same command resumes from the workdir's latest good checkpoint. With
+`--compile_only [--topology=v3-32]` it compiles the job's steps (for a TPU
+slice: with the TPU compiler, on this machine), prints per-device HBM,
+collectives and the predicted step time, and runs nothing
+(`vit_jax.preflight`): exit 0 when it fits, 2 when it does not. Exit
 status: 0 when done, saved after a preemption, or stopped by SIGTERM before
 the first step; 75 when the compute cap stopped the run; 74 when a checkpoint
 could not be written (disk full or another OS error; earlier checkpoints are
@@ -26,6 +30,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     'configs/finetune.py:model=B/16,dataset=cifar10', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
                                'metrics and the exported params.npz.')
+_COMPILE_ONLY = flags.DEFINE_bool(
+    'compile_only', False, 'Compile the training and evaluation steps of the '
+    'config (for --topology, or this machine\'s devices), print per-device '
+    'HBM, collectives and the predicted step time, run nothing; exit 2 when '
+    'the job does not compile or fit. Needs no --workdir.')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', None, 'With --compile_only: a Cloud TPU slice to compile for '
+    'with the TPU compiler (libtpu), e.g. v3-32, v4-64, v5litepod-256.')
 flags.adopt_module_key_flags(cli)  # --help lists the multi-process flags.
 
 
@@ -34,6 +46,12 @@ def main(argv) -> None:
     cli.fail(f'unexpected arguments {argv[1:]}; pass options as --flag=value.')
   if _CONFIG.value is None:
     cli.fail('--config is required, e.g. --config=configs/quickstart.py')
+  if _TOPOLOGY.value and not _COMPILE_ONLY.value:
+    cli.fail('--topology goes with --compile_only (a run uses the devices it '
+             'is on); add --compile_only.')
+  if _COMPILE_ONLY.value:
+    _compile_only(_CONFIG.value, _TOPOLOGY.value)
+    return
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
   # Until the training loop takes over SIGTERM: nothing is trained yet.
@@ -66,6 +84,23 @@ def main(argv) -> None:
                        if exported else None), flush=True)
   if result.status == 'budget_exhausted':
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
+
+
+def _compile_only(config, topology: Optional[str]) -> None:
+  """The preflight (vit_jax.preflight): report, then exit 0 or 2."""
+  cli.configure_logging()
+  from vit_jax import config_lib, preflight, train  # pylint: disable=g-import-not-at-top
+  try:
+    config_lib.check_schema(config)
+    train.resolve_model(config)
+    report = preflight.run(config, topology)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    cli.fail(str(e).strip('"\''))
+  print(preflight.format_report(report), flush=True)
+  try:
+    preflight.check(report)
+  except preflight.PreflightError as e:
+    cli.fail(str(e))
 
 
 def _exit_save_failed(message: str) -> None:

@@ -1,0 +1,302 @@
+"""Compile the exact job for a TPU slice before renting it: HBM, collectives and step time from the TPU compiler, on this machine.
+
+    python -m vit_jax.main --config=configs/pretrain.py:model=B/16 \
+        --compile_only --topology=v3-32
+
+builds what the run would build from the same config (model, dtype, remat,
+scanned layers, optimizer, sharding rules, mesh, accumulation, EMA:
+`vit_jax.assembly`, the one the training loop uses), compiles the training
+step and the evaluation step with XLA:TPU for the slice's devices (libtpu
+describes any slice without a TPU: `vit_jax.budget.tpu`), runs nothing, and
+reports per device the HBM by kind (XLA:TPU's own figures) against the
+chip's, the collectives per step by kind, and the compiler's predicted step
+time with the images/s per core and MFU it implies. Without `--topology` it
+compiles for the devices this process has (CPU, GPU), for which the memory
+figures are that backend's.
+
+A job that does not compile, or does not fit, is one line naming the miss
+and the change that would fit (`PreflightError`, exit status 2 in main).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+
+from vit_jax import assembly, parallel
+from vit_jax.budget import hardware as hardware_lib
+from vit_jax.budget import tpu
+
+GiB = 2.**30
+#: Remat policies' model FLOPs executed per useful FLOP ('full' recomputes
+#: the forward pass in the backward).
+RECOMPUTE = {'full': 4 / 3}
+
+
+class PreflightError(ValueError):
+  """The job does not compile or does not fit: one line, with the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+  """What the compiler said about one job on one slice."""
+  label: str
+  num_params: int
+  target: str                 # 'v3-32' or the local backend
+  hardware: Optional[hardware_lib.Hardware]
+  num_devices: int
+  knobs: 'Knobs'
+  train: Any                  # budget.tpu.CompiledStep of the training step
+  eval: Any                   # ... of the evaluation step
+  eval_batch_size: int
+  compile_s: float
+  model_flops_per_device: float   # useful FLOPs of one step, per device
+
+  @property
+  def mesh(self) -> dict:
+    return self.knobs.mesh
+
+  @property
+  def batch_size(self) -> int:
+    return self.knobs.batch_size
+
+  @property
+  def accum_steps(self) -> int:
+    return self.knobs.accum_steps
+
+  @property
+  def remat(self) -> str:
+    return self.knobs.remat
+
+  @property
+  def hbm_bytes(self) -> Optional[float]:
+    return self.hardware.hbm_bytes_per_device if self.hardware else None
+
+  @property
+  def peak_bytes(self) -> float:
+    return max(self.train.peak_bytes, self.eval.peak_bytes)
+
+  @property
+  def fits(self) -> Optional[bool]:
+    return None if self.hbm_bytes is None else self.peak_bytes <= self.hbm_bytes
+
+  @property
+  def flop_bound_s(self) -> Optional[float]:
+    """The step at the chip's peak FLOP/s, recomputation included."""
+    if not self.hardware:
+      return None
+    return (self.model_flops_per_device * RECOMPUTE.get(self.remat, 1.0) /
+            self.hardware.peak_flops_per_device)
+
+  @property
+  def step_s(self) -> Optional[float]:
+    """The compiler's estimate, never below the FLOP bound (the cost model
+    counts a scanned loop's body once)."""
+    estimate = self.train.optimal_seconds
+    bound = self.flop_bound_s
+    if estimate is None:
+      return bound
+    return max(estimate, bound or 0.0)
+
+  @property
+  def mfu(self) -> Optional[float]:
+    if not self.step_s or not self.hardware:
+      return None
+    return self.model_flops_per_device / (
+        self.step_s * self.hardware.peak_flops_per_device)
+
+  @property
+  def img_per_sec_per_core(self) -> Optional[float]:
+    if not self.step_s or not self.hardware:
+      return None
+    cores = self.num_devices * self.hardware.cores_per_device
+    return self.batch_size / self.step_s / cores
+
+
+def _num_classes(config) -> int:
+  """The config's class count, else the training data's (bundled data is
+  read; a dataset that is not here is the data's own one-line error)."""
+  if config.get('num_classes'):
+    return int(config['num_classes'])
+  from vit_jax import data  # pylint: disable=g-import-not-at-top  (TensorFlow only when needed)
+  return data.build_train(config['input'], global_batch_size=int(
+      config['batch_size']), seed=0, process_index=0, process_count=1
+                          ).num_classes
+
+
+def _eval_batch_size(config) -> int:
+  sizes = [int(ev['batch_size']) for ev in dict(config.get('evals') or {}
+                                                 ).values()
+           if ev.get('batch_size')]
+  return max(sizes) if sizes else int(config['batch_size'])
+
+
+def _state_bytes(asm: assembly.Assembly) -> int:
+  """Bytes of parameters, optimizer state and EMA one device holds, counted
+  from the sharding rules (untiled)."""
+  return int(sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+                 for x, s in zip(jax.tree.leaves(asm.abstract_state),
+                                 jax.tree.leaves(asm.shardings))))
+
+
+_OUT_OF_MEMORY = re.compile(r'RESOURCE_EXHAUSTED|Ran out of memory')
+_NEEDED = re.compile(r'required for .*?\(([\d.]+)([KMGT])\)\s*exceeds '
+                     r'available HBM \(([\d.]+)([KMGT])\)')
+_UNIT = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
+        devices: Optional[Sequence[Any]] = None) -> Preflight:
+  """Compiles `config`'s steps for `topology` (a Cloud TPU slice name) or
+  for `devices` (default: this process's); raises PreflightError when they
+  do not compile, with the fix when the compiler ran out of HBM."""
+  if topology:
+    devices = tpu.slice_devices(topology, num_slices)
+    hw, _ = hardware_lib.parse_hardware(topology)
+    backend = 'tpu'
+  else:
+    devices = list(devices or jax.devices())
+    hw = hardware_lib.for_device_kind(devices[0].device_kind)
+    backend = devices[0].platform
+  mesh = parallel.make_mesh(dict(config['mesh']), devices)
+  asm = assembly.assemble(config, mesh, _num_classes(config), backend=backend)
+  eval_batch = _eval_batch_size(config)
+  target = topology or f'{len(devices)} x {devices[0].device_kind}'
+  knobs = Knobs(mesh={a: int(s) for a, s in mesh.shape.items()},
+                remat=config['model'].get('remat_policy') or 'none',
+                accum_steps=asm.accum_steps, batch_size=asm.batch_size,
+                state_bytes=_state_bytes(asm))
+  t0 = time.perf_counter()
+  which = 'training step'
+  try:
+    train = tpu.analyze(asm.compile())
+    which = f'evaluation step (batch {eval_batch})'
+    evaluation = tpu.analyze(asm.compile_eval(eval_batch))
+  except Exception as e:  # pylint: disable=broad-except  (XLA's errors)
+    text = str(e).strip()
+    if _OUT_OF_MEMORY.search(text):
+      raise PreflightError(_miss_line(asm.label, target, which, text, knobs,
+                                      hw)) from None
+    first = text.splitlines()[0] if text else repr(e)
+    raise PreflightError(f'{asm.label} does not compile for {target}: '
+                         f'{first}') from None
+  n = len(devices)
+  return Preflight(
+      label=asm.label, num_params=sum(x.size for x in jax.tree.leaves(
+          asm.abstract_params)),
+      target=target, hardware=hw, num_devices=n, knobs=knobs, train=train,
+      eval=evaluation, eval_batch_size=eval_batch,
+      compile_s=time.perf_counter() - t0,
+      model_flops_per_device=asm.flops_per_image * asm.batch_size / n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+  """What of a config decides its memory, and what could change."""
+  mesh: dict
+  remat: str
+  accum_steps: int
+  batch_size: int
+  state_bytes: int    # parameters + optimizer state + EMA per device
+
+  def suggestion(self, hbm_bytes: Optional[float]) -> str:
+    """The changes that would shrink the miss, the likeliest first: FSDP
+    when the state takes a quarter of the HBM, remat, more micro-batches."""
+    devices = math.prod(self.mesh.values())
+    shards = self.mesh['data'] * self.mesh['fsdp']
+    fsdp = (f'shard parameters and optimizer state with FSDP '
+            f'(--config.mesh.fsdp={devices // self.mesh["model"]} '
+            f'--config.mesh.data=1)'
+            if self.mesh['fsdp'] == 1 and devices > 1 else None)
+    remat = ('recompute activations in the backward pass '
+             '(--config.model.remat_policy=full)'
+             if self.remat != 'full' else None)
+    accum = (f'split the batch into more micro-batches '
+             f'(--config.accum_steps={self.accum_steps * 2})'
+             if self.batch_size % (shards * self.accum_steps * 2) == 0
+             else None)
+    heavy_state = hbm_bytes and self.state_bytes > 0.25 * hbm_bytes
+    order = [fsdp, remat, accum] if heavy_state else [remat, accum, fsdp]
+    return '; '.join(k for k in order if k) or ('use a larger slice or a '
+                                                'smaller batch')
+
+
+def _miss_line(label, target, which, text, knobs: Knobs, hw) -> str:
+  """One line for a step the compiler could not fit into HBM."""
+  found = _NEEDED.search(text)
+  hbm = hw.hbm_bytes_per_device if hw else None
+  if found:
+    need = float(found[1]) * _UNIT[found[2]]
+    have = float(found[3]) * _UNIT[found[4]]
+    amount = (f'the {which} needs {need / GiB:,.2f} GiB of temporaries per '
+              f'device beside {knobs.state_bytes / GiB:.2f} GiB of parameters '
+              f'and optimizer state; {have / GiB:.2f} GiB of HBM is usable')
+  else:
+    amount = f'the compiler ran out of HBM for the {which}'
+  return (f'{label} does not fit {target}: {amount}; to fit: '
+          f'{knobs.suggestion(hbm)}.')
+
+
+def check(p: Preflight) -> None:
+  """Raises PreflightError when the job does not fit the chip's HBM."""
+  if p.fits is False:
+    which = ('the evaluation step' if p.eval.peak_bytes > p.train.peak_bytes
+             else 'the training step')
+    raise PreflightError(
+        f'{p.label} does not fit {p.target}: {which} needs '
+        f'{p.peak_bytes / GiB:.2f} GiB per device of '
+        f'{p.hbm_bytes / GiB:.2f} GiB HBM (misses by '
+        f'{(p.peak_bytes - p.hbm_bytes) / GiB:.2f} GiB); to fit: '
+        f'{p.knobs.suggestion(p.hbm_bytes)}.')
+
+
+def _memory_line(name: str, c, hbm: Optional[float]) -> str:
+  share = f' of {hbm / GiB:.2f} GiB HBM ({c.peak_bytes / hbm:.0%})' if hbm else ''
+  return (f'  {name}: peak {c.peak_bytes / GiB:.3f} GiB{share} = arguments '
+          f'{c.argument_bytes / GiB:.3f} + outputs {c.output_bytes / GiB:.3f} '
+          f'- aliased {c.alias_bytes / GiB:.3f} + temporaries '
+          f'{c.temp_bytes / GiB:.3f} GiB')
+
+
+def format_report(p: Preflight) -> str:
+  """What a person reads before renting the slice."""
+  mesh = ' x '.join(f'{a}={s}' for a, s in p.mesh.items() if s > 1) or 'data=1'
+  compiler = 'XLA:TPU' if p.hardware and p.target[:1] == 'v' else 'XLA'
+  lines = [
+      f'preflight: {p.label} ({p.num_params:,} parameters), batch '
+      f'{p.batch_size:,}' + (f' in {p.accum_steps} micro-batches'
+                             if p.accum_steps > 1 else '') +
+      f', mesh {mesh}, remat={p.remat}, on {p.target} ({p.num_devices} '
+      f'devices); compiled by {compiler} in {p.compile_s:.1f} s, nothing ran',
+      'HBM per device (the compiler\'s memory analysis):',
+      _memory_line('training step', p.train, p.hbm_bytes),
+      _memory_line(f'evaluation step (batch {p.eval_batch_size:,})', p.eval,
+                   p.hbm_bytes),
+  ]
+  coll = p.train.collective_bytes
+  parts = ', '.join(f'{k} {v / 2**20:,.1f} MiB ({p.train.collectives.count[k]})'
+                    for k, v in coll.items() if v)
+  lines.append(f'collectives per device per step: '
+               f'{sum(coll.values()) / GiB:.3f} GiB sent'
+               + (f' ({parts})' if parts else ''))
+  if p.step_s is not None and p.hardware:
+    est = p.train.optimal_seconds
+    how = ('the compiler\'s estimate' if est is not None and
+           est >= (p.flop_bound_s or 0) else
+           f'the FLOP bound at peak (the compiler\'s {est * 1e3:,.1f} ms '
+           f'counts a scanned loop once)' if est is not None else
+           'the FLOP bound at peak')
+    lines.append(
+        f'step time: {p.step_s * 1e3:,.1f} ms ({how}; a lower bound, not a '
+        f'forecast) -> {p.img_per_sec_per_core:,.1f} img/s per core, '
+        f'{p.mfu:.0%} MFU of {p.hardware.name}')
+  verdict = ('fits' if p.fits else 'does NOT fit' if p.fits is False
+             else 'compiles (HBM of this device unknown)')
+  lines.append(f'PREFLIGHT {verdict}: {p.label} on {p.target}, '
+               f'{p.peak_bytes / GiB:.2f} GiB per device')
+  return '\n'.join(lines)
