@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -521,6 +522,25 @@ def test_export_cli_npz_and_labels(runs, tmp_path):
   prep = json.loads((tmp_path / 'in1k' / 'preprocessor_config.json').read_text())
   assert prep['size'] == {'height': 224, 'width': 224} and prep['resample'] == 2
   assert prep['image_mean'] == prep['image_std'] == [0.5, 0.5, 0.5]
+
+
+def test_export_files_take_the_umasks_permissions(tmp_path):
+  """model.safetensors too (safetensors writes it 0600 through a temporary file)."""
+  model = _our_model(32)
+  checkpoint.save_npz(tmp_path / 'tiny.npz',
+                      _trained_like(param_shapes(model, 32), seed=3))
+  for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+    out = tmp_path / f'hf_{umask:03o}'
+    previous = os.umask(umask)
+    try:
+      assert export.main(['--checkpoint', str(tmp_path / 'tiny.npz'),
+                          '--out', str(out)]) == 0
+    finally:
+      os.umask(previous)
+    assert {f: stat.S_IMODE(os.stat(out / f).st_mode)
+            for f in os.listdir(out)} == {
+                'config.json': mode, 'model.safetensors': mode,
+                'preprocessor_config.json': mode}
 
 
 def test_fused_qkv_new_module_names_and_no_qkv_bias_read_alike():
