@@ -187,3 +187,29 @@ def test_tensorflow_is_told_to_leave_accelerators_alone():
   assert calls == [([], 'GPU')]
   tf = tf_runtime.tf()
   assert tf.config.get_visible_devices('GPU') == []
+
+
+def test_the_images_the_pp_makes_are_checked_against_the_model_size():
+  """The size the model is built for against what the pp makes (NumPy
+  path: the first example; tf.data: the element_spec) before compiling."""
+  train = data.build_train(digits_config(), global_batch_size=8, seed=0)
+  assert train.uses_numpy and train.image_shape == (16, 16, 3)
+  data.check_image_size(train, 16)
+  data.check_image_size(train, (16, 16))
+  with pytest.raises(ValueError) as e:
+    data.check_image_size(train, 32)
+  assert str(e.value) == (
+      "input.pp 'resize(16)|value_range(-1,1)|onehot(10)' makes 16x16x3 "
+      'images but image_size=32 (the model takes 32x32x3); make them agree: '
+      'the size in input.pp, or image_size=16.')
+  # tf.data: a random crop leaves the channels unknown, the size is checked.
+  crop = data.build_eval(
+      digits_config('resize(20)|inception_crop(12)|value_range(-1,1)|'
+                    'onehot(10)'), 'test', global_batch_size=8)
+  assert not crop.uses_numpy and crop.image_shape == (12, 12, None)
+  data.check_image_size(crop, 12)
+  with pytest.raises(ValueError, match=r"^evals.val.pp 'resize\(20\)\|incep"
+                     r'.* makes 12x12x\? images but image_size=16x20 '
+                     r'\(the model takes 16x20x3\); make them agree: the '
+                     r'size in evals.val.pp, or image_size=12.$'):
+    data.check_image_size(crop, (16, 20), where='evals.val.pp')

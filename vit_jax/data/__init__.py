@@ -57,10 +57,11 @@ and `arrays` run without importing TensorFlow when every op has a NumPy kernel
 keep, drop, copy, mixup).
 """
 
-from vit_jax.data.pipeline import EvalPipeline, TrainPipeline, build_eval, build_train
+from vit_jax.data.pipeline import (EvalPipeline, TrainPipeline, build_eval, build_train,
+                                   check_image_size)
 from vit_jax.data.prefetch import prefetch
 from vit_jax.data.pp import parse_pp
 from vit_jax.data.registry import registered_ops
 
 __all__ = ['build_train', 'build_eval', 'TrainPipeline', 'EvalPipeline', 'prefetch',
-           'parse_pp', 'registered_ops']
+           'parse_pp', 'registered_ops', 'check_image_size']

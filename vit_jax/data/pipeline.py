@@ -62,7 +62,11 @@ class _Pipeline:
     if not pp:
       raise ValueError("input.pp is empty: give the preprocessing ops, e.g. "
                        "'vit_train(224, 1000)' or 'resize(16)|value_range(-1,1)|onehot(10)'.")
+    self.pp = pp if isinstance(pp, str) else '|'.join(pp)
     self.ops, self.batch_ops = pp_lib.parse_pp(pp)
+    #: (H, W, C) of the images the preprocessing makes (None: unknown sizes);
+    #: set with the labels' width, from the first example or the element_spec.
+    self.image_shape = None
     _check_decode_first(self.source, self.ops)
     self._explicit_keep = any(op.name == 'keep' for op in self.ops)
     self.num_examples = self.source.size
@@ -200,8 +204,11 @@ class TrainPipeline(_Pipeline):
 
   def _labels_width(self) -> int:
     if self.uses_numpy:
-      return int(self._np_batch(0, np.arange(1))['labels'].shape[-1])
+      first = self._np_batch(0, np.arange(1))
+      self.image_shape = tuple(first['image'].shape[1:])
+      return int(first['labels'].shape[-1])
     self._dataset_at_0 = self._tf_dataset(0)  # Reused by iterator(0).
+    self.image_shape = _static_shape(self._dataset_at_0.element_spec['image'])
     spec = self._dataset_at_0.element_spec['labels']
     if spec.shape.rank != 2 or spec.shape[-1] is None:
       raise ValueError(f'Labels must be [batch, K] after {_describe(self.ops)}, got '
@@ -305,7 +312,10 @@ class EvalPipeline(_Pipeline):
   def _labels_width(self) -> int:
     if self.uses_numpy:
       lo = self._range[0]
-      return int(next(self._np_batches(lo, lo + 1))['labels'].shape[-1])
+      first = next(self._np_batches(lo, lo + 1))
+      self.image_shape = tuple(first['image'].shape[1:])
+      return int(first['labels'].shape[-1])
+    self.image_shape = _static_shape(self._dataset.element_spec['image'])
     spec = self._dataset.element_spec['labels']
     if spec.shape.rank != 2 or spec.shape[-1] is None:
       raise ValueError(f'Labels must be [batch, K] after {_describe(self.ops)}, got '
@@ -365,6 +375,41 @@ def _blank(shape, dtype) -> np.ndarray:
   dtype = np.dtype(dtype)
   fill = {'O': b'', 'S': b'', 'U': ''}.get(dtype.kind, 0)
   return np.full(shape, fill, dtype)
+
+
+def _static_shape(spec) -> Optional[tuple]:
+  """(H, W, C) of a batched tf.TensorSpec (None where tf.data cannot know a
+  size, e.g. the channels after a random crop), or None for an unknown rank."""
+  return (tuple(spec.shape.as_list()[1:]) if spec.shape.rank is not None
+          else None)
+
+
+def check_image_size(pipeline: _Pipeline, image_size, *, where: str = 'input.pp',
+                     name: str = 'image_size') -> None:
+  """The images `pipeline` makes must be the model's input: one line if not.
+
+  `image_size` is the model's (an int or (H, W)); `where` names the
+  preprocessing in the user's config (`input.pp`, `evals.val.pp`) and `name`
+  the size. Otherwise the mismatch surfaces as a shape error after the step
+  has compiled (or, for an evaluator, after training up to its first
+  evaluation). Sizes tf.data cannot know ahead are not checked.
+  """
+  shape = pipeline.image_shape
+  if shape is None:
+    return
+  want = ((image_size, image_size) if isinstance(image_size, int)
+          else tuple(image_size))
+  if len(shape) != 3 or any(s not in (None, w)
+                            for s, w in zip(shape, (*want, 3))):
+    made = 'x'.join('?' if s is None else str(s) for s in shape)
+    size = 'x'.join(str(s) for s in want)
+    fix = (f'make them agree: the size in {where}, or {name}={shape[0]}'
+           if len(shape) == 3 and shape[0] == shape[1] and shape[0] and
+           shape[2] in (None, 3)
+           else f'make {where} end with {size}x3 (RGB) images')
+    raise ValueError(f'{where} {pipeline.pp!r} makes {made} images but '
+                     f'{name}={size if len(set(want)) > 1 else want[0]} '
+                     f'(the model takes {size}x3); {fix}.')
 
 
 def build_train(input_config, *, global_batch_size: int, seed: int,

@@ -79,12 +79,17 @@ def eval_pipeline(name: str, data: Mapping[str, Any], split: str, pp: str,
   input_config = {'data': as_dict(data), 'pp': pp,
                   'data_dir': get(data, 'data_dir', context.data_dir)}
   try:
-    return data_lib.build_eval(
+    pipeline = data_lib.build_eval(
         input_config, split, global_batch_size=batch_size,
         process_index=context.process_index,
         process_count=context.process_count)
   except (ValueError, FileNotFoundError) as e:
     raise type(e)(f'evaluator {name!r}: {e}') from None
+  # Else a shape error at the first evaluation, after training up to it.
+  data_lib.check_image_size(
+      pipeline, context.image_size,
+      where=f'evals.{name.replace("/", ".datasets.")}.pp')
+  return pipeline
 
 
 def reiterable(pipeline) -> Callable[[], Iterable[dict]]:
