@@ -16,6 +16,7 @@ A save that fails raises `SaveError` (one line: the path and the OS error).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -105,6 +106,28 @@ class _QuietSaveErrors(logging.Filter):
 _QUIET = _QuietSaveErrors()
 for _name in ('absl', 'asyncio', 'clu'):
   logging.getLogger(_name).addFilter(_QUIET)
+
+
+class _ExpectedReadOnlyWarning(logging.Filter):
+  """Drops orbax's 'Given directory is read only' warning, and no other.
+
+  Reading another run's checkpoints read-only is what `read_params` means
+  to do; orbax warns about it on every read (predict, evaluate, init_from).
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
+
+  @classmethod
+  @contextlib.contextmanager
+  def around(cls):
+    """Installed on absl's logger (orbax logs through it) while inside."""
+    quiet, logger = cls(), logging.getLogger('absl')
+    logger.addFilter(quiet)
+    try:
+      yield
+    finally:
+      logger.removeFilter(quiet)
 
 
 def _quiet_thread_errors(args, _default=threading.excepthook) -> None:
@@ -478,9 +501,12 @@ def read_params(workdir_or_checkpoints: str) -> RestoredParams:
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no checkpoints directory at {path}; pass a '
                             f'workdir of a vit_jax run or a released .npz.')
-  manager = ocp.CheckpointManager(
-      path, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers=_handlers())
+  with _ExpectedReadOnlyWarning.around():
+    manager = ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False,
+            save_interval_steps=0),  # Else orbax warns that it sets it so.
+        item_handlers=_handlers())
   try:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
