@@ -116,7 +116,7 @@ def get_config(arg=None):
     data['root'] = args.folder
   c.evals[eval_name] = config_lib.evaluator_config(
       'classify', data=data, pp=f'vit_eval({args.image_size}, {classes})',
-      every=max(c.total_steps // 10, 100))
+      every=max(c.total_steps // 500 * 50, 100))  # ~1/10, a log step.
   if args.protocol == 'sweep':
     c.sweep.update(learning_rates=recipe.learning_rates, train_split=dev_train,
                    eval_split=dev)

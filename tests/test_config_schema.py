@@ -24,7 +24,9 @@ TRAINING_ARGS = (
      for p in finetune.PROTOCOLS] +
     [(finetune, 'dataset=folder,folder=/data/pets,classes=37,protocol=sweep'),
      (finetune, 'model=L/16,dataset=cifar10,steps=100,lr=0.03,batch=256,'
-                'image_size=224,init=/ckpt.npz')])
+                'image_size=224,init=/ckpt.npz'),
+     # Evaluates every 100 steps, a log step (was 123: refused, see below).
+     (finetune, 'dataset=cifar10,steps=1234')])
 
 
 @pytest.mark.parametrize('module,arg', TRAINING_ARGS,
@@ -106,3 +108,26 @@ def test_finetune_from_a_run_takes_its_model():
   c = finetune.get_config('dataset=cifar10,init=runs/quickstart')
   assert c.model.name == '' and c.init_from == 'runs/quickstart'
   assert finetune.get_config('dataset=cifar10').model.name == 'ViT-B/16'
+
+
+def test_an_evaluator_off_the_log_steps_is_refused():
+  """Evaluators run at log steps: every=30 with log_every=50 used to be
+  skipped silently until step 150."""
+  c = quickstart.get_config()
+  c.evals.val.every = 30
+  with pytest.raises(ValueError) as e:
+    config_lib.check_schema(c)
+  assert str(e.value) == (
+      'evals.val.every=30 is not a multiple of log_every=50: evaluators run '
+      'at log steps, so it would first run at step 150; set evals.val.every '
+      'to a multiple of 50 (e.g. 50) or log_every to a divisor of 30 '
+      '(e.g. 10).')
+  c.evals.val.every, c.log_every = 250, 40
+  with pytest.raises(ValueError, match=r'first run at step 1000; .* \(e.g. '
+                     r'240\) or log_every to a divisor of 250 \(e.g. 10\)'):
+    config_lib.check_schema(c)
+  c.evals.val.every = 0  # Only at the end of training.
+  config_lib.check_schema(c)
+  c.evals.val.every, c.log_every = 200, 50
+  config_lib.check_schema(c)
+  assert finetune.get_config('dataset=cifar10,steps=1234').evals.test.every == 100

@@ -9,6 +9,7 @@ before anything is compiled. Config files in configs/ start from
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import ml_collections
@@ -221,6 +222,27 @@ def check_schema(config: Any, reference: Any = None, prefix: str = '') -> None:
       if not isinstance(value, ml_collections.ConfigDict):
         raise ValueError(f'config.{path} must be a section, got {value!r}.')
       check_schema(value, ref, f'{path}.')
+  if not prefix:
+    check_cadences(config)
+
+
+def check_cadences(config: Any) -> None:
+  """Evaluators run at log steps: an `every` that is not a multiple of
+  `log_every` would be skipped until their common multiple."""
+  log_every = config.get('log_every')
+  if not isinstance(log_every, int) or log_every < 1:
+    raise ValueError(f'log_every={log_every!r} must be a positive integer.')
+  for name, ev in (config.get('evals') or {}).items():
+    every = ev.get('every')
+    if every and every % log_every:
+      first = every * log_every // math.gcd(every, log_every)
+      raise ValueError(
+          f'evals.{name}.every={every} is not a multiple of log_every='
+          f'{log_every}: evaluators run at log steps, so it would first run '
+          f'at step {first}; set evals.{name}.every to a multiple of '
+          f'{log_every} (e.g. {max(1, round(every / log_every)) * log_every})'
+          f' or log_every to a divisor of {every} (e.g. '
+          f'{math.gcd(every, log_every)}).')
 
 
 def model_name(short: str) -> str:
