@@ -158,3 +158,37 @@ def test_cli_runs_as_a_module_without_tensorflow():
   assert 'imported: []' in out
   assert 'ViT-H/14             14    4262   4258.6' in out
   assert 'implied MFU' in out
+
+
+def test_a_size_off_the_patches_is_refused_not_costed_as_another(capsys):
+  """230 px was labelled 230 and costed as 224 (14x14 tokens)."""
+  argv = ['plan', '--model', 'ViT-B/16', '--steps', '10', '--batch-size',
+          '8', '--hardware', 'v3-8', '--mfu', '0.4', '--image-size']
+  assert main(argv + ['230']) == 2
+  err = capsys.readouterr().err
+  assert err == ('python -m vit_jax.budget plan: error: --image-size 230 does '
+                 'not divide into the 16x16-pixel tokens of ViT-B/16: the last '
+                 '6 pixels of each side would be dropped; use a multiple of 16 '
+                 '(e.g. 224 or 240).\n')
+  with pytest.raises(ValueError, match='^image_size=230 does not divide'):
+    budget.make_plan('ViT-B/16', steps=10, batch_size=8, hardware='v3-8',
+                     mfu=0.4, image_size=230)
+  assert main(argv + ['240', '--json']) == 0
+  plan = json.loads(capsys.readouterr().out)
+  assert plan['image_size'] == 240
+  assert plan['flops_per_image'] == pytest.approx(
+      budget.train_flops_per_image('ViT-B/16', 240))  # 15x15 tokens, not 14x14
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+  """`python -m vit_jax.budget paper | head` ended in a BrokenPipeError
+  traceback (exit 1)."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.Popen([sys.executable, '-m', 'vit_jax.budget', 'paper'],
+                          cwd=os.path.dirname(os.path.dirname(__file__)),
+                          env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+  proc.stdout.close()  # The reader is gone before the table is printed.
+  err = proc.stderr.read().decode()
+  assert proc.wait(timeout=120) == 0, err
+  assert err == ''

@@ -171,3 +171,23 @@ def test_report_skips_paths_that_are_not_runs(tmp_path, capsys):
   (tmp_path / 'broken' / 'metrics.jsonl').write_text('{oops\n')
   assert main(['report', a, str(tmp_path / 'broken')]) == 2
   assert 'line 1 is not JSON' in capsys.readouterr().err
+
+
+def test_the_model_column_holds_the_whole_name(tmp_path, capsys):
+  """A custom model's name was cut to 'custom ViT (wi'."""
+  a = _write_run(tmp_path / 'run_a')
+  config = json.loads(open(os.path.join(a, 'config.json')).read())
+  config['model'] = {'name': 'ViT-Ti/16', 'hidden_size': 64, 'num_layers': 4,
+                     'mlp_dim': 128, 'num_heads': 4, 'patch_size': 4}
+  with open(os.path.join(a, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  b = _write_run(tmp_path / 'run_b')
+  assert main(['report', a, b]) == 0
+  header, row_a, row_b = capsys.readouterr().out.splitlines()[:3]
+  name = ('custom ViT (width 64, depth 4, mlp 128, heads 4, patch 4; from '
+          'ViT-Ti/16)')
+  assert row_a.split()[0] == 'run_a' and f' {name} ' in row_a
+  assert row_b.split()[:2] == ['run_b', 'ViT-B/16']
+  # One column: the step column starts at the same place in every row.
+  step = header.index('step') + len('step')
+  assert row_a[:step].endswith('200/300') and row_b[:step].endswith('200/300')

@@ -8,7 +8,8 @@
     python -m vit_jax.budget report WORKDIR [WORKDIR ...]  (skips paths that are not runs)
     python -m vit_jax.budget plot WORKDIR [WORKDIR ...] --out compute.png
 
-Bad input ends with one line on stderr (no traceback) and exit status 2.
+Bad input ends with one line on stderr (no traceback) and exit status 2; a
+reader that stops early (`... | head`) ends it quietly (exit status 0).
 """
 
 from __future__ import annotations
@@ -176,6 +177,10 @@ def _fits(args, mfu: float):
     config.batch_size = args.batch_size
   if args.image_size:
     config.image_size = args.image_size
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  models.check_image_size(models.build(config.model, None)[1],
+                          config.image_size, name='--image-size'
+                          if args.image_size else 'image_size')
   if args.accum_steps is not None:
     if args.accum_steps < 1:
       raise ValueError(f'--accum-steps must be >= 1, got {args.accum_steps}.')
@@ -218,6 +223,10 @@ def _fit(args) -> str:
 
 def _plan(args) -> str:
   from vit_jax.budget import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  # Before --fit compiles anything: a size the tokens do not tile.
+  models.check_image_size(models.get_spec(args.model), args.image_size,
+                          name='--image-size')
   mfu = args.mfu
   if mfu is None:
     mfu = plan_lib.mfu_from_file(args.mfu_from, model=args.model)
@@ -283,10 +292,15 @@ _COMMANDS = {'plan': _plan, 'fit': _fit, 'paper': _paper, 'report': _report,
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
   try:
-    print(_COMMANDS[args.command](args))
+    print(_COMMANDS[args.command](args), flush=True)
   except (ValueError, FileNotFoundError) as e:
     print(f'python -m vit_jax.budget {args.command}: error: {e}', file=sys.stderr)
     return 2
+  except BrokenPipeError:
+    # The reader stopped early (`... | head`): what it read was complete.
+    # Point stdout at /dev/null so that the exit's flush raises nothing.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
   return 0
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
+from vit_jax.models.registry import check_image_size, get_spec
 
 #: Training-set sizes of the datasets the paper pre-trains on (and a few
 #: fine-tuning sets): images per epoch.
@@ -129,6 +130,9 @@ def make_plan(model: str, *, batch_size: int, hardware: str, mfu: float,
 
   flops_per_image = flops_lib.train_flops_per_image(
       model, image_size, num_classes, representation_size)
+  # 230 px would be labelled 230 and costed as 224 (the patch embedding
+  # drops the rest).
+  check_image_size(get_spec(model), int(image_size))
   images = int(steps) * int(batch_size)
   total = images * flops_per_image
   core_days = total / (hw.peak_flops_per_core * mfu) / SECONDS_PER_DAY

@@ -253,7 +253,10 @@ def _fmt(value: Optional[float], spec: str = ',.2f', none: str = '-') -> str:
 
 def format_reports(reports: list[RunReport]) -> str:
   """One row per run (compare runs by compute spent), then per-run detail."""
-  header = (f'{"run":18s} {"model":14s} {"step":>15s} {"core-h":>9s} '
+  # The model column is as wide as the longest name: 'custom ViT (width 64,
+  # ...; from ViT-Ti/16)' cut to 14 characters named no model.
+  width = max([len('model')] + [len(r.model or '?') for r in reports])
+  header = (f'{"run":18s} {"model":{width}s} {"step":>15s} {"core-h":>9s} '
             f'{"projected":>9s} {"plan":>9s} {"cap":>9s} {"lost":>7s} '
             f'{"MFU":>6s} {"img/s/core":>10s} {"best eval":>10s} {"loss":>7s}')
   lines = [header]
@@ -261,7 +264,7 @@ def format_reports(reports: list[RunReport]) -> str:
   for r in reports:
     total = f'/{r.total_steps:,}' if r.total_steps else ''
     lines.append(
-        f'{r.name[:18]:18s} {(r.model or "?")[:14]:14s} '
+        f'{r.name[:18]:18s} {r.model or "?":{width}s} '
         f'{f"{r.step:,}{total}":>15s} {_fmt(r.core_hours):>9s} '
         f'{_fmt(r.projected_core_hours):>9s} {_fmt(r.plan_core_hours):>9s} '
         f'{_fmt(r.max_core_hours):>9s} {_fmt(r.lost_core_hours):>7s} '
