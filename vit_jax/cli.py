@@ -1,8 +1,9 @@
 """Command-line pieces the entry points share: the multi-process flags, --help and one-line failures.
 
-Importing this module defines --coordinator_address, --num_processes and
---process_id (absl flags) once for whichever entry point runs. An entry point
-that calls `flags.adopt_module_key_flags(cli)` lists them in its --help.
+Importing this module defines --coordinator_address, --num_processes,
+--process_id and --heartbeat_timeout_s (absl flags) once for whichever entry
+point runs. An entry point that calls `flags.adopt_module_key_flags(cli)`
+lists them in its --help.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                      'Number of processes.')
 PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                   'This process\'s id, from 0.')
+# The default is parallel.DEFAULT_HEARTBEAT_TIMEOUT_S (not imported: jax loads
+# late); docs/launch.md has the measurements behind it.
+HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 60, 'With several processes: seconds without a '
+    'heartbeat after which a process counts as lost; the others then exit '
+    'with status 76 (rerun all of them to resume).')
 
 
 # absl's help flags (and argparse's -h) -> whether the short help is asked for.
@@ -90,7 +97,7 @@ def start_distributed() -> None:
   # Late: a CLI parses its flags before jax loads (a bad flag fails fast).
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value,
-                                  PROCESS_ID.value)
+                                  PROCESS_ID.value, HEARTBEAT_TIMEOUT.value)
   parallel.configure_cpu()
 
 

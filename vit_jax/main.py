@@ -9,8 +9,10 @@ collectives and the predicted step time, and runs nothing
 status: 0 when done, saved after a preemption, or stopped by SIGTERM before
 the first step; 75 when the compute cap stopped the run; 74 when a checkpoint
 could not be written (disk full or another OS error; earlier checkpoints are
-intact); 1 on a non-finite loss; 2 on bad input (including a config file that
-raises, a workdir locked by another run, or no readable checkpoint).
+intact); 76 when a peer process of a multi-process run was lost (one line
+names it; rerun all processes to resume from the last checkpoint); 1 on a
+non-finite loss; 2 on bad input (including a config file that raises, a
+workdir locked by another run, or no readable checkpoint).
 """
 
 from __future__ import annotations
@@ -60,12 +62,13 @@ def main(argv) -> None:
 
   # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import train, transfer  # pylint: disable=g-import-not-at-top
+  from vit_jax import parallel, train, transfer  # pylint: disable=g-import-not-at-top
   from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   try:
     cli.start_distributed()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # train handles it now.
-    result = transfer.run(_CONFIG.value, _WORKDIR.value)
+    with parallel.lost_peer_explains_errors():  # exit 76 when a peer was lost
+      result = transfer.run(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except train.SaveError as e:

@@ -7,8 +7,15 @@ FSDP and tensor parallelism are sharding rules over parameter names.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
+import signal
+import socket
+import sys
+import threading
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -23,17 +30,36 @@ MESH_AXES = ('data', 'fsdp', 'model')
 #: The batch dimension is split over both data-parallel axes.
 BATCH_AXES = ('data', 'fsdp')
 
+#: Exit status of a process whose peer was lost (sysexits' EX_PROTOCOL).
+PEER_LOST_EXIT = 76
+#: --heartbeat_timeout_s's default (vit_jax/cli.py); docs/launch.md has the
+#: measurements behind it.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+_POLL_S = 1.0              # PeerWatch asks the service this often.
+_EXIT_BARRIER_S = 300      # at the end, how long a process waits for the others
+_RERUN = 'rerun all processes to resume from the last checkpoint'
+
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
+                           process_id: Optional[int] = None,
+                           heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S
+                           ) -> None:
   """Starts jax.distributed when this is one process of several.
 
   Explicit flags win; otherwise Cloud TPU VMs with several hosts and SLURM jobs
   with several tasks are detected from their environment (jax reads the
   details itself); otherwise this is a single-process run and nothing happens.
+
+  With several processes, a peer that sends no heartbeat for
+  `heartbeat_timeout_s` seconds (killed, crashed, its host gone) is lost: every
+  survivor prints one line naming it and exits PEER_LOST_EXIT (see PeerWatch).
   """
   explicit = [coordinator_address, num_processes, process_id]
+  if heartbeat_timeout_s < 1:
+    raise ValueError(f'--heartbeat_timeout_s={heartbeat_timeout_s} must be at '
+                     f'least 1 (seconds); the default is '
+                     f'{DEFAULT_HEARTBEAT_TIMEOUT_S}.')
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       raise ValueError('--coordinator_address, --num_processes and '
@@ -41,12 +67,270 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     if not 0 <= process_id < num_processes:
       raise ValueError(f'--process_id={process_id} is outside [0, '
                        f'{num_processes}); ids count from 0.')
+    if num_processes > 1:  # A lost peer is reported to PeerWatch, not fatal.
+      jax.config.update('jax_enable_recoverability', True)
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+  elif on_cloud_tpu() or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.config.update('jax_enable_recoverability', True)
+    # jax reads the cluster from its metadata.
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+  else:
     return
-  if on_cloud_tpu() or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    jax.distributed.initialize()  # jax reads the cluster from its metadata.
+  if jax.process_count() > 1:
+    PeerWatch.start(heartbeat_timeout_s)
+
+
+# --- Lost peers --------------------------------------------------------------
+#
+# jax's coordination service (in process 0) declares a process dead when it
+# sent no heartbeat for the heartbeat timeout; by default it then makes XLA
+# abort every other process (SIGABRT and a C++ trace). In recoverable mode it
+# only stops listing the process as alive, and PeerWatch turns that into one
+# line and PEER_LOST_EXIT. Only process 0's own loss still reaches XLA first
+# (its client aborts the moment the coordinator's connection closes; the
+# Python hook for that, missed_heartbeat_callback, fails in jaxlib 0.10.2 with
+# std::bad_cast): a SIGABRT handler then prints the line and exits with the
+# same status, after XLA's message, and only if the coordinator is gone.
+
+
+class PeerWatch:
+  """Ends this process, with one line and PEER_LOST_EXIT, when a peer is lost.
+
+  A daemon thread asks the coordination service every second which processes
+  are alive (`get_live_nodes`, answered once every live process has asked, so
+  the threads keep step with each other; the main thread is never held). A
+  process missing from the answer, or a coordinator that cannot be reached,
+  is a lost peer: this process prints `error: process I of N was lost (...)`
+  and exits at once, wherever its main thread is (typically blocked in a
+  collective that will never complete). Before exiting, a survivor other than
+  process 0 disconnects and process 0 waits (a few seconds at most) for the
+  others to leave, so that no survivor sees the coordinator vanish first.
+
+  Every process leaves through an exit barrier, having said how it ends
+  (`vit_jax/left/I` in the service: `done`, or `failed` for an error of its
+  own, see `lost_peer_explains_errors`): processes that end together (done,
+  preempted, the cap, the same non-finite loss) leave together, and a peer
+  that left `done` is not lost. A process that fails alone waits for the
+  others a short while only (`max(10 s, heartbeat timeout)`, as long as a
+  simultaneous failure of the others may take to arrive), then leaves; the
+  others then stop with PEER_LOST_EXIT, naming it, while its own status
+  says why.
+  """
+
+  current: Optional['PeerWatch'] = None
+
+  def __init__(self, client, process_id: int, num_processes: int,
+               heartbeat_timeout_s: int, coordinator: Optional[str]):
+    self.client, self.process_id = client, process_id
+    self.num_processes, self.heartbeat_timeout_s = num_processes, heartbeat_timeout_s
+    self.coordinator = coordinator
+    self.ending: Optional[str] = None  # None while running, then done|failed
+    self._stop = threading.Event()
+    self._leave = threading.Event()  # the exit barrier passed, or a peer left
+    self._rounds = 0
+    self._round_done = threading.Condition()
+    self._thread = threading.Thread(target=self._run, name='PeerWatch',
+                                    daemon=True)
+
+  @classmethod
+  def start(cls, heartbeat_timeout_s: int) -> 'PeerWatch':
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    state = distributed.global_state
+    watch = cls(state.client, jax.process_index(), jax.process_count(),
+                heartbeat_timeout_s, state.coordinator_address)
+    cls.current = watch
+    watch._thread.start()
+    atexit.register(watch._at_exit)  # Runs before jax's own shutdown.
+    if watch.process_id != 0:
+      _abort_becomes_peer_lost(watch)
+    return watch
+
+  def lost_message(self, gone: Mapping[int, Optional[str]] = None,
+                   unreachable: bool = False) -> str:
+    """The line for peers `gone` ({process: how it left, None: unknown})."""
+    n = self.num_processes
+    gone = dict(gone or {})
+    if unreachable or (0 in gone and gone[0] is None):
+      how = ('cannot be reached' if unreachable else
+             f'sent no heartbeat for {self.heartbeat_timeout_s} s')
+      return (f'process 0 of {n} (the coordinator, {self.coordinator}) was '
+              f'lost: it {how}; {_RERUN}.')
+    failed = [i for i, how in sorted(gone.items()) if how == 'failed']
+    if failed and len(failed) == len(gone):
+      return (f'{_processes(failed)} of {n} stopped on an error of its own '
+              f'(its log and exit status say which); this one stops too.')
+    verb = 'was' if len(gone) == 1 else 'were'
+    return (f'{_processes(sorted(gone))} of {n} {verb} lost: no heartbeat for '
+            f'{self.heartbeat_timeout_s} s (killed, crashed, or its host '
+            f'failed); {_RERUN}.')
+
+  def _run(self) -> None:
+    everyone = list(range(self.num_processes))
+    while not self._stop.is_set():
+      try:
+        alive = self.client.get_live_nodes(everyone)
+      except Exception:  # pylint: disable=broad-except
+        self._peer_gone(unreachable=True)
+        return
+      if self._stop.is_set():
+        return
+      gone = {i: self._how_left(i) for i in everyone if i not in alive}
+      gone = {i: how for i, how in gone.items() if how != 'done'}
+      if gone:
+        self._peer_gone(gone)
+        return
+      with self._round_done:
+        self._rounds += 1
+        self._round_done.notify_all()
+      self._stop.wait(_POLL_S)
+
+  def _how_left(self, process: int) -> Optional[str]:
+    """'done' or 'failed' as `process` said before leaving; None: it did not."""
+    try:
+      return self.client.key_value_try_get(f'vit_jax/left/{process}')
+    except Exception:  # pylint: disable=broad-except
+      return None
+
+  def _peer_gone(self, gone=None, unreachable: bool = False) -> None:
+    if self._stop.is_set():
+      return
+    if self.ending is not None:  # This process is leaving anyway, with its own status.
+      self._leave.set()
+      return
+    _report_lost(self.lost_message(gone, unreachable))
+    if self.process_id == 0:
+      _within(5.0, self._until_alone)  # The others first (they need process 0).
+    elif not unreachable:
+      _within(2.0, self.client.shutdown)  # Tells process 0 that this one left.
+    os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
+
+  def _until_alone(self) -> None:
+    while set(self.client.get_live_nodes(list(range(self.num_processes)))) != {0}:
+      time.sleep(0.1)
+
+  def check(self) -> None:
+    """Returns once two rounds found every peer alive; exits if one is lost.
+
+    The second round starts after the call, so it sees a peer that had died
+    before the call. Waits at most the heartbeat timeout and a few rounds.
+    """
+    with self._round_done:
+      target = self._rounds + 2
+      self._round_done.wait_for(lambda: self._rounds >= target,
+                                timeout=self.heartbeat_timeout_s + 10 * _POLL_S)
+
+  def failed(self) -> None:
+    """This process ends on an error of its own (its status will say which)."""
+    self.ending = 'failed'
+    self._say_how_left()
+
+  def _say_how_left(self) -> None:
+    try:
+      self.client.key_value_set(f'vit_jax/left/{self.process_id}', self.ending,
+                                allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass  # The service is gone: the others find out themselves.
+
+  def _at_exit(self) -> None:
+    if self.ending is None:
+      self.ending = 'done'
+      self._say_how_left()
+    wait_s = (_EXIT_BARRIER_S if self.ending == 'done' else
+              max(10, self.heartbeat_timeout_s))
+
+    def barrier():
+      try:
+        self.client.wait_at_barrier('vit_jax_exit', int(wait_s * 1000))
+      except Exception:  # pylint: disable=broad-except
+        pass  # A peer did not arrive: its own status says why.
+      self._leave.set()
+    threading.Thread(target=barrier, daemon=True).start()
+    self._leave.wait(wait_s + 5)
+    self._stop.set()
+    if self.process_id == 0:  # The service lives here: the others leave first.
+      _within(max(10, self.heartbeat_timeout_s), self._until_alone)
+
+
+_reported = threading.Lock()
+
+
+def _report_lost(message: str) -> None:
+  """Prints the lost-peer line once, whoever finds out first (watch or abort)."""
+  if _reported.acquire(blocking=False):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), f'error: {message}\n'.encode())  # One write: XLA may log meanwhile.
+
+
+def _processes(ids: Sequence[int]) -> str:
+  return ('process ' if len(ids) == 1 else 'processes ') + ', '.join(map(str, ids))
+
+
+def _within(seconds: float, fn) -> None:
+  """Calls fn in a daemon thread and waits for it at most `seconds`."""
+  thread = threading.Thread(target=fn, daemon=True)
+  thread.start()
+  thread.join(seconds)
+
+
+@contextlib.contextmanager
+def lost_peer_explains_errors():
+  """Around a multi-process run: an error that a lost peer explains is reported as the lost peer.
+
+  A peer's death surfaces in a survivor as whatever was running: a collective
+  that failed ("Gloo ... Connection closed by peer"), a barrier, a save. The
+  watch is asked first: a lost peer ends the process (its line,
+  PEER_LOST_EXIT) before the error is reported; otherwise the error is this
+  process's own and propagates, and the process leaves without waiting long
+  for the others (PeerWatch).
+  """
+  try:
+    yield
+  except Exception:
+    watch = PeerWatch.current
+    if watch is not None and watch.ending is None:
+      watch.check()
+      watch.failed()
+    raise
+
+
+_ABORT_HANDLER = None  # Kept alive: the C library holds a pointer to it.
+
+
+def _abort_becomes_peer_lost(watch: PeerWatch) -> None:
+  """SIGABRT when the coordinator is gone: the lost-peer line and status.
+
+  XLA aborts a process whose coordinator connection closed; this handler then
+  connects to the coordinator itself. Refused or timed out: process 0 was
+  lost, and the process exits PEER_LOST_EXIT after the line. Reachable: the
+  abort is this process's own, and it proceeds (faulthandler's dump, 134).
+  """
+  global _ABORT_HANDLER
+  if not sys.platform.startswith('linux') or not watch.coordinator:
+    return
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import faulthandler  # pylint: disable=g-import-not-at-top
+  host, port = watch.coordinator.rsplit(':', 1)
+  handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
+  libc = ctypes.CDLL(None, use_errno=True)
+  libc.signal.restype = ctypes.c_void_p
+  libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+  def on_abort(signum):
+    try:
+      socket.create_connection((host.strip('[]'), int(port)), timeout=2).close()
+    except OSError:
+      _report_lost(watch.lost_message(unreachable=True))
+      os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
+    libc.signal(signum, 0)  # SIG_DFL: abort() goes on and ends the process.
+    if faulthandler.is_enabled():
+      faulthandler.dump_traceback(all_threads=True)
+
+  _ABORT_HANDLER = handler_type(on_abort)
+  libc.signal(signal.SIGABRT, ctypes.cast(_ABORT_HANDLER, ctypes.c_void_p))
 
 
 def on_cloud_tpu() -> bool:
