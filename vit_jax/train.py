@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vit_jax import (assembly, budget, checkpoint, config_lib, data, evaluate,
-                     files, models, parallel, pretrained, profiling)
+from vit_jax import (assembly, budget, checkpoint, class_names, config_lib,
+                     data, evaluate, files, models, parallel, pretrained,
+                     profiling)
 from vit_jax import metrics as metrics_lib
 from vit_jax import resume_check, train_checkpoint
 from vit_jax.train_checkpoint import SaveError, TrainCheckpointer  # pylint: disable=unused-import
@@ -303,6 +304,7 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
     start_step = int(jax.device_get(state['step']))
     if is_primary:
       files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    class_names.write_class_names(workdir, train_data)  # For predict, export.
 
     # 4. The compiled step and the metric writers.
     with tracker.paused('compile'):
