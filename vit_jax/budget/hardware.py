@@ -7,10 +7,11 @@ v2/v3/v4/v5p chip, one per v5e/v6e chip, one per GPU); a *device* is what
 the two cores of a chip form one "megacore" device; elsewhere a device is a
 chip. Peaks are the vendors' dense (not 2:4 sparse) bf16 figures.
 
-Memory is the HBM per chip; the interconnect figure is the bandwidth one chip
-sends with at once, in one direction, to the other chips of its slice or node
-(ICI on TPUs, NVLink through NVSwitch on GPUs); `SOURCES` says where each
-figure comes from. None where no published figure was found.
+Memory is the HBM per chip (and its bandwidth, TPUs only); the interconnect
+figure is the bandwidth one chip sends with at once, in one direction, to the
+other chips of its slice or node (ICI on TPUs, NVLink through NVSwitch on
+GPUs); the comments and `SOURCES` say where each figure comes from. None
+where no published figure was found.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Hardware:
   hbm_bytes_per_chip: Optional[float] = None
   #: Unidirectional bytes/s one chip sends to its slice (ICI) or node (NVLink).
   interconnect_bytes_per_s_per_chip: Optional[float] = None
+  #: Bytes/s between the chip's HBM and its cores.
+  hbm_bandwidth_bytes_per_s_per_chip: Optional[float] = None
 
   @property
   def peak_flops_per_core(self) -> float:
@@ -52,6 +55,13 @@ class Hardware:
     return self.hbm_bytes_per_chip / self.devices_per_chip
 
   @property
+  def hbm_bandwidth_bytes_per_s_per_device(self) -> Optional[float]:
+    """The chip's HBM bandwidth, shared by its JAX devices."""
+    if self.hbm_bandwidth_bytes_per_s_per_chip is None:
+      return None
+    return self.hbm_bandwidth_bytes_per_s_per_chip / self.devices_per_chip
+
+  @property
   def interconnect_bytes_per_s_per_device(self) -> Optional[float]:
     """The chip's interconnect bandwidth, shared by its JAX devices."""
     if self.interconnect_bytes_per_s_per_chip is None:
@@ -63,12 +73,37 @@ GiB = 2.**30
 GB = 1e9
 
 HARDWARE: dict[str, Hardware] = {h.key: h for h in [
+    # Cloud TPU's system-architecture pages (cloud.google.com/tpu/docs/<v>),
+    # numbers as published; ICI is one direction, per chip (SOURCES below).
+    # TPU v2: 45 TFLOP/s and 16 GiB HBM per chip, as this table has long had
+    # them; the Cloud TPU v2 page now publishes no table (it refers to
+    # Jouppi et al., CACM 2020), so no ICI or HBM bandwidth figure. 2
+    # TensorCores per chip, each a JAX device; pods of 256 chips.
     Hardware('v2', 'TPU v2', 45e12, 2, 2, 16 * GiB),
-    Hardware('v3', 'TPU v3', 123e12, 2, 2, 32 * GiB, 340e12 / 1024),
-    Hardware('v4', 'TPU v4', 275e12, 2, 1, 32 * GiB, 1.1e15 / 4096),
-    Hardware('v5e', 'TPU v5e', 197e12, 1, 1, 16 * GB, 51.2e12 / 256),
-    Hardware('v5p', 'TPU v5p', 459e12, 2, 1, 95 * GB, 4800e9 / 8),
-    Hardware('v6e', 'TPU v6e', 918e12, 1, 1, 32 * GB),
+    # Cloud TPU v3 page: 123 teraflops (bf16) per chip; HBM2 32 GiB,
+    # 900 GBps; all-reduce bandwidth 340 TB/s per 1024-chip pod; 2
+    # TensorCores per chip, each a JAX device.
+    Hardware('v3', 'TPU v3', 123e12, 2, 2, 32 * GiB, 340e12 / 1024, 900 * GB),
+    # Cloud TPU v4 page: 275 teraflops (bf16) per chip; HBM2 32 GiB,
+    # 1200 GBps; all-reduce 1.1 PB/s per 4096-chip pod; 2 TensorCores per
+    # chip, one megacore JAX device.
+    Hardware('v4', 'TPU v4', 275e12, 2, 1, 32 * GiB, 1.1e15 / 4096,
+             1200 * GB),
+    # Cloud TPU v5e page: 197 TFLOPs (bf16) per chip; HBM2 16 GB, 819 GBps;
+    # ICI 1600 Gbps (400 GBps bidirectional) per chip, all-reduce 51.2 TB/s
+    # per 256-chip pod; 1 TensorCore per chip.
+    Hardware('v5e', 'TPU v5e', 197e12, 1, 1, 16 * GB, 51.2e12 / 256,
+             819 * GB),
+    # Cloud TPU v5p page: 459 TFLOPs (bf16) per chip; HBM2e 95 GB (a newer
+    # table says 95 GiB; the smaller is kept), 2765 GBps; ICI 4800 Gbps
+    # (1200 GBps bidirectional) per chip; 2 TensorCores per chip, one
+    # megacore JAX device.
+    Hardware('v5p', 'TPU v5p', 459e12, 2, 1, 95 * GB, 4800e9 / 8, 2765 * GB),
+    # Cloud TPU v6e page: 918 TFLOPs (bf16) per chip; HBM 32 GB, 1638 GBps;
+    # ICI 800 GBps bidirectional per chip, all-reduce 102.4 TB/s per
+    # 256-chip pod; 1 TensorCore per chip.
+    Hardware('v6e', 'TPU v6e', 918e12, 1, 1, 32 * GB, 800 * GB / 2,
+             1638 * GB),
     Hardware('a100', 'NVIDIA A100', 312e12, 1, 1, 80 * GB, 600 * GB / 2),
     Hardware('h100', 'NVIDIA H100 SXM', 989.4e12, 1, 1, 80 * GB, 900 * GB / 2),
     Hardware('h100-pcie', 'NVIDIA H100 PCIe', 756e12, 1, 1, 80 * GB,
@@ -85,19 +120,23 @@ HARDWARE: dict[str, Hardware] = {h.key: h for h in [
 #: Cloud TPU system-architecture pages, "all-reduce bandwidth per Pod" divided
 #: by the chips of the pod (v3 340 TB/s / 1024; v4 1.1 PB/s / 4096; v5e
 #: 51.2 TB/s / 256, equal to its 1,600 Gbps "interchip interconnect BW") or
-#: the per-chip "interchip interconnect BW" (v5p 4,800 Gbps). GPUs: NVIDIA's
-#: data sheets give total (both directions) NVLink bandwidth per GPU; half of
-#: it is what one GPU sends.
+#: the per-chip interconnect bandwidth (v5p 4,800 Gbps = 1,200 GBps both
+#: ways; v6e 800 GBps both ways = 102.4 TB/s / 256). GPUs: NVIDIA's data
+#: sheets give total (both directions) NVLink bandwidth per GPU; half of it
+#: is what one GPU sends.
 SOURCES = {
-    'v2': 'Cloud TPU v2 page: 16 GiB HBM per chip; no ICI figure',
-    'v3': 'Cloud TPU v3 page: 32 GiB HBM2 per chip; all-reduce 340 TB/s per '
-          '1024-chip pod',
-    'v4': 'Cloud TPU v4 page: 32 GiB HBM2 per chip; all-reduce 1.1 PB/s per '
-          '4096-chip pod',
-    'v5e': 'Cloud TPU v5e page: 16 GB HBM2; ICI 1,600 Gbps per chip (400 GB/s '
-           'both ways); all-reduce 51.2 TB/s per 256-chip pod',
-    'v5p': 'Cloud TPU v5p page: 95 GB HBM2e; ICI 4,800 Gbps per chip',
-    'v6e': 'Cloud TPU v6e page: 32 GB HBM per chip; no ICI figure used',
+    'v2': '16 GiB HBM, 45 TFLOP/s per chip (the Cloud TPU v2 page no longer '
+          'has a table); no ICI or HBM bandwidth figure',
+    'v3': 'Cloud TPU v3 page: 32 GiB HBM2 at 900 GBps per chip; all-reduce '
+          '340 TB/s per 1024-chip pod',
+    'v4': 'Cloud TPU v4 page: 32 GiB HBM2 at 1200 GBps per chip; all-reduce '
+          '1.1 PB/s per 4096-chip pod',
+    'v5e': 'Cloud TPU v5e page: 16 GB HBM2 at 819 GBps; ICI 1,600 Gbps per '
+           'chip (400 GB/s both ways); all-reduce 51.2 TB/s per 256-chip pod',
+    'v5p': 'Cloud TPU v5p page: 95 GB HBM2e at 2765 GBps; ICI 4,800 Gbps per '
+           'chip (1200 GBps both ways)',
+    'v6e': 'Cloud TPU v6e page: 32 GB HBM at 1638 GBps per chip; ICI 800 GBps '
+           'both ways per chip; all-reduce 102.4 TB/s per 256-chip pod',
     'a100': 'NVIDIA A100 data sheet: 80 GB (SXM 80GB part); NVLink 600 GB/s',
     'h100': 'NVIDIA H100 data sheet: SXM 80 GB; NVLink 900 GB/s',
     'h100-pcie': 'NVIDIA H100 data sheet: PCIe 80 GB; NVLink bridge 600 GB/s',
