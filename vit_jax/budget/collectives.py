@@ -1,10 +1,11 @@
 """Collective operations of a compiled XLA program, and the bytes each device sends for them.
 
 Reads the optimised HLO text (`jax.jit(f).lower(...).compile().as_text()`)
-and finds every all-reduce, all-gather, reduce-scatter, all-to-all and
+of either compiler (XLA:CPU's, or the TPU compiler's from `tpu.py`) and
+finds every all-reduce, all-gather, reduce-scatter, all-to-all and
 collective-permute, including their asynchronous `-start` forms and those
-inside while loops (counted once per iteration, from XLA's
-`known_trip_count`). Bytes per device are those a bandwidth-optimal ring
+inside while loops, counted once per iteration (`trip_count`). Bytes per
+device are those a bandwidth-optimal ring
 sends over the links of one device, with S the operand bytes of the
 collective on one device and g the size of its replica group:
 
@@ -25,7 +26,14 @@ compilers turn the pair into a reduce-scatter (XLA's ReduceScatterCreator
 pass). So that a program compiled on CPU reports what a TPU or GPU sends,
 `parse` counts an all-reduce (or one element of a combined, tuple-shaped
 all-reduce) as a reduce-scatter when every use of it reads the partition id
-and keeps at most 1/g of it (FSDP's gradients).
+and keeps at most 1/g of it (FSDP's gradients). The TPU compiler's own
+output (tiled layouts, `:T(`) is taken as it is: what it left an
+all-reduce is one.
+
+The text is the interface: jax 0.10.2 has no public structured view of a
+compiled module (`compiled.runtime_executable().hlo_modules()` are jaxlib
+internals whose instructions expose only names, opcodes and operands, and
+the HloModule proto needs XLA's hlo.proto, which jax does not ship).
 """
 
 from __future__ import annotations
@@ -51,6 +59,11 @@ _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$')
 _COMPUTATION = re.compile(r'^\s*(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 _TRIP_COUNT = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"?(\d+)')
+_MESH_GROUPS = re.compile(
+    r'replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\([^)]*\))?\s*'
+    r'\{([^}]*)\}')
+_MESH_AXIS = re.compile(r"'?([\w.\-]+)'?=(\d+)")
+_AXIS_REF = re.compile(r"'?([\w.\-]+)'?(?::\(\d+\)(\d+))?")
 _CALLS = re.compile(
     r'\b(?:body|to_apply|calls|branch_computations|true_computation|'
     r'false_computation)=\{?([%\w.\-, ]+)\}?')
@@ -77,8 +90,20 @@ def group_size(attributes: str, num_devices: int) -> int:
   """Devices in each replica group of a collective's attributes.
 
   Explicit groups `{{0,1},{2,3}}`, iota groups `[2,4]<=[8]` (2 groups of
-  4), or none / `{}` (one group of all `num_devices`).
+  4), mesh axes `mesh['a'=2,'b'=4] {'b'}` (the TPU compiler's: the product
+  of the named axes, a sub-axis `'b':(1)2` by its own size), or none / `{}`
+  (one group of all `num_devices`).
   """
+  mesh = _MESH_GROUPS.search(attributes)
+  if mesh:
+    sizes = {name: int(size) for name, size in _MESH_AXIS.findall(mesh[1])}
+    group = 1
+    for name, sub in _AXIS_REF.findall(mesh[2]):
+      if name not in sizes:
+        raise ValueError(f'replica group axis {name!r} is not in the mesh '
+                         f'[{mesh[1]}]; pass the HLO text as XLA printed it.')
+      group *= int(sub) if sub else sizes[name]
+    return group
   iota = re.search(r'replica_groups=\[(\d+),(\d+)\]<=', attributes)
   if iota:
     return int(iota[2])
@@ -135,12 +160,136 @@ def _split_operands(text: str) -> str:
   return text
 
 
+_PASS_THROUGH = ('copy', 'bitcast', 'convert', 'reshape')
+_FLIP = {'LT': 'GT', 'LE': 'GE', 'GT': 'LT', 'GE': 'LE', 'NE': 'NE',
+         'EQ': 'EQ'}
+
+
+def iterations(init: int, limit: int, step: int, direction: str
+               ) -> Optional[int]:
+  """Times `for (i = init; i <direction> limit; i += step)` runs, or None
+  when it would not end."""
+  if direction == 'LT' and step > 0:
+    return max(0, -(-(limit - init) // step))
+  if direction == 'LE' and step > 0:
+    return max(0, (limit - init) // step + 1)
+  if direction == 'GT' and step < 0:
+    return max(0, -(-(init - limit) // -step))
+  if direction == 'GE' and step < 0:
+    return max(0, (init - limit) // -step + 1)
+  if direction == 'NE' and step and (limit - init) % step == 0 and \
+      (limit - init) // step >= 0:
+    return (limit - init) // step
+  return None
+
+
+class _Loops:
+  """Reads a while loop's trip count from its instructions.
+
+  XLA:CPU writes it into the loop's `backend_config` (`known_trip_count`);
+  the TPU compiler replaces that config with its own, so the count is read
+  from the loop itself: the condition compares one element of the loop
+  state with a constant, the state starts that element at a constant and
+  the body adds a constant to it (lax.scan, fori_loop: 0, N, +1; also after
+  the compiler unrolls or shifts the loop).
+  """
+
+  def __init__(self, opcodes, rests, operands_of, tuple_index, roots):
+    self.opcodes, self.rests = opcodes, rests
+    self.operands_of, self.tuple_index = operands_of, tuple_index
+    self.roots = roots
+
+  def _through(self, value: str) -> str:
+    while (self.opcodes.get(value) in _PASS_THROUGH and
+           len(self.operands_of[value]) == 1):
+      value = self.operands_of[value][0]
+    return value
+
+  def constant(self, value: str) -> Optional[int]:
+    value = self._through(value)
+    if self.opcodes.get(value) != 'constant':
+      return None
+    match = re.match(r'\s*(-?\d+)\)', self.rests[value])
+    return int(match[1]) if match else None
+
+  def state_index(self, value: str) -> Optional[int]:
+    """k when `value` is element k of the loop's parameter."""
+    value = self._through(value)
+    if self.opcodes.get(value) != 'get-tuple-element':
+      return None
+    source = self._through(self.operands_of[value][0])
+    return (self.tuple_index[value] if self.opcodes.get(source) ==
+            'parameter' else None)
+
+  def _unfused(self, name: str) -> tuple[str, list[str], str]:
+    """(opcode, operands, attributes) of `name`; a fusion of one operation
+    on its parameters (XLA:CPU wraps a loop's compare and add so) is read
+    as that operation on the fusion's operands."""
+    opcode, operands = self.opcodes[name], self.operands_of[name]
+    if opcode != 'fusion':
+      return opcode, operands, self.rests[name]
+    callee = re.search(r'calls=%?([\w.\-]+)', self.rests[name])
+    inner = self.roots.get(callee[1]) if callee else None
+    if inner is None:
+      return opcode, operands, self.rests[name]
+    mapped = []
+    for op in self.operands_of[inner]:
+      index = re.match(r'\s*(\d+)\)', self.rests[op])
+      if self.opcodes[op] != 'parameter' or not index:
+        return opcode, operands, self.rests[name]
+      mapped.append(operands[int(index[1])])
+    return self.opcodes[inner], mapped, self.rests[inner]
+
+  def trip_count(self, name: str) -> Optional[int]:
+    """Iterations of while loop `name`, or None when they are not static."""
+    rest = self.rests[name]
+    known = _TRIP_COUNT.search(rest)
+    if known:
+      return int(known[1])
+    cond = re.search(r'condition=%?([\w.\-]+)', rest)
+    body = re.search(r'body=%?([\w.\-]+)', rest)
+    if not (cond and body and cond[1] in self.roots and
+            body[1] in self.roots):
+      return None
+    opcode, operands, attributes = self._unfused(self.roots[cond[1]])
+    direction = re.search(r'direction=(\w+)', attributes)
+    if opcode != 'compare' or not direction or len(operands) != 2:
+      return None
+    direction, (lhs, rhs) = direction[1], operands
+    if self.state_index(lhs) is not None and self.constant(rhs) is not None:
+      k, limit = self.state_index(lhs), self.constant(rhs)
+    elif self.state_index(rhs) is not None and self.constant(lhs) is not None:
+      k, limit, direction = (self.state_index(rhs), self.constant(lhs),
+                             _FLIP[direction])
+    else:
+      return None
+    state = self._through(self.operands_of[name][0])
+    update = self.roots[body[1]]
+    if self.opcodes.get(state) != 'tuple' or self.opcodes[update] != 'tuple':
+      return None
+    init = self.constant(self.operands_of[state][k])
+    opcode, operands, _ = self._unfused(
+        self._through(self.operands_of[update][k]))
+    increment = None
+    if opcode in ('add', 'subtract') and len(operands) == 2:
+      a, b = operands
+      sign = 1 if opcode == 'add' else -1
+      if self.state_index(a) == k and self.constant(b) is not None:
+        increment = sign * self.constant(b)
+      elif sign == 1 and self.state_index(b) == k and \
+          self.constant(a) is not None:
+        increment = self.constant(a)
+    if init is None or increment is None:
+      return None
+    return iterations(init, limit, increment, direction)
+
+
 def parse(hlo_text: str, num_devices: int) -> list[Collective]:
   """Every collective of an HLO module, with how often one call runs it.
 
-  A collective in a while body runs `known_trip_count` times per iteration
-  of its caller; a loop without a known trip count is an error (the bytes
-  would be a guess).
+  A collective in a while body runs the loop's trip count times per
+  iteration of its caller (`_Loops`); a loop whose count is not static is
+  an error (the bytes would be a guess).
   """
   computations: dict[str, list[str]] = {}
   entry = None
@@ -167,6 +316,8 @@ def parse(hlo_text: str, num_devices: int) -> list[Collective]:
   operands_of: dict[str, list[str]] = {}
   users: dict[str, list[str]] = {}
   tuple_index: dict[str, int] = {}
+  rests: dict[str, str] = {}
+  roots: dict[str, str] = {}
   parsed: dict[str, list[tuple[str, str, str, str]]] = {}
   for comp, lines in computations.items():
     parsed[comp] = []
@@ -176,6 +327,9 @@ def parse(hlo_text: str, num_devices: int) -> list[Collective]:
         name, type_text, opcode, rest = match.groups()
         shapes[name] = type_text
         opcodes[name] = opcode
+        rests[name] = rest
+        if line.lstrip().startswith('ROOT '):
+          roots[comp] = name
         operands_of[name] = re.findall(r'%([\w.\-]+)', _split_operands(rest))
         for op in operands_of[name]:
           users.setdefault(op, []).append(name)
@@ -231,6 +385,8 @@ def parse(hlo_text: str, num_devices: int) -> list[Collective]:
     return float(sum(sizes)) - rs, rs
 
   found: list[Collective] = []
+  loops = _Loops(opcodes, rests, operands_of, tuple_index, roots)
+  tpu = ':T(' in hlo_text    # the TPU compiler's tiled layouts
 
   def visit(comp: str, times: int, stack: tuple[str, ...]) -> None:
     if comp in stack:
@@ -245,7 +401,9 @@ def parse(hlo_text: str, num_devices: int) -> list[Collective]:
                      for op in operands_of[name])
         group = group_size(rest, num_devices)
         if opcode == 'all-reduce':
-          reduced, scattered = split_reduce_scatter(name, type_text, group)
+          reduced, scattered = (
+              (shape_bytes(type_text), 0.0) if tpu else
+              split_reduce_scatter(name, type_text, group))
           if scattered:
             found.append(Collective('reduce-scatter', name, comp, scattered,
                                     group, times))
@@ -260,12 +418,11 @@ def parse(hlo_text: str, num_devices: int) -> list[Collective]:
         continue
       repeat = 1
       if opcode == 'while':
-        trip = _TRIP_COUNT.search(rest)
-        if trip is None:
+        repeat = loops.trip_count(name)
+        if repeat is None:
           raise ValueError(f'while loop {name} has no known trip count, so '
                            f'the collectives in it cannot be counted; use '
                            f'loops of static length (lax.scan).')
-        repeat = int(trip[1])
       for callee in calls:
         visit(callee, times * repeat, stack + (comp,))
 
