@@ -1,0 +1,82 @@
+"""Runs a Python snippet that compiles for a TPU slice in a child process and returns its JSON result.
+
+libtpu (the TPU compiler) stays out of the pytest process, whose jax runs
+the 8 simulated CPU devices of conftest.py, and its start-up messages stay
+off the test log. The child runs with JAX_PLATFORMS=cpu (so `jax.devices()`
+is the host's CPU; the TPU devices come from `vit_jax.budget.tpu`), with
+libtpu told the accelerator type and not to look for a metadata server,
+and its stderr captured; the stderr comes back, less libtpu's start-up
+lines, only when the snippet fails.
+
+    import tpu_compile  # tests/ is on sys.path under pytest
+    @tpu_compile.requires_libtpu
+    def test_x():
+      out = tpu_compile.run('from vit_jax.budget import tpu\\n'
+                            'result = len(tpu.slice_devices("v3-8"))')
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MARK = '@@tpu_compile_result@@'
+#: Lines libtpu prints when it starts on a machine without a TPU.
+NOISE = ('Logging before InitGoogle', 'could not determine TPU',
+         'Source Location Trace', 'libtpu_init_utils', 'common_lib.cc',
+         'Failed to find host bounds', 'TPU_WORKER_HOSTNAMES')
+
+
+def libtpu_importable() -> bool:
+  """Whether the child can load the TPU compiler."""
+  return importlib.util.find_spec('libtpu') is not None
+
+
+requires_libtpu = pytest.mark.skipif(
+    not libtpu_importable(),
+    reason='libtpu (the TPU compiler) is not installed; `make test` installs '
+           'it (pip install -c constraints.txt "jax[tpu]")')
+
+
+def quiet(stderr: str) -> str:
+  """stderr without libtpu's start-up lines."""
+  return '\n'.join(line for line in stderr.splitlines()
+                   if line.strip() and not any(n in line for n in NOISE))
+
+
+def run(snippet: str, *, accelerator: str = 'v3-8', timeout: float = 600,
+        env: dict | None = None) -> Any:
+  """Runs `snippet` in a fresh Python and returns the JSON of its `result`.
+
+  The snippet assigns a JSON-serialisable value to `result`. A failure
+  (non-zero exit, no result, timeout) raises AssertionError with the
+  snippet's filtered stderr.
+  """
+  code = (textwrap.dedent(snippet) +
+          f'\nimport json as _json, sys as _sys\n'
+          f'_sys.stdout.write("\\n{_MARK}" + _json.dumps(result) + "\\n")\n')
+  child_env = dict(os.environ, JAX_PLATFORMS='cpu',
+                   TPU_ACCELERATOR_TYPE=accelerator, TPU_SKIP_MDS_QUERY='1',
+                   ALLOW_MULTIPLE_LIBTPU_LOAD='1')
+  child_env.update(env or {})
+  try:
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          env=child_env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+  except subprocess.TimeoutExpired as e:
+    raise AssertionError(f'the TPU compile snippet ran past {timeout:.0f} s:\n'
+                         f'{quiet(e.stderr or "")[-4000:]}') from None
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(_MARK)]
+  if proc.returncode or not lines:
+    raise AssertionError(
+        f'the TPU compile snippet failed (exit {proc.returncode}):\n'
+        f'{quiet(proc.stderr)[-4000:]}')
+  return json.loads(lines[-1][len(_MARK):])
