@@ -27,10 +27,12 @@ EXTRAS = {
     'prepare': ['apache-beam>=2.77,<3', 'tensorflow-cpu>=2.21,<3',
                 'tensorflow-datasets>=4.9.10,<5', 'importlib_resources'],
     # timm (with torch and torchvision builds that match) checks our npz files
-    # against another implementation; scikit-image ships sample photographs.
+    # against another implementation; scikit-image ships sample photographs;
+    # libtpu, the TPU compiler (jax[tpu]'s; Linux wheels only), compiles the
+    # step for TPU slices without a TPU (vit_jax.budget.tpu).
     'test': ['pytest>=8', 'pytest-xdist>=3', 'timm>=1.0', 'torch>=2.9',
              'torchvision>=0.24', 'scikit-image>=0.24', 'transformers>=5',
-             'safetensors>=0.4'],
+             'safetensors>=0.4', 'libtpu; platform_system == "Linux"'],
     # Hugging Face interop (vit_jax.hf_interop, vit_jax.export): reading and
     # writing transformers ViT directories needs only safetensors; torch only
     # for an old pytorch_model.bin, transformers only to run the result.
