@@ -49,6 +49,56 @@ def test_the_cap_sees_the_sweep_runs(tmp_path):
   assert 'sweep lr=' in result.stopped_in
 
 
+def test_a_sweep_stopped_inside_a_run_reports_its_steps_and_what_it_skipped(
+    tmp_path, monkeypatch, caplog):
+  """SUMMARY said steps=0/60 when the second rate's run had saved step 52,
+  and only sweep_results.md said which rate was chosen or that a finished
+  run was not redone."""
+  from vit_jax import main  # pylint: disable=g-import-not-at-top
+  config = _config(steps=60, learning_rates=(1e-3, 3e-3),
+                   train_split='train[:80%]', eval_split='train[80%:]')
+  dev_top1 = {1e-3: 0.5, 3e-3: 0.75}
+  calls = []
+
+  def fake_train(c, workdir):
+    calls.append(workdir)
+    lr = c.schedule.base_lr
+    if len(calls) == 2:  # The second rate, first session: SIGTERM at 52.
+      return train.TrainResult('preempted', 52, 60, {}, None, 0.01)
+    metrics = ({'dev/top1': dev_top1[lr], 'dev/num_examples': 300.0}
+               if 'sweep' in workdir else {'val/top1': 0.9})
+    return train.TrainResult('done', 60, 60, metrics, 100.0, 0.02)
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+
+  first = transfer.run(config, str(tmp_path))
+  assert main.summary_line(first).startswith(
+      'SUMMARY status=preempted  steps=52/60  stopped_in="sweep lr=0.003 '
+      '(dev)"')
+  with caplog.at_level('INFO'):
+    second = transfer.run(config, str(tmp_path))
+  assert second.status == 'done' and len(calls) == 4  # lr=0.001 not redone.
+  said = [r.getMessage() for r in caplog.records]
+  assert (f'sweep lr=0.001 (dev): finished earlier in {tmp_path}/sweep/'
+          f'lr0.001 (step 60: dev/top1=0.5000); not rerun.') in said
+  assert (f'sweep: dev top-1 lr=0.001 50.00%, lr=0.003 75.00%; chose '
+          f'lr=0.003, now trained on train (table: {tmp_path}/'
+          f'sweep_results.md).') in said
+
+
+def test_a_stop_between_runs_reports_the_saved_step(tmp_path):
+  """SIGTERM between two runs: the next run's last saved step, not 0."""
+  workdir = tmp_path / 'sweep' / 'lr0.003'
+  for name in ('20', '40', '60.orbax-checkpoint-tmp-1700000000'):
+    (workdir / 'checkpoints' / name).mkdir(parents=True)
+  config = _config(steps=60)
+  with runs.RunComposer(str(tmp_path), train_fn=None) as composer:
+    composer._sigterm = True  # pylint: disable=protected-access
+    with pytest.raises(runs.Stopped) as stop:
+      composer.train(config, str(workdir), 'sweep lr=0.003 (dev)')
+  assert (stop.value.status, stop.value.step, stop.value.total_steps) == (
+      'preempted', 40, 60)
+
+
 def _watch_and_sigterm(path_glob_root: str, stop: threading.Event):
   """Sends SIGTERM to this process once a VTAB task run has logged a row."""
   while not stop.is_set():
@@ -123,10 +173,16 @@ def test_sweep_via_main_survives_sigterm_then_trains_the_best_rate_on_everything
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
   assert 'status=preempted' in out and 'stopped_in="sweep lr=1e-06' in out
+  # The steps are those the stopped run saved (was steps=0/60).
+  saved = max(int(d) for d in os.listdir(
+      workdir / 'sweep' / 'lr1e-06' / 'checkpoints') if d.isdigit())
+  assert f'steps={saved}/60  stopped_in=' in out
   done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stdout + done.stderr
   assert 'status=done' in done.stdout and 'steps=60/60' in done.stdout
+  assert 'sweep: dev top-1 lr=1e-06 ' in done.stderr
+  assert ', lr=0.003 ' in done.stderr and 'chose lr=0.003' in done.stderr
   table = json.loads((workdir / 'sweep_results.json').read_text())
   dev = {float(k): v for k, v in table['dev_top1'].items()}
   assert set(dev) == {1e-6, 3e-3}

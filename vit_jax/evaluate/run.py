@@ -20,7 +20,7 @@ from typing import Any
 import jax
 
 from vit_jax import (checkpoint, config_lib, files, models, parallel,
-                     pretrained, train)
+                     pretrained)
 from vit_jax.evaluate import build_evaluators, inputs
 
 RESULTS = 'results.json'
@@ -43,7 +43,6 @@ def describe(config: Any, checkpoint_path: str) -> tuple[dict, Any]:
 def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
                         ) -> dict:
   """Runs every evaluator of `config.evals` on the checkpoint; see module doc."""
-  workdir = train.check_workdir(workdir)
   if not inputs.as_dict(config.evals):
     raise ValueError('config.evals is empty: name at least one evaluator, '
                      'e.g. evals=classify.')
@@ -51,6 +50,7 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
   num_classes = config.num_classes or info.num_classes
   image_size = config.image_size or info.image_size
   model, _ = models.build(info.model, num_classes)
+  models.check_image_size(model, image_size, label=info.label)
   params = checkpoint.load_pretrained(
       tree, models.param_shapes(model, image_size), name=checkpoint_path,
       keep_head=True)  # Evaluation uses the head exactly as saved.
@@ -67,6 +67,7 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
   evaluators = build_evaluators(
       config.evals, model=model, mesh=mesh, image_size=image_size,
       num_classes=num_classes, data_dir=config.get('data_dir'))
+  workdir = results_dir(workdir)  # After the checks: a refusal writes nothing.
 
   results = {'checkpoint': checkpoint_path, 'model': info.label,
              'image_size': image_size,
@@ -81,6 +82,20 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
     results['seconds'][ev.name] = round(time.perf_counter() - start, 2)
     _write_json(os.path.join(workdir, RESULTS), results)  # After each one.
   return results
+
+
+def results_dir(workdir: str) -> str:
+  """The absolute workdir, created and probed: an evaluation writes
+  results.json there, and no checkpoints/ (it trains nothing)."""
+  if '://' in workdir:
+    return workdir
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    files.probe_writable(workdir)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
+                     f'choose a directory you can write to.') from None
+  return workdir
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -31,7 +31,10 @@ from vit_jax.transfer import runs, sweep, vtab
 
 def run(config: Any, workdir: str) -> train.TrainResult:
   """The sweep (if any), the run itself, then VTAB-1k (if asked for)."""
-  workdir = train.check_workdir(workdir)
+  # Not created or probed here: each run checks its inputs first, then its
+  # workdir, so that a refused command leaves the workdir as it found it.
+  if '://' not in workdir:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
   with runs.RunComposer(workdir, config.budget) as composer:
     try:
       if config.sweep.learning_rates:
@@ -42,9 +45,10 @@ def run(config: Any, workdir: str) -> train.TrainResult:
         metrics = run_vtab(config, workdir, result.step, composer)
         result = dataclasses.replace(
             result, eval_metrics={**result.eval_metrics, **metrics})
-    except runs.Stopped as stop:
-      return train.TrainResult(status=stop.status, step=0,
-                               total_steps=config.total_steps,
+    except runs.Stopped as stop:  # The steps are the stopped run's.
+      return train.TrainResult(status=stop.status, step=stop.step or 0,
+                               total_steps=(stop.total_steps or
+                                            config.total_steps),
                                eval_metrics={}, img_per_sec=None,
                                core_hours=composer.core_hours,
                                stopped_in=stop.where)

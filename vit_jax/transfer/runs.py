@@ -35,12 +35,29 @@ RESULT = 'result.json'
 
 
 class Stopped(Exception):
-  """A child run ended early: `status` is 'preempted' or 'budget_exhausted'."""
+  """A child run ended early: `status` is 'preempted' or 'budget_exhausted'.
 
-  def __init__(self, status: str, where: str):
+  `step` is the child's last saved step (None: none saved) of its
+  `total_steps`: what the SUMMARY line reports beside `stopped_in`.
+  """
+
+  def __init__(self, status: str, where: str, step: Optional[int] = None,
+               total_steps: Optional[int] = None):
     super().__init__(f'{where} stopped early ({status})')
     self.status = status
     self.where = where
+    self.step = step
+    self.total_steps = total_steps
+
+
+def saved_step(workdir: str) -> Optional[int]:
+  """The newest finished checkpoint step in `workdir` (orbax names a
+  finished step's directory by its number), or None."""
+  try:
+    names = os.listdir(os.path.join(workdir, 'checkpoints'))
+  except OSError:
+    return None
+  return max((int(n) for n in names if n.isdigit()), default=None)
 
 
 @dataclasses.dataclass
@@ -106,13 +123,18 @@ class RunComposer:
     """Runs (or resumes, or reads back) one child; raises Stopped if cut short."""
     done = files.read_json(os.path.join(workdir, RESULT))
     if done is not None:
+      scores = '  '.join(f'{k}={v:.4f}' for k, v in sorted(
+          done['metrics'].items()) if 'num_examples' not in k)
+      logging.info('%s: finished earlier in %s (step %d%s); not rerun.', what,
+                   workdir, done['step'], f': {scores}' if scores else '')
       return ChildResult(done['metrics'], done['core_hours'], done['step'])
+    total = config.get('total_steps')
     if self._sigterm:
-      raise Stopped('preempted', what)
+      raise Stopped('preempted', what, saved_step(workdir), total)
     cap = self._child_cap(workdir)
     if cap is not None:
       if cap <= 0:
-        raise Stopped('budget_exhausted', what)
+        raise Stopped('budget_exhausted', what, saved_step(workdir), total)
       config = config.copy_and_resolve_references()
       config.budget.max_core_hours = cap
       config.budget.max_core_days = None
@@ -123,7 +145,8 @@ class RunComposer:
       raise train.NonFiniteLossError(f'{what} ({workdir}): {e}') from None
     self._record(workdir, result.core_hours)
     if result.status != 'done':
-      raise Stopped(result.status, what)
+      raise Stopped(result.status, what, result.step,
+                    getattr(result, 'total_steps', total))
     metrics = {k: float(v) for k, v in result.eval_metrics.items()
                if isinstance(v, (int, float))}
     if jax.process_index() == 0:

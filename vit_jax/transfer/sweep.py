@@ -12,6 +12,7 @@ with that rate), which the caller trains in WORKDIR itself. The table goes to
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -65,6 +66,11 @@ def run_sweep(config: Any, workdir: str, composer: runs.RunComposer):
   final.sweep.update(learning_rates=(), train_split='', eval_split='')
   final.schedule.base_lr = best
   write_table(workdir, config, scores, best)
+  logging.info('sweep: dev top-1 %s; chose lr=%g, now trained on %s '
+               '(table: %s).', ', '.join(
+                   f'lr={r:g} {100 * s:.2f}%' for r, s in scores.items()),
+               best, config.input.data.split,
+               os.path.join(workdir, 'sweep_results.md'))
   return final
 
 
