@@ -7,7 +7,11 @@
   python -m launch.tpu logs|status|stop|delete --name=vit --zone=europe-west4-a
   python -m launch.tpu supervise (the flags of create, install and run)
 
-`run` starts the same command on all workers (`--worker=all`). On a
+`run` and `supervise` first compile the job for the slice on this machine
+(`python -m vit_jax.main --compile_only --topology=ACCELERATOR_TYPE`, the
+TPU compiler without a TPU) and stop with its one line, creating nothing,
+when it does not compile or fit (`--skip_preflight` skips that). `run`
+starts the same command on all workers (`--worker=all`). On a
 multi-host slice each worker adds --coordinator_address/--num_processes/
 --process_id, read from the TPU metadata as jax's own Cloud TPU detection
 reads them (TPU VMs made by `gcloud compute tpus tpu-vm create` do not set
@@ -25,6 +29,7 @@ import argparse
 import functools
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -182,6 +187,34 @@ def plan(args: argparse.Namespace) -> supervise.Plan:
       delete_when_done=full and args.delete_when_done)
 
 
+def preflight_command(args: argparse.Namespace) -> list[str]:
+  """The job compiled for the slice on this machine (`vit_jax.main --compile_only`), or []
+  when there is nothing to compile here (--skip_preflight, or a module other than vit_jax.main)."""
+  if args.skip_preflight or args.module != 'vit_jax.main':
+    return []
+  return [sys.executable, '-m', 'vit_jax.main', *args.job_flags, '--compile_only',
+          f'--topology={_slice(args).accelerator_type}']
+
+
+def run_preflight(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+  """Compiles the job for the slice before anything is created or started: 0 when it
+  compiles and fits (its report is printed), 2 with the preflight's one line when not."""
+  command = preflight_command(args)
+  if not command:
+    return 0
+  log(f'preflight: compiling the job for {args.accelerator_type} on this machine '
+      f'(--skip_preflight skips it)')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(command, env=env, stdout=None, stderr=subprocess.PIPE, text=True,
+                        check=False)
+  if proc.returncode == 0:
+    return 0
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  reason = errors[-1][len('error: '):] if errors else proc.stderr.strip()[-500:]
+  raise ValueError(f'the preflight refused the job, nothing was created or started: {reason} '
+                   f'(fix the job, or pass --skip_preflight to launch it anyway)')
+
+
 def print_run(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int:
   """`run --dry_run`: the commands `run` runs, in order, and when; no answer is made up."""
   target, start = _target(args), start_command(args)  # Bad flags fail before anything is printed.
@@ -217,6 +250,11 @@ def execute(args: argparse.Namespace, runner, log: Callable[[str], None]) -> int
       if code:
         return code
     return 0
+  if args.command in ('run', 'supervise') and args.dry_run and preflight_command(args):
+    log(f'0. compile the job for {args.accelerator_type} on this machine first (exit 2 stops '
+        f'here; --skip_preflight skips it): {shlex.join(preflight_command(args)[1:])}')
+  elif args.command in ('run', 'supervise'):
+    run_preflight(args, log)
   if args.command == 'run' and args.dry_run:
     return print_run(args, runner, log)
   if args.command in ('run', 'supervise'):
@@ -259,6 +297,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   run.add_argument('--module', default='vit_jax.main', help='python -m MODULE (launch.check tests the slice)')
   run.add_argument('--env', action='append', default=[], help='KEY=VALUE for the job (repeatable)')
   run.add_argument('--poll_s', type=float, default=60.0, help='seconds between status checks')
+  run.add_argument('--skip_preflight', action='store_true',
+                   help='do not compile the job for the slice on this machine first '
+                   '(python -m vit_jax.main --compile_only --topology=ACCELERATOR_TYPE)')
   parser = argparse.ArgumentParser(prog='python -m launch.tpu', description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True, parser_class=functools.partial(
       argparse.ArgumentParser, formatter_class=argparse.ArgumentDefaultsHelpFormatter))

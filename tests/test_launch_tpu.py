@@ -432,8 +432,11 @@ def test_run_dry_run_prints_its_own_steps_and_invents_no_ending():
       *check, (*SSH('vit'), f'--command={start}'),
       (*SSH('vit', worker='0'), '--command=tail -n 100 -F "$HOME/vit_jax_run"/log'), *check]
   steps = [line for line in lines if line.startswith('# ')]
-  assert [line[:5] for line in steps] == ['# v3-', '# 1. ', '# 2. ', '# 3. ', '# 4. ']
-  assert steps[4].startswith('# 4. every 30 s until the job has ended on every worker')
+  assert [line[:5] for line in steps] == ['# v3-', '# 0. ', '# 1. ', '# 2. ', '# 3. ', '# 4. ']
+  assert steps[1] == ('# 0. compile the job for v3-32 on this machine first (exit 2 stops here; '
+                      '--skip_preflight skips it): -m vit_jax.main ' + ' '.join(JOB) +
+                      ' --compile_only --topology=v3-32')
+  assert steps[5].startswith('# 4. every 30 s until the job has ended on every worker')
   assert not any('supervise' in line or 'finished' in line or 'exit status' in line for line in lines)
   assert lines[-1] == str(commands[-1])  # ends on the poll, not on an outcome
   # As a user runs it: the same lines on stdout, nothing on stderr.
@@ -477,7 +480,8 @@ def test_env_secret_is_never_on_a_command_line_or_printed(tmp_path):
   env = dict(os.environ, PATH=f'{tmp_path / "bin"}:{os.environ["PATH"]}', FAKE_GCLOUD_DIR=str(tmp_path),
              TMPDIR=str(tmp_path))
   argv = ['run', '--name=vit', f'--zone={ZONE}', '--accelerator_type=v3-8', f'--workdir={WORKDIR}',
-          f'--env=WANDB_API_KEY={secret}', '--env=TFDS_DATA_DIR=gs://b/tfds', '--poll_s=0.05', '--', *JOB]
+          f'--env=WANDB_API_KEY={secret}', '--env=TFDS_DATA_DIR=gs://b/tfds', '--poll_s=0.05',
+          '--skip_preflight', '--', *JOB]
   proc = subprocess.run([sys.executable, '-m', 'launch.tpu', *argv], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
@@ -496,6 +500,29 @@ def test_env_secret_is_never_on_a_command_line_or_printed(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=60)
   assert dry.returncode == 0 and secret not in dry.stdout + dry.stderr
   assert 'WANDB_API_KEY=*** TFDS_DATA_DIR=***' in dry.stdout
+
+
+def test_a_job_the_preflight_refuses_creates_and_starts_nothing(tmp_path):
+  """`run` compiles the job for the slice first (vit_jax.main --compile_only): a job that cannot
+  run there ends the launch in one line, exit 2, before any gcloud call."""
+  (tmp_path / 'bin').mkdir()
+  fake = tmp_path / 'bin' / 'gcloud'
+  fake.write_text(FAKE_GCLOUD)
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path / "bin"}:{os.environ["PATH"]}', FAKE_GCLOUD_DIR=str(tmp_path))
+  for command in ('run', 'supervise'):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'launch.tpu', command, '--name=vit', f'--zone={ZONE}',
+         '--accelerator_type=v3-8', f'--workdir={WORKDIR}', '--',
+         '--config=configs/quickstart.py', '--config.batch_size=12'],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    refused = [l for l in proc.stderr.splitlines() if l.startswith('launch.tpu: ')]
+    assert refused == [
+        'launch.tpu: the preflight refused the job, nothing was created or started: '
+        'batch_size=12 is not divisible by accum_steps (1) x data-parallel shards (8 = data x '
+        'fsdp); use a multiple of 8. (fix the job, or pass --skip_preflight to launch it anyway)']
+    assert not (tmp_path / 'calls.jsonl').exists()  # gcloud was never called
 
 
 def test_worker_job_reads_the_env_file_not_its_command_line(worker_home):
