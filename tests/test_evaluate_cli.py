@@ -71,6 +71,8 @@ def test_evaluate_cli_on_a_small_checkpoint(probe_checkpoint, tmp_path):
              '--config.model.name=ViT-Ti/16', *overrides,
              f'--checkpoint={path}', f'--workdir={tmp_path}')
   assert out.returncode == 0, out.stderr[-3000:]
+  # An evaluation trains nothing: no (empty) checkpoints/ in its workdir.
+  assert sorted(os.listdir(tmp_path)) == ['results.json']
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['num_classes'] == 10 and results['image_size'] == 16
   metrics = results['metrics']

@@ -318,3 +318,41 @@ def test_unknown_names_and_options_say_what_is_valid():
   model = get_model('ViT-Ti/16', 10, classifier='cls', **TINY)
   with pytest.raises(ValueError, match=r"unknown classifier 'cls'"):
     model.init(jax.random.key(0), _images())
+
+
+def test_an_image_size_that_does_not_divide_into_tokens_is_refused():
+  """The patch embedding is a VALID convolution: 230 px on 16 px patches
+  would train (and be costed) on 224 px, silently."""
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  models.check_image_size(get_spec('ViT-B/16'), 224)
+  models.check_image_size(get_spec('ViT-B/16'), (224, 384))
+  models.check_image_size(get_spec('R50+ViT-B/16'), 384)  # stem 16 x patch 1
+  cases = [
+      (get_spec('ViT-B/16'), 230, '--image-size',
+       '--image-size 230 does not divide into the 16x16-pixel tokens of '
+       'ViT-B/16: the last 6 pixels of each side would be dropped; use a '
+       'multiple of 16 (e.g. 224 or 240).'),
+      (get_spec('R50+ViT-B/16'), 390, 'image_size',
+       'image_size=390 does not divide into the 16x16-pixel tokens of '
+       'R50+ViT-B/16: the stem would pad the last 6 pixels of each side; use '
+       'a multiple of 16 (e.g. 384 or 400).'),
+      (get_spec('ViT-L/32'), 24, 'image_size',
+       'image_size=24 does not divide into the 32x32-pixel tokens of '
+       'ViT-L/32: it is smaller than one token; use a multiple of 32 '
+       '(e.g. 32).'),
+      (4, (16, 18), 'image_size',
+       'image_size=16x18 does not divide into the 4x4-pixel tokens of the '
+       'model: the last 2 pixels of the width would be dropped; use a '
+       'multiple of 4 (e.g. 16 or 20).'),
+  ]
+  for model, size, name, message in cases:
+    with pytest.raises(ValueError) as e:
+      models.check_image_size(model, size, name=name)
+    assert str(e.value) == message
+  # A spec with overrides (models.build) is named as `describe` names it.
+  _, spec = models.build({'name': 'ViT-Ti/16', 'patch_size': 4,
+                          'hidden_size': 64}, 10)
+  with pytest.raises(ValueError, match=r'^image_size=18 does not divide into '
+                     r'the 4x4-pixel tokens of custom ViT \(width 64, patch 4;'
+                     r' from ViT-Ti/16\): the last 2 pixels'):
+    models.check_image_size(spec, 18)

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vit_jax import pretrained
+from vit_jax import models, pretrained
 
 IMAGENET_LABELS = 'imagenet1k_labels.txt'
 
@@ -101,6 +101,8 @@ def build(model_name: Optional[str], checkpoint_path: str,
   """(model, params, image_size, class names or None) of a checkpoint."""
   model, params, info = pretrained.load(checkpoint_path, model_name,
                                         image_size, scan_layers=True)
+  models.check_image_size(model, info.image_size, name='--image_size',
+                          label=info.label)
   if info.image_size != info.checkpoint_image_size:
     print(f'classifying at {info.image_size} px (given; the checkpoint is for '
           f'{info.checkpoint_image_size} px: its position embeddings are '

@@ -214,6 +214,7 @@ def describe(path: str, tree: Optional[dict] = None,
   """
   if tree is None:
     tree, run_config = read(path)
+  models.check_requested_model(model, (run_config or {}).get('model'), path)
   section = dict((run_config or {}).get('model') or {})
   if isinstance(model, str):
     model = {'name': model} if model else {}

@@ -235,7 +235,9 @@ def _token_pixels(model: Any) -> tuple[tuple[int, int], str, bool]:
   if isinstance(model, ModelSpec):
     ph, pw = model.patch_size
     stem = model.stride // ph if model.stride else 1
-    return (ph * stem, pw * stem), model.name, model.resnet is not None
+    label = describe(model.name, {f: getattr(model, f)
+                                  for f, _ in _ARCH_FIELDS})
+    return (ph * stem, pw * stem), label, model.resnet is not None
   if isinstance(model, VisionTransformer):
     return pixels_per_token(model), 'the model', model.resnet is not None
   if isinstance(model, int):

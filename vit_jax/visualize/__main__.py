@@ -64,7 +64,24 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   return args
 
 
+def check_out(out: str) -> None:
+  """--out is, or can become, a directory this process writes: one line if
+  not (before anything is computed; nothing is created here)."""
+  if '://' in out:
+    return
+  path = os.path.abspath(out)
+  while not os.path.exists(path):  # The deepest part that exists.
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise ValueError(f'--out {out}: {path} is a file, not a directory; '
+                     f'choose another --out.')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f'--out {out}: {path} cannot be written (permission '
+                     f'denied); choose another --out.')
+
+
 def run(args: argparse.Namespace) -> dict:
+  check_out(args.out)
   images = getattr(args, 'images', [])
   if images:  # a bad image fails before a model is loaded
     commands.read_images(images, 8)
@@ -86,6 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     numbers = run(args)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
+    return 2
+  except OSError as e:  # Writing the pictures (a full disk, ...).
+    print(f'error: cannot write {e.filename or args.out}: {e.strerror}; '
+          f'choose another --out.', file=sys.stderr)
     return 2
   if args.command == 'distance':
     print(commands.distance_table(numbers))

@@ -100,6 +100,8 @@ def _from_workdir(path: str, model_name: Optional[str]):
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f'{path} has no config.json: it is not the workdir '
                             f'of a vit_jax run; pass such a directory or an .npz.')
+  models.check_requested_model(model_name, (pretrained.run_config(run_dir)
+                                            or {}).get('model'), run_dir)
   tree, run = pretrained.read(path)
   model_config = dict(run.get('model') or {})
   name = model_name or model_config.get('name')
