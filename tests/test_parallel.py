@@ -4,7 +4,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vit_jax import parallel
-from vit_jax.parallel import default_sharding_rules
+from vit_jax.sharding_rules import default_sharding_rules
 
 
 def test_mesh_shape_resolves_the_rest():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models, optim, parallel, rules
+from vit_jax import models, optim, parallel, rules, sharding_rules
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +92,7 @@ def test_default_rules_match_scanned_and_per_layer_models_alike():
     tree = jax.eval_shape(lambda m=model: m.init(
         jax.random.key(0), jnp.zeros((1, 8, 8, 3))))['params']
     specs = {n: tuple(s.spec) for n, s in rules.named_leaves(
-        parallel.tree_shardings(tree, mesh, parallel.default_sharding_rules()))}
+        parallel.tree_shardings(tree, mesh, sharding_rules.default_sharding_rules()))}
     mlp = [s for n, s in specs.items() if n.endswith('MlpBlock_3/Dense_0/kernel')]
     assert mlp and all(s[-1] == 'model' for s in mlp), specs
     np.testing.assert_equal(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vit_jax import budget, models, optim, parallel, train_step
-from vit_jax.parallel import default_sharding_rules
+from vit_jax.sharding_rules import default_sharding_rules
 
 SHAPE = (16, 16, 3)
 TINY = dict(patch_size=(4, 4), hidden_size=32, num_layers=2, mlp_dim=64,

@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from vit_jax import assembly, budget, models, parallel
+from vit_jax import assembly, budget, models, parallel, sharding_rules
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,7 +108,7 @@ def config_of(args: argparse.Namespace) -> dict:
       'optim': {'name': 'adam', 'weight_decay': 0.1, 'grad_clip_norm': 1.0,
                 'mu_dtype': args.mu_dtype,
                 'weight_decay_exclude': ('.*/bias', '.*/scale')},
-      'sharding': {'rules': parallel.default_sharding_rules(),
+      'sharding': {'rules': sharding_rules.default_sharding_rules(),
                    'fsdp_min_size': 2**16},
       'seed': 0,
   }

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from vit_jax.parallel import default_sharding_rules
+from vit_jax.sharding_rules import default_sharding_rules  # jax-free
 
 placeholder = config_dict.placeholder
 

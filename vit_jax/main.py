@@ -64,6 +64,7 @@ def main(argv) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import parallel, train, transfer  # pylint: disable=g-import-not-at-top
   from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
+  train_checkpoint.install_run_hooks()  # A failed save: one line, exit 74.
   try:
     cli.start_distributed()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # train handles it now.

@@ -479,25 +479,6 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]],
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def default_sharding_rules() -> tuple:
-  """Tensor parallelism over `model` for attention heads and the MLP, FSDP
-  for the rest of every large array. With model=1 and fsdp=1 (the default
-  mesh) every rule reduces to replication: plain data parallelism."""
-  block = r'Transformer/encoderblock(_\d+)?(/block)?'
-  attn = block + '/MultiHeadDotProductAttention_1'
-  mlp = block + '/MlpBlock_3'
-  # Scanned blocks carry a leading layer axis, which the rules leave alone.
-  return (
-      (attn + r'/(query|key|value)/kernel', (None, 'model', None, '+fsdp')),
-      (attn + r'/(query|key|value)/bias', ('model', None)),
-      (attn + r'/out/kernel', ('model', None, None, '+fsdp')),
-      (mlp + r'/Dense_0/kernel', (None, 'model', '+fsdp')),
-      (mlp + r'/Dense_0/bias', ('model',)),
-      (mlp + r'/Dense_1/kernel', ('model', None, '+fsdp')),
-      ('.*', 'fsdp'),
-  )
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension over (data, fsdp); the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES))

@@ -11,7 +11,10 @@ A restore recomputes them and checks that every float is finite; a step that
 cannot be read or fails this check is damaged: it is moved aside (renamed
 into WORKDIR/checkpoints_aside/, never deleted) and the next older step is
 tried. Rolling back to a chosen step moves the later ones aside the same way.
-A save that fails raises `SaveError` (one line: the path and the OS error).
+A save that fails raises `SaveError` (one line: the path and the OS error);
+a command that trains calls `install_run_hooks()` first, which keeps the
+save threads' tracebacks of that error off the console (importing this
+module installs nothing).
 """
 
 from __future__ import annotations
@@ -79,11 +82,11 @@ def _errno_of(e: BaseException) -> tuple[Optional[int], Optional[str]]:
   return (int(code[1]), None) if code else (None, None)
 
 
-class _QuietSaveErrors(logging.Filter):
-  """Drops orbax's and asyncio's tracebacks of OS errors in save threads.
+class _SaveErrorLog(logging.Filter):
+  """Remembers the OS error (errno, file) of the last exception logged.
 
-  `SaveError` reports them in one line; a full disk otherwise prints
-  hundreds of lines from every thread that hit it.
+  orbax logs and skips a failed background save; `SaveError` names the
+  error from here. A checkpointer installs it while open (`_LOGGERS`).
   """
 
   last: tuple[Optional[int], Optional[str]] = (None, None)
@@ -91,7 +94,22 @@ class _QuietSaveErrors(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     if exc is not None and _errno_of(exc)[0] is not None:
-      self.last = _errno_of(exc)  # orbax may swallow it: SaveError reports it.
+      self.last = _errno_of(exc)
+    return True
+
+
+class _QuietSaveErrors(logging.Filter):
+  """Drops orbax's and asyncio's tracebacks of OS errors in save threads.
+
+  `SaveError` reports them in one line; a full disk otherwise prints
+  hundreds of lines from every thread that hit it. Installed by
+  `install_run_hooks`, for a command that runs training.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    _SAVE_ERRORS.filter(record)  # Before the record is dropped.
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and _errno_of(exc)[0] is not None:
       return False
     if exc is not None and 'No space left' in str(exc):
       return False  # e.g. TensorBoard's writer on the same full disk.
@@ -103,9 +121,19 @@ class _QuietSaveErrors(logging.Filter):
             record.args if isinstance(record.args, tuple) else ()))))
 
 
+#: Where orbax (through absl), asyncio and clu log a failed save's errors.
+_LOGGERS = ('absl', 'asyncio', 'clu')
+_SAVE_ERRORS = _SaveErrorLog()
 _QUIET = _QuietSaveErrors()
-for _name in ('absl', 'asyncio', 'clu'):
-  logging.getLogger(_name).addFilter(_QUIET)
+
+
+def _log_save_errors() -> Callable[[], None]:
+  """Installs `_SAVE_ERRORS` where it is missing; returns what removes it."""
+  added = [logger for logger in map(logging.getLogger, _LOGGERS)
+           if _SAVE_ERRORS not in logger.filters]
+  for logger in added:
+    logger.addFilter(_SAVE_ERRORS)
+  return lambda: [logger.removeFilter(_SAVE_ERRORS) for logger in added]
 
 
 class _ExpectedReadOnlyWarning(logging.Filter):
@@ -130,7 +158,7 @@ class _ExpectedReadOnlyWarning(logging.Filter):
       logger.removeFilter(quiet)
 
 
-def _quiet_thread_errors(args, _default=threading.excepthook) -> None:
+def _quiet_thread_errors(args) -> None:
   """Save threads that die of the failed save (a full disk, then the closed
   event loop they report to) stay off the console: SaveError says it once."""
   exc = args.exc_value
@@ -138,20 +166,41 @@ def _quiet_thread_errors(args, _default=threading.excepthook) -> None:
                           'Event loop is closed' in str(exc) or
                           'No space left' in str(exc)):
     return
-  _default(args)
+  _previous_hooks['thread'](args)
 
 
-def _quiet_unraisable(args, _default=sys.unraisablehook) -> None:
+def _quiet_unraisable(args) -> None:
   """The same for errors raised in callbacks that nothing can catch."""
   exc = args.exc_value
   if exc is not None and ('Event loop is closed' in str(exc) or
                           _errno_of(exc)[0] is not None):
     return
-  _default(args)
+  _previous_hooks['unraisable'](args)
 
 
-threading.excepthook = _quiet_thread_errors
-sys.unraisablehook = _quiet_unraisable
+_previous_hooks: dict[str, Callable[[Any], None]] = {}
+
+
+def install_run_hooks() -> None:
+  """What a command that trains installs before it runs (idempotent).
+
+  A failed save (a full disk) ends the run with one line (`SaveError`,
+  exit 74); without these, orbax's threads, asyncio and clu print hundreds
+  of lines of tracebacks of the same error. Installs: a filter on the
+  absl, asyncio and clu loggers that drops those tracebacks (and records
+  the error for SaveError), and `threading.excepthook` and
+  `sys.unraisablehook` wrappers that drop them and pass anything else to
+  the hooks they replace. Not done on import: a library user's hooks and
+  log output are theirs.
+  """
+  for logger in map(logging.getLogger, _LOGGERS):
+    logger.addFilter(_QUIET)
+  if threading.excepthook is not _quiet_thread_errors:
+    _previous_hooks['thread'] = threading.excepthook
+    threading.excepthook = _quiet_thread_errors
+  if sys.unraisablehook is not _quiet_unraisable:
+    _previous_hooks['unraisable'] = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable
 
 
 def _host_array(x: Any) -> Optional[np.ndarray]:
@@ -253,6 +302,7 @@ class TrainCheckpointer:
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_handlers=_handlers())
+    self._stop_logging_save_errors = _log_save_errors()
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -289,7 +339,7 @@ class TrainCheckpointer:
     step, self._saving = self._saving, None
     if step is None or epath.Path(self.directory, str(step)).exists():
       return
-    code, filename = _QUIET.last
+    code, filename = _SAVE_ERRORS.last
     if code is None:
       raise SaveError(f'saving checkpoint step {step} to {self.directory} '
                       f'failed (see the log above); fix the storage, then '
@@ -297,8 +347,11 @@ class TrainCheckpointer:
     raise self._save_error(step, code, filename)
 
   def close(self) -> None:
-    self.wait()
-    self._manager.close()
+    try:
+      self.wait()
+      self._manager.close()
+    finally:
+      self._stop_logging_save_errors()
 
   def _guard(self, step: Optional[int], fn: Callable[[], Any]) -> Any:
     try:

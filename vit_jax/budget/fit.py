@@ -38,7 +38,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from vit_jax import assembly, models, parallel, train_step
+from vit_jax import assembly, models, parallel, sharding_rules, train_step
 from vit_jax.budget import activations as activations_lib
 from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import flops as flops_lib
@@ -75,7 +75,7 @@ class StepSpec:
   label_smoothing: float = 0.0
   accum_steps: int = 1
   rules: Sequence[Any] = dataclasses.field(
-      default_factory=parallel.default_sharding_rules)
+      default_factory=sharding_rules.default_sharding_rules)
   fsdp_min_size: int = 2**16
   ema: bool = False
 

@@ -37,9 +37,12 @@ def main(argv) -> None:
   # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluate import run  # pylint: disable=g-import-not-at-top
+  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   from vit_jax.transfer import vtab_checkpoint  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   vtab_mode = config.get('vtab') and config.vtab.mode
+  if vtab_mode:  # It trains a run per task (main.py installs the same).
+    train_checkpoint.install_run_hooks()
   try:
     cli.start_distributed()
     results = None
