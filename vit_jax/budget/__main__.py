@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser(
       'fit', help='per-device memory and collectives of the sharded step on '
-      'a slice, compiled on simulated CPU devices; the layouts that fit, '
+      'a slice, compiled by XLA:TPU for a TPU slice (with libtpu) beside the '
+      'analytic count, or on simulated CPU devices; the layouts that fit, '
       'fastest first')
   p.add_argument('--model', help='e.g. ViT-H/14 (default: the config\'s)')
   p.add_argument('--batch-size', type=int, help='global batch (default: '
@@ -84,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
                  help='compute-only MFU for the predicted step time '
                  '(default 0.5)')
   _fit_options(p, plan=False)
+  p.add_argument('--compiler', choices=('auto', 'tpu', 'cpu'), default='auto',
+                 help='whose figures decide: tpu compiles the step with '
+                 'XLA:TPU (libtpu, no TPU needed) for the slice: its memory '
+                 'analysis, collectives and cost model, beside the analytic '
+                 'count; cpu counts memory analytically and compiles on '
+                 'simulated CPU devices for the collectives; auto: tpu for a '
+                 'TPU slice when libtpu is installed')
+  p.add_argument('--scan-layers', '--scan_layers', dest='scan_layers',
+                 action=argparse.BooleanOptionalAction, default=None,
+                 help='compile the full depth once with scanned layers '
+                 '(default for XLA:TPU: compile time independent of depth); '
+                 '--no-scan-layers compiles unrolled layers at the two '
+                 '--layers depths and extrapolates (default for cpu)')
   p.add_argument('--table', action='store_true',
                  help='print markdown table rows')
   p.add_argument('--json', action='store_true', help='print JSON')
@@ -161,6 +175,8 @@ def _fits(args, mfu: float):
   """Runs the fit search of `fit` and `plan --fit`; returns ranked Fits."""
   from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
   _, _, devices = fit_lib.slice_of(args.hardware, args.chips)
+  # Before anything asks jax for its backend (models.build does).
+  fit_lib.use_simulated_devices(devices)
   if args.config:
     config = _load_config(args.config)
   else:
@@ -191,7 +207,6 @@ def _fits(args, mfu: float):
   except ValueError:
     raise ValueError(f'--layers {args.layers!r} is not two depths such as '
                      f'1,2.') from None
-  fit_lib.use_simulated_devices(devices)
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   parallel.configure_cpu()
   meshes = [_mesh_arg(m) for m in args.mesh] if args.mesh else None
@@ -203,6 +218,8 @@ def _fits(args, mfu: float):
       spec, args.hardware, chips=args.chips, mfu=mfu, overlap=args.overlap,
       margin=args.margin, layers=layers, remats=remats, meshes=meshes,
       compile='always' if one else 'if_fits',
+      compiler=getattr(args, 'compiler', 'cpu'),
+      scan_layers=getattr(args, 'scan_layers', None),
       log=lambda m: print(m, file=sys.stderr, flush=True))
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -43,6 +44,7 @@ from vit_jax.budget import activations as activations_lib
 from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
+from vit_jax.budget import tpu as tpu_lib
 
 #: Model FLOPs executed per useful FLOP under each remat policy: 'full'
 #: recomputes the forward pass in the backward (3 -> 4 passes); 'dots' and
@@ -56,6 +58,15 @@ DEFAULT_MFU = 0.5        # compute-only MFU (the project's B/16 target).
 DEFAULT_OVERLAP = 0.0    # communication assumed not hidden behind compute.
 DEFAULT_LAYERS = (1, 2)
 COMPILE_CHOICES = ('always', 'if_fits', 'never')
+#: Which compiler's figures `fit` reports: 'tpu' (XLA:TPU from libtpu, for a
+#: TPU slice: its memory analysis decides, its cost model times the step),
+#: 'cpu' (the analytic count decides; collectives from XLA:CPU on simulated
+#: devices), 'auto' ('tpu' for a TPU slice when libtpu is importable).
+COMPILERS = ('auto', 'tpu', 'cpu')
+_OUT_OF_MEMORY = re.compile(r'RESOURCE_EXHAUSTED|Ran out of memory')
+_NEEDED = re.compile(r'required for .*?\(([\d.]+)([KMGT])\)\s*exceeds '
+                     r'available HBM \(([\d.]+)([KMGT])\)')
+_UNIT = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 #: The CPU backend's LLVM optimisation does not change buffer sizes or the
 #: collectives, only compile time (halved); the test suite checks that.
 FAST_COMPILE = {'xla_backend_optimization_level': 0,
@@ -246,6 +257,109 @@ def measure(spec: StepSpec, mesh_sizes: Mapping[str, int], num_devices: int,
   }
 
 
+def tpu_slice_name(hardware: str, chips: Optional[int] = None
+                   ) -> Optional[str]:
+  """The Cloud TPU slice name of `hardware` ('v3-8', or 'v3' with 4 chips
+  -> 'v3-8'), None for hardware that is not a TPU."""
+  hw, slice_chips = hardware_lib.parse_hardware(hardware)
+  if hw.key not in ('v2', 'v3', 'v4', 'v5p', 'v5e', 'v6e'):
+    return None
+  if slice_chips and (chips is None or chips == slice_chips):
+    return hardware.strip().lower()
+  chips = chips or slice_chips
+  if not chips:
+    return None
+  # Cloud TPU counts TensorCores on v2-v5p and chips on v5e and v6e.
+  count = chips * (hw.cores_per_chip if hw.key in ('v2', 'v3', 'v4', 'v5p')
+                   else 1)
+  return f'{hw.key}-{count}'
+
+
+def choose_compiler(hardware: str, chips: Optional[int] = None,
+                    compiler: str = 'auto') -> str:
+  """'tpu' or 'cpu': which compiler's figures a fit reports (`COMPILERS`).
+  'tpu' asked for hardware that is not a TPU slice, or without libtpu, is a
+  one-line ValueError; 'auto' falls back to 'cpu' quietly."""
+  if compiler not in COMPILERS:
+    raise ValueError(f'compiler must be one of {COMPILERS}, got '
+                     f'{compiler!r}.')
+  if compiler == 'cpu':
+    return 'cpu'
+  name = tpu_slice_name(hardware, chips)
+  if compiler == 'tpu':
+    if name is None:
+      raise ValueError(f'the TPU compiler compiles for TPU slices; '
+                       f'{hardware!r} is not one (use --compiler cpu).')
+    tpu_lib.require_libtpu()
+    return 'tpu'
+  return 'tpu' if name and tpu_lib.libtpu_available() else 'cpu'
+
+
+def measure_tpu(spec: StepSpec, mesh_sizes: Mapping[str, int],
+                slice_name: str, remat: str = 'none',
+                num_layers: Optional[int] = None,
+                scan_layers: bool = True) -> dict:
+  """XLA:TPU's per-device memory, cost and collectives of the step compiled
+  for the slice (libtpu, no TPU; `budget.tpu`). A step the compiler cannot
+  fit into HBM is not an error: {'oom': True, 'temp_needed': bytes the
+  temporaries need, 'hbm_available': what the compiler could use, ...}."""
+  devices = tpu_lib.slice_devices(slice_name)
+  mesh = parallel.make_mesh(dict(mesh_sizes), devices)
+  config = step_config(spec, remat, num_layers)
+  config['model']['scan_layers'] = bool(scan_layers)
+  asm = assembly.assemble(config, mesh, spec.num_classes, backend='tpu')
+  t0 = time.perf_counter()
+  try:
+    compiled = asm.compile()
+  except Exception as e:  # pylint: disable=broad-except  (XLA's errors)
+    text = str(e).strip()
+    if not _OUT_OF_MEMORY.search(text):
+      first = text.splitlines()[0] if text else repr(e)
+      raise ValueError(f'XLA:TPU could not compile the step for '
+                       f'{slice_name}: {first}') from None
+    found = _NEEDED.search(text)
+    return {
+        'oom': True, 'compile_s': time.perf_counter() - t0,
+        'temp_needed': (float(found[1]) * _UNIT[found[2]] if found
+                        else None),
+        'hbm_available': (float(found[3]) * _UNIT[found[4]] if found
+                          else None),
+        'message': next((l.strip() for l in text.splitlines()
+                         if _OUT_OF_MEMORY.search(l)), text[:300])}
+  seconds = time.perf_counter() - t0
+  step = tpu_lib.analyze(compiled, len(devices))
+  return {
+      'oom': False,
+      'argument': float(step.argument_bytes),
+      'output': float(step.output_bytes),
+      'alias': float(step.alias_bytes),
+      'temp': float(step.temp_bytes),
+      'logical_argument': float(step.logical_argument_bytes or 0),
+      'flops': float(step.flops or 0),
+      'optimal_seconds': (None if step.optimal_seconds is None
+                          else float(step.optimal_seconds)),
+      'collective_bytes': dict(step.collective_bytes),
+      'collective_count': dict(step.collectives.count),
+      'compile_s': seconds,
+  }
+
+
+def _extrapolate_tpu(a: dict, b: dict, la: int, lb: int, full: int) -> dict:
+  """`_extrapolate` of two XLA:TPU measurements; a miss at either depth is
+  a miss at the full depth (the deeper step needs at least as much)."""
+  if a['oom'] or b['oom']:
+    return dict(b if b['oom'] else a)
+  out = _extrapolate({k: v for k, v in a.items()
+                      if k not in ('oom', 'optimal_seconds')},
+                     {k: v for k, v in b.items()
+                      if k not in ('oom', 'optimal_seconds')}, la, lb, full)
+  ta, tb = a['optimal_seconds'], b['optimal_seconds']
+  out['optimal_seconds'] = (None if ta is None or tb is None else
+                            ta + (tb - ta) * (full - la) / (lb - la))
+  out['oom'] = False
+  return out
+
+
 def _total(m: Mapping[str, Any]) -> float:
   """Peak bytes of one device: inputs, outputs not aliased to inputs, temps."""
   return m['argument'] + m['output'] - m['alias'] + m['temp']
@@ -332,6 +446,16 @@ class Fit:
   activations (saved residuals + one block's working set). The collectives
   and `xla_cpu_bytes` (XLA:CPU's own memory analysis of the compiled step,
   for reference) are None when the layout was not compiled.
+
+  With `compiler='tpu'` the step was compiled by XLA:TPU for the slice:
+  `tpu` holds the compiler's per-device figures (argument, output, alias,
+  temp, peak bytes, flops, optimal_seconds; or oom=True with temp_needed
+  and hbm_available when it could not fit the step), the verdict `fits` is
+  the compiler's peak against the chip's HBM per device, the collectives
+  are the TPU program's, and `tpu_step_s` is the compiler's step time (its
+  cost model, never below the FLOP bound `flop_bound_s`; `tpu_time_source`
+  says which). The analytic count (`total_bytes`, `analytic_fits`) and the
+  stated-MFU time (`step_s`) stay beside it.
   """
   model: str
   hardware: str
@@ -362,12 +486,57 @@ class Fit:
   flops_per_step: float
   compile_s: float
   layers_compiled: tuple
+  compiler: str = 'cpu'
+  tpu: Optional[dict] = None
+  flop_bound_s: Optional[float] = None
+  tpu_step_s: Optional[float] = None
+  tpu_time_source: Optional[str] = None
+  scan_layers: bool = False
 
   @property
-  def fits(self) -> Optional[bool]:
+  def analytic_fits(self) -> Optional[bool]:
+    """The analytic count against the usable HBM (`margin` kept free)."""
     if self.hbm_bytes is None:
       return None
     return self.total_bytes <= (1 - self.margin) * self.hbm_bytes
+
+  @property
+  def tpu_peak_bytes(self) -> Optional[float]:
+    """XLA:TPU's peak per device: arguments + outputs - aliases + temps."""
+    if not self.tpu or self.tpu.get('oom'):
+      return None
+    return _total(self.tpu)
+
+  @property
+  def fits(self) -> Optional[bool]:
+    """XLA:TPU's verdict when the step was compiled for the TPU (the
+    compiler's peak within the HBM per device; a step it could not fit
+    does not), else the analytic count's."""
+    if self.tpu:
+      if self.tpu.get('oom'):
+        return False
+      if self.hbm_bytes is None:
+        return None
+      return self.tpu_peak_bytes <= self.hbm_bytes
+    return self.analytic_fits
+
+  @property
+  def tpu_mfu(self) -> Optional[float]:
+    """Model FLOPs / (devices x peak x XLA:TPU's step time)."""
+    if self.tpu_step_s is None or not self.flop_bound_s:
+      return None
+    return self.flop_bound_s / RECOMPUTE[self.remat] / self.tpu_step_s
+
+  @property
+  def depth_text(self) -> str:
+    """How the model's depth was compiled, for the report."""
+    if not self.layers_compiled:
+      return 'not compiled'
+    if len(self.layers_compiled) == 1:
+      return (f'full depth ({self.layers_compiled[0]} blocks)' +
+              (', scanned layers' if self.scan_layers else ''))
+    a, b = self.layers_compiled
+    return f'{a} and {b} blocks, extrapolated to the model\'s depth'
 
   @property
   def miss_bytes(self) -> float:
@@ -399,6 +568,8 @@ class Fit:
 
   def to_dict(self) -> dict:
     return dict(dataclasses.asdict(self), fits=self.fits,
+                analytic_fits=self.analytic_fits,
+                tpu_peak_bytes=self.tpu_peak_bytes,
                 miss_bytes=self.miss_bytes, mesh_name=self.mesh_name,
                 collective_total=self.collective_total,
                 activation_bytes=self.activation_bytes)
@@ -426,16 +597,27 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
             mfu: float = DEFAULT_MFU, overlap: float = DEFAULT_OVERLAP,
             margin: float = DEFAULT_MARGIN,
             layers: Sequence[int] = DEFAULT_LAYERS,
-            compile: str = 'always') -> Fit:
+            compile: str = 'always', compiler: str = 'cpu',
+            scan_layers: Optional[bool] = None) -> Fit:
   """Memory of one layout (counted: `state_bytes`, `activation_bytes`)
   and its collectives: the step compiled at two depths and extrapolated to
   the model's depth. `compile`: 'always', 'if_fits' (the collectives of a
-  layout that does not fit are left out) or 'never'."""
+  layout that does not fit are left out) or 'never'.
+
+  `compiler` (`COMPILERS`): with 'tpu' (or 'auto' on a TPU slice with
+  libtpu) the step is compiled by XLA:TPU for the slice, whatever
+  `compile` says but 'never' (the compile is the verdict; a step that does
+  not fit fails fast): memory, collectives and the step time are the
+  compiler's, beside the count. `scan_layers` (default: True for XLA:TPU,
+  the config's otherwise) compiles the model's full depth once as a scanned
+  loop (compile time independent of depth); unscanned, two depths are
+  compiled and extrapolated."""
   if compile not in COMPILE_CHOICES:
     raise ValueError(f'compile must be one of {COMPILE_CHOICES}, got '
                      f'{compile!r}.')
   hw, _, n = slice_of(hardware, chips)
   _check_fractions(mfu, overlap, margin)
+  which = choose_compiler(hardware, chips, compiler)
   if remat not in RECOMPUTE:
     raise ValueError(f'unknown remat policy {remat!r}; choose one of '
                      f'{sorted(RECOMPUTE)}.')
@@ -456,10 +638,27 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
   grads_bytes = state['params'] * (2 if spec.accum_steps > 1 else 1)
   total = sum(state.values()) + grads_bytes + batch_bytes + acts.total
 
-  collective_bytes = collective_count = xla_cpu = None
+  collective_bytes = collective_count = xla_cpu = tpu_figures = None
   compile_s, used = 0.0, ()
   usable = (1 - margin) * (hw.hbm_bytes_per_device or math.inf)
-  if compile == 'always' or (compile == 'if_fits' and total <= usable):
+  scan = (bool(spec.model_options.get('scan_layers')) if scan_layers is None
+          and which == 'cpu' else scan_layers is not False)
+  if which == 'tpu' and compile != 'never':
+    name = tpu_slice_name(hardware, chips)
+    if scan or lb >= full:
+      measured = measure_tpu(spec, sizes, name, remat, full, scan)
+      compile_s, used = measured.pop('compile_s'), (full,)
+    else:
+      a = measure_tpu(spec, sizes, name, remat, la, False)
+      b = measure_tpu(spec, sizes, name, remat, lb, False)
+      compile_s = a.pop('compile_s') + b.pop('compile_s')
+      measured, used = _extrapolate_tpu(a, b, la, lb, full), (la, lb)
+    tpu_figures = measured
+    if not measured['oom']:
+      collective_bytes = measured.pop('collective_bytes')
+      collective_count = {k: int(round(v)) for k, v in
+                          measured.pop('collective_count').items()}
+  elif compile == 'always' or (compile == 'if_fits' and total <= usable):
     if lb >= full:
       measured = measure(spec, sizes, n, remat, full)
       compile_s, used = measured.pop('compile_s'), (full,)
@@ -479,6 +678,14 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
   flops_per_step = flops_per_image * spec.batch_size
   compute_s = (flops_per_step / n * RECOMPUTE[remat] /
                (hw.peak_flops_per_device * mfu))
+  flop_bound_s = flops_per_step / n * RECOMPUTE[remat] / hw.peak_flops_per_device
+  tpu_step_s = tpu_source = None
+  if tpu_figures and not tpu_figures['oom']:
+    estimate = tpu_figures.get('optimal_seconds')
+    if estimate is not None and estimate >= flop_bound_s:
+      tpu_step_s, tpu_source = estimate, 'compiler'
+    else:
+      tpu_step_s, tpu_source = flop_bound_s, 'flop bound'
   bandwidth = hw.interconnect_bytes_per_s_per_device
   comm_s = step_s = predicted = None
   if bandwidth and collective_bytes is not None:
@@ -498,7 +705,9 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
       xla_cpu_bytes=xla_cpu, compute_s=compute_s, comm_s=comm_s,
       step_s=step_s, mfu=mfu, overlap=overlap, predicted_mfu=predicted,
       flops_per_step=flops_per_step, compile_s=compile_s,
-      layers_compiled=used)
+      layers_compiled=used, compiler=which if used else 'cpu',
+      tpu=tpu_figures, flop_bound_s=flop_bound_s, tpu_step_s=tpu_step_s,
+      tpu_time_source=tpu_source, scan_layers=bool(scan and used))
 
 
 def _check_fractions(mfu: float, overlap: float, margin: float) -> None:
@@ -543,13 +752,16 @@ def search(spec: StepSpec, hardware: str, *, chips: Optional[int] = None,
            margin: float = DEFAULT_MARGIN, layers=DEFAULT_LAYERS,
            remats: Sequence[str] = REMAT_ORDER,
            meshes: Optional[Sequence[Mapping[str, int]]] = None,
-           compile: str = 'if_fits', log=None) -> list[Fit]:
+           compile: str = 'if_fits', compiler: str = 'cpu',
+           scan_layers: Optional[bool] = None, log=None) -> list[Fit]:
   """Tries the meshes (cheapest remat first, the next one only when it does
   not fit); returns every Fit, the fitting ones first by predicted step
-  time, then the rest by memory. `compile` as in `fit_one` (by default
-  only layouts that fit are compiled)."""
+  time, then the rest by memory. `compile`, `compiler` and `scan_layers`
+  as in `fit_one` (by default only layouts that fit are compiled; XLA:TPU
+  compiles every layout tried, its compile being the verdict)."""
   hw, _, n = slice_of(hardware, chips)
   _check_fractions(mfu, overlap, margin)
+  compiler = choose_compiler(hardware, chips, compiler)
   meshes = list(meshes) if meshes else candidate_meshes(spec, n)
   if not meshes:
     raise ValueError(f'no mesh of {n} devices divides batch '
@@ -568,10 +780,12 @@ def search(spec: StepSpec, hardware: str, *, chips: Optional[int] = None,
         break
       fit = fit_one(spec, hardware, sizes, chips=chips, remat=remat, mfu=mfu,
                     overlap=overlap, margin=margin, layers=layers,
-                    compile=compile)
+                    compile=compile, compiler=compiler,
+                    scan_layers=scan_layers)
       if log:
         log(f'{fit.mesh_name:28s} remat={remat:5s} '
             f'{fit.total_bytes / 2**30:7.2f} GiB  fits={fit.fits}'
+            + (_tpu_log(fit) if fit.tpu else '')
             + (f'  compile {fit.compile_s:.1f}s' if fit.layers_compiled
                else ''))
       results.append(fit)
@@ -580,8 +794,16 @@ def search(spec: StepSpec, hardware: str, *, chips: Optional[int] = None,
   if results and not any(f.fits is not False for f in results):
     results += _accumulate(spec, hardware, results, chips=chips, mfu=mfu,
                            overlap=overlap, margin=margin, layers=layers,
-                           compile=compile, log=log)
+                           compile=compile, compiler=compiler,
+                           scan_layers=scan_layers, log=log)
   return rank(results)
+
+
+def _tpu_log(fit: Fit) -> str:
+  if fit.tpu.get('oom'):
+    return '  XLA:TPU: out of HBM'
+  return f'  XLA:TPU {fit.tpu_peak_bytes / 2**30:.2f} GiB'
+
 
 
 def _accumulate(spec: StepSpec, hardware: str, tried: Sequence[Fit], *,
@@ -602,7 +824,8 @@ def _accumulate(spec: StepSpec, hardware: str, tried: Sequence[Fit], *,
                       fit.mesh, remat=fit.remat, **kwargs)
       if log:
         log(f'{trial.mesh_name:28s} remat={trial.remat:5s} accum={k:<4d} '
-            f'{trial.total_bytes / 2**30:7.2f} GiB  fits={trial.fits}')
+            f'{trial.total_bytes / 2**30:7.2f} GiB  fits={trial.fits}'
+            + (_tpu_log(trial) if trial.tpu else ''))
       if trial.fits is not False:
         out.append(trial)
         break
@@ -614,6 +837,8 @@ def rank(fits: Sequence[Fit]) -> list[Fit]:
   """Fitting layouts by predicted step time, then the others by memory."""
   def key(f: Fit):
     if f.fits is not False:
+      if f.tpu_step_s is not None:
+        return (0, f.tpu_step_s, f.tpu_peak_bytes)
       return (0, f.step_s if f.step_s is not None else f.compute_s,
               f.total_bytes)
     return (1, f.total_bytes, 0.0)
@@ -632,8 +857,58 @@ def _collectives_text(fit: Fit) -> str:
             (' (the layout does not fit)' if fit.fits is False else ''))
   coll = ', '.join(f'{k} {v / 2**20:,.1f} MiB ({fit.collective_count[k]})'
                    for k, v in fit.collective_bytes.items() if v) or 'none'
-  return (f'  collectives per device per step: {fit.collective_total / GiB:.3f}'
-          f' GiB sent ({coll})')
+  source = ' (XLA:TPU)' if fit.compiler == 'tpu' else ''
+  return (f'  collectives per device per step{source}: '
+          f'{fit.collective_total / GiB:.3f} GiB sent ({coll})')
+
+
+def _ms(seconds: float) -> str:
+  """Milliseconds, one decimal below 10 ms."""
+  ms = seconds * 1e3
+  return f'{ms:,.1f}' if ms < 10 else f'{ms:,.0f}'
+
+
+def _tpu_verdict(fit: Fit) -> str:
+  t, hbm = fit.tpu, fit.hbm_bytes
+  if t.get('oom'):
+    need = (f': its temporaries need {t["temp_needed"] / GiB:.2f} GiB, '
+            f'{t["hbm_available"] / GiB:.2f} GiB of HBM is available'
+            if t.get('temp_needed') else f' ({t.get("message", "")})')
+    return f'does NOT fit per XLA:TPU, which ran out of HBM{need}'
+  peak = fit.tpu_peak_bytes
+  if hbm is None:
+    return f'XLA:TPU needs {peak / GiB:.2f} GiB per device (HBM unknown)'
+  if fit.fits:
+    return (f'fits per XLA:TPU ({peak / GiB:.2f} of {hbm / GiB:.2f} GiB HBM '
+            f'per device)')
+  return (f'does NOT fit per XLA:TPU: {peak / GiB:.2f} GiB > '
+          f'{hbm / GiB:.2f} GiB HBM per device; misses by '
+          f'{(peak - hbm) / GiB:.2f} GiB')
+
+
+def _tpu_lines(fit: Fit) -> list[str]:
+  t = fit.tpu
+  where = (f'compiled by XLA:TPU for {tpu_slice_name(fit.hardware) or fit.hardware} '
+           f'({fit.depth_text}) in {fit.compile_s:.1f} s')
+  if t.get('oom'):
+    return [f'  {where}: {t.get("message", "out of HBM")}']
+  lines = [f'  {where}: peak {fit.tpu_peak_bytes / GiB:.3f} GiB per device = '
+           f'arguments {t["argument"] / GiB:.3f} + outputs '
+           f'{t["output"] / GiB:.3f} - aliased {t["alias"] / GiB:.3f} + '
+           f'temporaries {t["temp"] / GiB:.3f} GiB']
+  if fit.tpu_step_s is not None:
+    estimate = t.get('optimal_seconds')
+    if fit.tpu_time_source == 'compiler':
+      how = (f'the compiler\'s cost model; FLOP bound at peak '
+             f'{_ms(fit.flop_bound_s)} ms')
+    else:
+      how = ('the FLOP bound at peak' +
+             (f'; the cost model\'s {_ms(estimate)} ms counts a '
+              f'scanned loop\'s body once' if estimate is not None else
+              '; the compiler gave no estimate'))
+    lines.append(f'  XLA:TPU step time: {_ms(fit.tpu_step_s)} ms '
+                 f'({how}; a lower bound) -> {fit.tpu_mfu:.0%} MFU')
+  return lines
 
 
 def format_fit(fit: Fit) -> str:
@@ -645,17 +920,26 @@ def format_fit(fit: Fit) -> str:
              f'does NOT fit: {fit.total_bytes / GiB:.2f} GiB > '
              f'{(1 - fit.margin) * hbm / GiB:.2f} GiB usable of '
              f'{hbm / GiB:.2f}; misses by {fit.miss_bytes / GiB:.2f} GiB')
+  if fit.tpu:
+    analytic = verdict
+    verdict = _tpu_verdict(fit)
   lines = [
       f'{fit.model}, {fit.hardware} ({fit.num_devices} devices), batch '
       f'{fit.batch_size:,}, mesh {fit.layout}: {verdict}',
-      f'  per device: params {fit.params_bytes / GiB:.3f} GiB, optimizer '
+  ]
+  if fit.tpu:
+    lines += _tpu_lines(fit)
+  lines += [
+      ('  analytic count per device' if fit.tpu else '  per device') +
+      f': params {fit.params_bytes / GiB:.3f} GiB, optimizer '
       f'{fit.opt_state_bytes / GiB:.3f} GiB'
       + (f', EMA {fit.ema_bytes / GiB:.3f} GiB' if fit.ema_bytes else '') +
       f', gradients {fit.grads_bytes / GiB:.3f} GiB, batch '
       f'{fit.batch_bytes / GiB:.3f} GiB, activations '
       f'{fit.activation_bytes / GiB:.3f} GiB (saved for the backward '
       f'{fit.saved_bytes / GiB:.3f} + one block\'s working set '
-      f'{fit.working_bytes / GiB:.3f}), total {fit.total_bytes / GiB:.3f} GiB',
+      f'{fit.working_bytes / GiB:.3f}), total {fit.total_bytes / GiB:.3f} GiB'
+      + (f': {analytic}' if fit.tpu else ''),
       _collectives_text(fit),
   ]
   if fit.xla_cpu_bytes is not None:
@@ -664,7 +948,8 @@ def format_fit(fit: Fit) -> str:
                  f'no remat savings; not the verdict, see docs/budget.md)')
   if fit.step_s is not None:
     lines.append(
-        f'  predicted step {fit.step_s * 1e3:,.0f} ms = compute '
+        ('  stated-MFU model: ' if fit.tpu else '  ') +
+        f'predicted step {fit.step_s * 1e3:,.0f} ms = compute '
         f'{fit.compute_s * 1e3:,.0f} ms at {fit.mfu:.0%} MFU + communication '
         f'{fit.comm_s * 1e3:,.0f} ms x {1 - fit.overlap:.0%} not overlapped; '
         f'predicted MFU {fit.predicted_mfu:.1%}')
@@ -678,7 +963,10 @@ def format_fit(fit: Fit) -> str:
 
 
 def format_table(fits: Sequence[Fit]) -> str:
-  """A markdown table of fits."""
+  """A markdown table of fits (with XLA:TPU's figures beside the count when
+  any fit was compiled for the TPU)."""
+  if any(f.tpu for f in fits):
+    return _format_tpu_table(fits)
   rows = ['| model | hardware | mesh | remat | accum | fits | GiB/device (HBM) | '
           'saved + working GiB | collectives GiB/device | '
           'step ms (compute + comm) | predicted MFU |',
@@ -699,14 +987,64 @@ def format_table(fits: Sequence[Fit]) -> str:
   return '\n'.join(rows)
 
 
+def _format_tpu_table(fits: Sequence[Fit]) -> str:
+  rows = ['| model | hardware | mesh | remat | accum | compiled | compile s | '
+          'fits (XLA:TPU / count) | GiB/device XLA:TPU (HBM) | GiB/device '
+          'counted | collectives GiB/device | step ms XLA:TPU (FLOP bound) | '
+          'step ms at stated MFU (compute + comm) |',
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  yes = {True: 'yes', False: 'no', None: '?'}
+  for f in fits:
+    hbm = '?' if f.hbm_bytes is None else f'{f.hbm_bytes / GiB:.1f}'
+    if not f.tpu:
+      tpu_gib, tpu_step = '-', '-'
+    elif f.tpu.get('oom'):
+      need = f.tpu.get('temp_needed')
+      tpu_gib = (f'out of HBM: temps {need / GiB:.2f} > '
+                 f'{f.tpu["hbm_available"] / GiB:.2f} ({hbm})' if need
+                 else f'out of HBM ({hbm})')
+      tpu_step = '-'
+    else:
+      tpu_gib = f'{f.tpu_peak_bytes / GiB:.2f} ({hbm})'
+      tpu_step = (f'{_ms(f.tpu_step_s)} ({_ms(f.flop_bound_s)})'
+                  + ('' if f.tpu_time_source == 'compiler' else ' bound'))
+    step = ('-' if f.step_s is None else
+            f'{f.step_s * 1e3:,.0f} ({f.compute_s * 1e3:,.0f} + '
+            f'{f.comm_s * 1e3:,.0f})')
+    coll = ('-' if f.collective_total is None else
+            f'{f.collective_total / GiB:.3f}')
+    compiled = ('-' if not f.layers_compiled else
+                f'{f.layers_compiled[0]}, scanned' if f.scan_layers else
+                ' + '.join(map(str, f.layers_compiled)))
+    rows.append(
+        f'| {f.model} | {f.hardware} | {f.mesh_name} | {f.remat} | '
+        f'{f.accum_steps} | {compiled} | {f.compile_s:.0f} | '
+        f'{yes[f.fits]} / {yes[f.analytic_fits]} | {tpu_gib} | '
+        f'{f.total_bytes / GiB:.2f} | {coll} | {tpu_step} | {step} |')
+  return '\n'.join(rows)
+
+
 def summary_line(fit: Fit) -> str:
   """'H/14, v3-32, fsdp=8 x data=4, remat=full: fits at 13.1 GB/core; ...'"""
   unit = 'core' if fit.hardware.startswith('v') else 'device'
-  text = (f'{fit.model}, {fit.hardware}, {fit.layout}: '
-          f'{"fits" if fit.fits else "does not fit"} at '
-          f'{fit.total_bytes / GiB:.1f} GiB/{unit}')
+  if fit.tpu and not fit.tpu.get('oom'):
+    text = (f'{fit.model}, {fit.hardware}, {fit.layout}: '
+            f'{"fits" if fit.fits else "does not fit"} at '
+            f'{fit.tpu_peak_bytes / GiB:.1f} GiB/{unit} (XLA:TPU; counted '
+            f'{fit.total_bytes / GiB:.1f})')
+  elif fit.tpu:
+    text = (f'{fit.model}, {fit.hardware}, {fit.layout}: does not fit '
+            f'(XLA:TPU ran out of HBM; counted {fit.total_bytes / GiB:.1f} '
+            f'GiB/{unit})')
+  else:
+    text = (f'{fit.model}, {fit.hardware}, {fit.layout}: '
+            f'{"fits" if fit.fits else "does not fit"} at '
+            f'{fit.total_bytes / GiB:.1f} GiB/{unit}')
   if fit.collective_total is not None:
     text += f'; {fit.collective_total / GiB:.2f} GiB of collectives per step'
+  if fit.tpu_mfu is not None:
+    text += (f'; XLA:TPU step {_ms(fit.tpu_step_s)} ms '
+             f'({fit.tpu_mfu:.0%} MFU)')
   if fit.predicted_mfu is not None:
     text += f'; predicted {fit.predicted_mfu:.0%} MFU'
   return text

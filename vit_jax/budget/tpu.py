@@ -107,7 +107,7 @@ def topology(name: str) -> str:
   return f'{prefix}:{"x".join(map(str, dims))}'
 
 
-def _prepare_environment() -> None:
+def _prepare_environment(accelerator: Optional[str] = None) -> None:
   """Lets libtpu start as a compiler only, on a machine without a TPU.
 
   libtpu takes /tmp/libtpu_lockfile for the TPU chips of the host; any
@@ -118,13 +118,20 @@ def _prepare_environment() -> None:
   if not parallel.on_cloud_tpu():
     os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+    # Told the slice and the one host, libtpu does not log its failed
+    # search for a TPU's host bounds and workers when it starts. (Set only
+    # here, off a TPU: `parallel.on_cloud_tpu` reads TPU_WORKER_HOSTNAMES.)
+    if accelerator:
+      os.environ.setdefault('TPU_ACCELERATOR_TYPE', accelerator)
+    os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
 
 
 @functools.lru_cache(maxsize=None)
 def _slice(name: str, num_slices: int) -> tuple:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   require_libtpu()
-  _prepare_environment()
+  _prepare_environment(None if _TOPOLOGY.fullmatch(name.strip().lower())
+                       else name.strip().lower())
   name = topology(name)
   options = {}
   if name.split(':')[0] in _CHIP_CONFIG:
@@ -149,7 +156,8 @@ def slice_devices(name: str, num_slices: int = 1) -> list:
   if not isinstance(num_slices, int) or num_slices < 1:
     raise ValueError(f'num_slices must be a positive integer, got '
                      f'{num_slices!r}.')
-  return list(_slice(topology(name), num_slices))  # A bad name fails first.
+  topology(name)  # A bad name fails first.
+  return list(_slice(name.strip().lower(), num_slices))
 
 
 @dataclasses.dataclass(frozen=True)
