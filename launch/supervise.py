@@ -8,6 +8,14 @@ start. It ends when worker 0's job exits 0 (done, also after a SIGTERM
 checkpoint) or 75 (the compute budget cap stopped it), or after
 `max_failures` restarts for failures that were not preemptions.
 
+A job that exits 76 lost a peer process (vit_jax.main's watch: another
+worker's process died or its host went away). When every failed worker says
+76, no worker failed on its own: a host was lost, usually preempted or
+restarted under the job, and the whole job is started again from the last
+checkpoint like after a preemption, without counting a failure. When some
+worker failed with another status, that status is the failure (counted), and
+the others' 76 only followed from it.
+
 All gcloud calls go through a `runner` (see launch/tpu.py), so the loop is
 tested with a scripted fake and printed in dry runs.
 """
@@ -23,6 +31,7 @@ from typing import Callable, Optional, Protocol, Sequence
 from launch import gcloud
 
 BUDGET_CAP_EXIT = 75
+PEER_LOST_EXIT = 76  # vit_jax.parallel.PEER_LOST_EXIT: a peer process was lost
 ORDERLY_EXITS = (0, BUDGET_CAP_EXIT)
 
 # gcloud states -> what they mean for us. TPU VMs report `state`, queued resources `state.state`.
@@ -40,6 +49,7 @@ class Action(enum.Enum):
   INSTALL = 'install'
   START = 'start'
   RESTART = 'restart'      # a worker's job failed: start again (counted)
+  RESUME = 'resume'        # the job lost a peer process (76 only): start again, not counted
   STOP = 'stop'            # some workers still run while others failed or are gone
   DONE = 'done'
   GIVE_UP = 'give_up'      # a state a loop cannot fix (the slice was stopped by hand)
@@ -66,6 +76,11 @@ def _exit_code(status: str) -> Optional[int]:
   return int(status[5:]) if re.fullmatch(r'exit:-?\d+', status) else None
 
 
+def _workers(statuses: dict[str, int]) -> str:
+  names = sorted(statuses)
+  return ('worker ' if len(names) == 1 else 'workers ') + ', '.join(names)
+
+
 def decide(state: Optional[str], statuses: Optional[dict[str, str]], hosts: int) -> Decision:
   """One step of the loop from the slice `state` (None: not found) and the workers' job statuses."""
   if state is None:
@@ -90,9 +105,14 @@ def decide(state: Optional[str], statuses: Optional[dict[str, str]], hosts: int)
     return Decision(Action.WAIT, f'{running} of {hosts} workers running')
   if 'not-installed' in values:
     return Decision(Action.INSTALL, 'vit_jax is not installed on every worker')
-  if failed:
-    worker, code = sorted(failed.items())[0]
+  own = {w: c for w, c in failed.items() if c != PEER_LOST_EXIT}  # failures of their own
+  if own:
+    worker, code = sorted(own.items())[0]
     return Decision(Action.RESTART, f'the job on worker {worker} exited with status {code}', code)
+  if failed:
+    return Decision(Action.RESUME, f'the job lost a peer process (status {PEER_LOST_EXIT} on '
+                    f'{_workers(failed)}): a host failed or was restarted; starting the whole job '
+                    'again from the last checkpoint', PEER_LOST_EXIT)
   if 'not-started' in values:
     return Decision(Action.START, 'no job on some workers')
   code = codes.get('0', sorted(codes.items())[0][1])
@@ -122,6 +142,7 @@ class Supervisor:
     self.plan, self.runner, self.log, self.sleep = plan, runner, log, sleep
     self.failures = 0
     self.preemptions = 0
+    self.lost_peers = 0  # restarts after exit 76, not counted as failures
     self.started = False  # exit statuses from before this supervisor started a job are stale
     self._failed_in_a_row: dict[str, int] = {}
     self._stop_logs: Optional[Callable[[], None]] = None
@@ -179,7 +200,12 @@ class Supervisor:
         self.log('supervise: not installing here: run the `install` subcommand first')
         return 1
       ok = all(self._must(command) for command in plan.install)
-    elif action in (Action.START, Action.RESTART):
+    elif action in (Action.START, Action.RESTART, Action.RESUME):
+      if action is Action.RESUME:
+        if plan.create is None:
+          self.log(f'supervise: not restarting: {decision.reason}; `supervise` would')
+          return decision.exit_code
+        self.lost_peers += 1
       if action is Action.RESTART:
         self.failures += 1
         if self.failures > plan.max_failures:

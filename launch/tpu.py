@@ -17,7 +17,7 @@ multi-host slice each worker adds --coordinator_address/--num_processes/
 reads them (TPU VMs made by `gcloud compute tpus tpu-vm create` do not set
 the TPU_WORKER_HOSTNAMES variable of GKE). It streams worker 0's log and
 exits with worker 0's job status. `supervise` does create + install + run and keeps
-going through preemptions (see launch/supervise.py). `stop` sends SIGTERM:
+going through preemptions and lost hosts (exit 76; see launch/supervise.py). `stop` sends SIGTERM:
 the job checkpoints and exits. `--dry_run` prints every command (a shell
 script you could run yourself) instead of running it. The project and
 credentials come from `--project` or gcloud's configuration, never from files here.
@@ -233,7 +233,8 @@ def print_run(args: argparse.Namespace, runner, log: Callable[[str], None]) -> i
   log("3. follow worker 0's log while the job runs:")
   runner.stream(gcloud.ssh(target, 'logs', gcloud.logs_script(), worker='0'))
   log(f'4. every {args.poll_s:g} s until the job has ended on every worker; a failure on one worker '
-      "stops the others; `run` exits with the job's status (0 done or checkpointed, 75 compute cap):")
+      "stops the others; `run` exits with the job's status (0 done or checkpointed, 75 compute cap, "
+      '76 a peer process was lost):')
   runner.run(describe)
   runner.run(status)
   return 0
@@ -311,7 +312,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     sub.add_parser(name, parents=[common], help=what)
   sup = sub.add_parser('supervise', parents=[common, create, install, run],
                        help='create, install, run; re-create after preemption until done')
-  sup.add_argument('--max_failures', type=int, default=3, help='restarts after job failures')
+  sup.add_argument('--max_failures', type=int, default=3,
+                   help='restarts after job failures (a lost peer, exit 76, is not one: like a '
+                   'preemption, the job starts again from its last checkpoint)')
   sup.add_argument('--delete_when_done', action='store_true', help='delete the slice at the end')
   args = parser.parse_args(argv[:split])
   args.job_flags = argv[split + 1:]

@@ -224,7 +224,7 @@ def test_worker_scripts_start_status_stop(worker_home):
   assert again.returncode == 1 and 'stop it before starting another' in again.stderr
   log = worker_home / 'vit_jax_run' / 'log'
   end = time.monotonic() + 20
-  while 'job [' not in log.read_text() and time.monotonic() < end:  # its SIGTERM handler is set
+  while not (log.exists() and 'job [' in log.read_text()) and time.monotonic() < end:  # SIGTERM handler set
     time.sleep(0.05)
   assert _bash(worker_home, gcloud.stop_script()).stdout.startswith('stopping on ')
   assert _status_becomes(worker_home, 'exit:0')
@@ -359,6 +359,33 @@ def test_supervise_restarts_failures_then_gives_up_with_their_status():
   assert _actions(cloud.kinds) == ['start'] * 3 and loop.failures == 3
 
 
+def test_supervise_restarts_the_whole_job_after_a_lost_peer_without_counting_it():
+  """Exit 76 (vit_jax.main lost a peer process) on every failed worker: like a preemption."""
+  cloud = FakeCloud(4, state='READY', workers=['not-started'] * 4, events=[
+      # Worker 2's host restarted under the job: its job is gone, the others lost their peer.
+      _set(workers=['exit:76', 'exit:76', 'not-started', 'running']),  # worker 3 not out yet
+      _set(),                                                          # stopped: checkpointed
+      _set(workers=['exit:0'] * 4)])                                   # the restarted job finished
+  loop, lines = _supervisor(cloud, max_failures=0)  # a counted restart would give up at once
+  assert loop.loop() == 0
+  assert _actions(cloud.kinds) == ['start', 'stop', 'start']
+  assert (loop.failures, loop.lost_peers, loop.preemptions) == (0, 1, 0)
+  assert ('supervise: resume: the job lost a peer process (status 76 on workers 0, 1): a host failed '
+          'or was restarted; starting the whole job again from the last checkpoint') in lines
+  # A worker that failed on its own is the failure (counted); the others' 76 followed from it.
+  cloud = FakeCloud(4, state='READY', workers=['not-started'] * 4,
+                    events=[_set(workers=['exit:76', 'exit:137', 'exit:76', 'exit:76'])])
+  loop, lines = _supervisor(cloud, max_failures=0)
+  assert loop.loop() == 137 and loop.failures == 1 and loop.lost_peers == 0
+  assert 'supervise: restart: the job on worker 1 exited with status 137' in lines
+  # `run` restarts nothing: it ends with the job's 76.
+  cloud = FakeCloud(2, state='READY', workers=['not-started'] * 2,
+                    events=[_set(workers=['exit:76', 'exit:76'])])
+  loop, lines = _supervisor(cloud, create=False)
+  assert loop.loop() == 76 and _actions(cloud.kinds) == ['start']
+  assert lines[-1].startswith('supervise: not restarting: the job lost a peer process')
+
+
 def test_supervise_stops_stragglers_when_one_worker_fails():
   cloud = FakeCloud(2, state='READY', workers=['not-started'] * 2, events=[
       _set(workers=['running', 'exit:1']),  # worker 1 crashed, worker 0 still runs
@@ -410,7 +437,9 @@ def test_run_without_create_reports_a_lost_slice():
     ('ACTIVE', {'0': 'not-installed', '1': 'not-started'}, supervise.Action.INSTALL),
     ('READY', {'0': 'running', '1': 'not-started'}, supervise.Action.STOP),
     ('READY', {'0': 'exit:0', '1': 'running'}, supervise.Action.WAIT),
-    ('READY', {'0': 'exit:0', '1': 'exit:75'}, supervise.Action.DONE)])
+    ('READY', {'0': 'exit:0', '1': 'exit:75'}, supervise.Action.DONE),
+    ('READY', {'0': 'exit:76', '1': 'not-started'}, supervise.Action.RESUME),
+    ('READY', {'0': 'exit:76', '1': 'exit:1'}, supervise.Action.RESTART)])
 def test_decide(state, statuses, action):
   assert supervise.decide(state, statuses, hosts=2).action is action
 
