@@ -153,7 +153,8 @@ def assemble(config: Mapping[str, Any], mesh: Mesh, num_classes: int, *,
              backend: Optional[str] = None) -> Assembly:
   """The training step of `config` on `mesh` (see the module docstring).
 
-  Keys read: model, image_size, batch_size, accum_steps, total_steps,
+  Keys read: model, image_size, batch_size, accum_steps, accumulate,
+  total_steps,
   schedule, optim, loss, label_smoothing, ema_decay, seed, sharding.
   `backend` ('cpu', 'gpu', 'tpu'; default jax's) chooses the fast-path model
   options a config leaves unset (`models.backend_defaults`): the preflight
@@ -186,7 +187,7 @@ def assemble(config: Mapping[str, Any], mesh: Mesh, num_classes: int, *,
       model, tx, mesh, shardings, loss=_get(config, 'loss', 'softmax_xent'),
       label_smoothing=float(_get(config, 'label_smoothing', 0.0)),
       accum_steps=accum_steps, ema_decay=ema_decay, seed=seed,
-      schedule=schedule)
+      schedule=schedule, accumulate=_get(config, 'accumulate', 'local'))
   return Assembly(
       model=model, spec=spec, label=label, num_classes=num_classes,
       image_shape=shape, batch_size=batch_size, accum_steps=accum_steps,

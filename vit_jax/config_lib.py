@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000
   c.batch_size = 512           # Global batch, over all hosts and devices.
   c.accum_steps = 1            # Micro-batches per step (gradient accumulation).
+  # Where micro-batch gradients are summed (vit_jax.train_step): 'local' on
+  # each batch shard, reduced once per step; 'reduced' after every
+  # micro-batch (keeps FSDP's gradient sharded, accum_steps x the traffic).
+  c.accumulate = 'local'
   c.image_size = 224
   c.num_classes = placeholder(int)  # None: taken from the training data.
 

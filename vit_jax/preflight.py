@@ -31,6 +31,7 @@ import jax
 from vit_jax import assembly, parallel
 from vit_jax.budget import hardware as hardware_lib
 from vit_jax.budget import tpu
+from vit_jax.evaluate import inputs as eval_inputs
 
 GiB = 2.**30
 #: Remat policies' model FLOPs executed per useful FLOP ('full' recomputes
@@ -52,8 +53,7 @@ class Preflight:
   num_devices: int
   knobs: 'Knobs'
   train: Any                  # budget.tpu.CompiledStep of the training step
-  eval: Any                   # ... of the evaluation step
-  eval_batch_size: int
+  eval: Any                   # ... of the evaluation step (None: no evals)
   compile_s: float
   model_flops_per_device: float   # useful FLOPs of one step, per device
 
@@ -79,7 +79,8 @@ class Preflight:
 
   @property
   def peak_bytes(self) -> float:
-    return max(self.train.peak_bytes, self.eval.peak_bytes)
+    return max(self.train.peak_bytes,
+               self.eval.peak_bytes if self.eval else 0)
 
   @property
   def fits(self) -> Optional[bool]:
@@ -129,11 +130,14 @@ def _num_classes(config) -> int:
                           ).num_classes
 
 
-def _eval_batch_size(config) -> int:
-  sizes = [int(ev['batch_size']) for ev in dict(config.get('evals') or {}
-                                                 ).values()
-           if ev.get('batch_size')]
-  return max(sizes) if sizes else int(config['batch_size'])
+def _largest_eval(config) -> Optional[tuple[str, int]]:
+  """(name, batch size) of the evaluator with the largest batch, or None."""
+  sizes = [(int(ev.get('batch_size') or eval_inputs.DEFAULT_BATCH_SIZE), name)
+           for name, ev in dict(config.get('evals') or {}).items()]
+  if not sizes:
+    return None
+  batch, name = max(sizes)
+  return name, batch
 
 
 def _state_bytes(asm: assembly.Assembly) -> int:
@@ -165,23 +169,27 @@ def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
     backend = devices[0].platform
   mesh = parallel.make_mesh(dict(config['mesh']), devices)
   asm = assembly.assemble(config, mesh, _num_classes(config), backend=backend)
-  eval_batch = _eval_batch_size(config)
+  largest_eval = _largest_eval(config)
   target = topology or f'{len(devices)} x {devices[0].device_kind}'
   knobs = Knobs(mesh={a: int(s) for a, s in mesh.shape.items()},
                 remat=config['model'].get('remat_policy') or 'none',
                 accum_steps=asm.accum_steps, batch_size=asm.batch_size,
-                state_bytes=_state_bytes(asm))
+                state_bytes=_state_bytes(asm), eval=largest_eval,
+                accumulate=config.get('accumulate') or 'local')
   t0 = time.perf_counter()
-  which = 'training step'
+  which, evaluation = 'training step', None
   try:
     train = tpu.analyze(asm.compile())
-    which = f'evaluation step (batch {eval_batch})'
-    evaluation = tpu.analyze(asm.compile_eval(eval_batch))
+    if largest_eval:
+      which = (f'evaluation step (evals.{largest_eval[0]}, batch '
+               f'{largest_eval[1]:,})')
+      evaluation = tpu.analyze(asm.compile_eval(largest_eval[1]))
   except Exception as e:  # pylint: disable=broad-except  (XLA's errors)
     text = str(e).strip()
     if _OUT_OF_MEMORY.search(text):
       raise PreflightError(_miss_line(asm.label, target, which, text, knobs,
-                                      hw)) from None
+                                      hw, training=which == 'training step')
+                           ) from None
     first = text.splitlines()[0] if text else repr(e)
     raise PreflightError(f'{asm.label} does not compile for {target}: '
                          f'{first}') from None
@@ -190,7 +198,7 @@ def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
       label=asm.label, num_params=sum(x.size for x in jax.tree.leaves(
           asm.abstract_params)),
       target=target, hardware=hw, num_devices=n, knobs=knobs, train=train,
-      eval=evaluation, eval_batch_size=eval_batch,
+      eval=evaluation,
       compile_s=time.perf_counter() - t0,
       model_flops_per_device=asm.flops_per_image * asm.batch_size / n)
 
@@ -203,10 +211,31 @@ class Knobs:
   accum_steps: int
   batch_size: int
   state_bytes: int    # parameters + optimizer state + EMA per device
+  accumulate: str = 'local'
+  eval: Optional[tuple[str, int]] = None  # the largest evaluator's batch
 
-  def suggestion(self, hbm_bytes: Optional[float]) -> str:
+  def eval_suggestion(self, hbm_bytes: Optional[float],
+                      temp_bytes: Optional[float] = None) -> str:
+    """A smaller evaluation batch that divides into the room left."""
+    name, batch = self.eval
+    shards = self.mesh['data'] * self.mesh['fsdp']
+    room = (hbm_bytes or 0) - self.state_bytes
+    factor = 2
+    if temp_bytes and room > 0:
+      factor = 2 ** max(1, math.ceil(math.log2(temp_bytes / room)))
+    smaller = batch // factor
+    smaller -= smaller % shards
+    if smaller < shards:
+      return 'use a larger slice'
+    return (f'evaluate in smaller batches '
+            f'(--config.evals.{name}.batch_size={smaller})')
+
+  def suggestion(self, hbm_bytes: Optional[float],
+                 temp_bytes: Optional[float] = None) -> str:
     """The changes that would shrink the miss, the likeliest first: FSDP
-    when the state takes a quarter of the HBM, remat, more micro-batches."""
+    when the state takes a quarter of the HBM, remat, more micro-batches
+    (when only those are left and the compiler said what the temporaries
+    need: enough micro-batches to divide them into the room left)."""
     devices = math.prod(self.mesh.values())
     shards = self.mesh['data'] * self.mesh['fsdp']
     fsdp = (f'shard parameters and optimizer state with FSDP '
@@ -216,43 +245,62 @@ class Knobs:
     remat = ('recompute activations in the backward pass '
              '(--config.model.remat_policy=full)'
              if self.remat != 'full' else None)
+    # Local accumulation under FSDP holds a whole gradient per device.
+    reduced = ('sum micro-batch gradients sharded (--config.accumulate='
+               'reduced)' if self.mesh['fsdp'] > 1 and self.accum_steps > 1
+               and self.accumulate == 'local' else None)
+    factor = 2
+    room = (hbm_bytes or 0) - self.state_bytes
+    if not fsdp and not remat and not reduced and temp_bytes and room > 0:
+      factor = 2 ** max(1, math.ceil(math.log2(temp_bytes / room)))
+    while factor > 2 and self.batch_size % (shards * self.accum_steps *
+                                             factor):
+      factor //= 2
     accum = (f'split the batch into more micro-batches '
-             f'(--config.accum_steps={self.accum_steps * 2})'
-             if self.batch_size % (shards * self.accum_steps * 2) == 0
+             f'(--config.accum_steps={self.accum_steps * factor})'
+             if self.batch_size % (shards * self.accum_steps * factor) == 0
              else None)
     heavy_state = hbm_bytes and self.state_bytes > 0.25 * hbm_bytes
-    order = [fsdp, remat, accum] if heavy_state else [remat, accum, fsdp]
+    order = ([fsdp, remat, reduced, accum] if heavy_state else
+             [remat, reduced, accum, fsdp])
     return '; '.join(k for k in order if k) or ('use a larger slice or a '
                                                 'smaller batch')
 
 
-def _miss_line(label, target, which, text, knobs: Knobs, hw) -> str:
+def _miss_line(label, target, which, text, knobs: Knobs, hw, *,
+               training: bool = True) -> str:
   """One line for a step the compiler could not fit into HBM."""
   found = _NEEDED.search(text)
   hbm = hw.hbm_bytes_per_device if hw else None
+  need = None
   if found:
     need = float(found[1]) * _UNIT[found[2]]
     have = float(found[3]) * _UNIT[found[4]]
     amount = (f'the {which} needs {need / GiB:,.2f} GiB of temporaries per '
               f'device beside {knobs.state_bytes / GiB:.2f} GiB of parameters '
               f'and optimizer state; {have / GiB:.2f} GiB of HBM is usable')
+    hbm = have  # What the compiler can use of the chip's HBM.
   else:
     amount = f'the compiler ran out of HBM for the {which}'
-  return (f'{label} does not fit {target}: {amount}; to fit: '
-          f'{knobs.suggestion(hbm)}.')
+  fix = (knobs.suggestion(hbm, need) if training else
+         knobs.eval_suggestion(hbm, need))
+  return f'{label} does not fit {target}: {amount}; to fit, try in this order: {fix}.'
 
 
 def check(p: Preflight) -> None:
   """Raises PreflightError when the job does not fit the chip's HBM."""
   if p.fits is False:
-    which = ('the evaluation step' if p.eval.peak_bytes > p.train.peak_bytes
-             else 'the training step')
+    training = not p.eval or p.train.peak_bytes >= p.eval.peak_bytes
+    which = 'the training step' if training else 'the evaluation step'
+    fix = (p.knobs.suggestion(p.hbm_bytes) if training else
+           p.knobs.eval_suggestion(p.hbm_bytes))
     raise PreflightError(
         f'{p.label} does not fit {p.target}: {which} needs '
         f'{p.peak_bytes / GiB:.2f} GiB per device of '
         f'{p.hbm_bytes / GiB:.2f} GiB HBM (misses by '
-        f'{(p.peak_bytes - p.hbm_bytes) / GiB:.2f} GiB); to fit: '
-        f'{p.knobs.suggestion(p.hbm_bytes)}.')
+        f'{(p.peak_bytes - p.hbm_bytes) / GiB:.2f} GiB); to fit, try in this '
+        f'order: '
+        f'{fix}.')
 
 
 def _memory_line(name: str, c, hbm: Optional[float]) -> str:
@@ -275,9 +323,11 @@ def format_report(p: Preflight) -> str:
       f'devices); compiled by {compiler} in {p.compile_s:.1f} s, nothing ran',
       'HBM per device (the compiler\'s memory analysis):',
       _memory_line('training step', p.train, p.hbm_bytes),
-      _memory_line(f'evaluation step (batch {p.eval_batch_size:,})', p.eval,
-                   p.hbm_bytes),
   ]
+  if p.eval:
+    name, batch = p.knobs.eval
+    lines.append(_memory_line(f'evaluation step (evals.{name}, batch '
+                              f'{batch:,})', p.eval, p.hbm_bytes))
   coll = p.train.collective_bytes
   parts = ', '.join(f'{k} {v / 2**20:,.1f} MiB ({p.train.collectives.count[k]})'
                     for k, v in coll.items() if v)
