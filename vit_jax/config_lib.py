@@ -85,7 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = placeholder(float)
 
   # Parallelism: mesh axis sizes (-1 = the rest) and sharding rules.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  # num_slices > 1: slices joined by the data-centre network (multislice),
+  # crossed by dcn_axis (data: one gradient all-reduce per step over DCN).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1,
+                                          num_slices=1, dcn_axis='data'))
   c.sharding = ml_collections.ConfigDict(dict(
       rules=default_sharding_rules(), fsdp_min_size=2**16))
 

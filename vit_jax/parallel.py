@@ -34,7 +34,7 @@ BATCH_AXES = ('data', 'fsdp')
 PEER_LOST_EXIT = 76
 #: --heartbeat_timeout_s's default (vit_jax/cli.py); docs/launch.md has the
 #: measurements behind it.
-DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+DEFAULT_HEARTBEAT_TIMEOUT_S = 30
 _POLL_S = 1.0              # PeerWatch asks the service this often.
 _EXIT_BARRIER_S = 300      # at the end, how long a process waits for the others
 _RERUN = 'rerun all processes to resume from the last checkpoint'
@@ -382,16 +382,103 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int
   return tuple(sizes)
 
 
-def make_mesh(axis_sizes: Mapping[str, int],
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A Mesh over all devices (or `devices`) with axes (data, fsdp, model)."""
+#: config.mesh keys that are not axes: the slices joined by the data-centre
+#: network (DCN) and the axis that crosses them (docs/launch.md, multislice).
+SLICE_KEYS = ('num_slices', 'dcn_axis')
+
+
+class _InSlice:
+  """A device with the slice index `create_hybrid_device_mesh` reads; every
+  other attribute (coords, device_kind, ...) is the device's own."""
+  __slots__ = ('device', 'slice_index')
+
+  def __init__(self, device, slice_index: int):
+    self.device, self.slice_index = device, slice_index
+
+  def __getattr__(self, name):
+    return getattr(self.device, name)
+
+
+def device_slices(devices: Sequence[Any]) -> list[int]:
+  """Each device's slice (`slice_index`; 0 where a device has none)."""
+  return [int(getattr(d, 'slice_index', 0) or 0) for d in devices]
+
+
+def slice_shape(axis_sizes: Mapping[str, Any], num_devices: int
+                ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+  """(ICI shape inside one slice, DCN shape across slices) of a config.mesh.
+
+  The DCN shape is `num_slices` on `dcn_axis` (default 'data') and 1 on the
+  others; the mesh's shape is their product, axis by axis.
+  """
+  sizes = dict(axis_sizes)
+  num_slices = int(sizes.pop('num_slices', 1) or 1)
+  dcn_axis = sizes.pop('dcn_axis', 'data') or 'data'
+  if num_slices < 1:
+    raise ValueError(f'mesh.num_slices={num_slices} must be at least 1.')
+  if dcn_axis not in MESH_AXES:
+    raise ValueError(f'mesh.dcn_axis={dcn_axis!r} is not a mesh axis; use one '
+                     f'of {MESH_AXES} (data: data parallelism across slices).')
+  shape = mesh_shape(sizes, num_devices)
+  axis = MESH_AXES.index(dcn_axis)
+  if shape[axis] % num_slices:
+    raise ValueError(
+        f'mesh {dict(zip(MESH_AXES, shape))} does not divide into '
+        f'{num_slices} slices: mesh.{dcn_axis}={shape[axis]} is not a multiple '
+        f'of mesh.num_slices={num_slices}; make it one (or -1).')
+  dcn = tuple(num_slices if i == axis else 1 for i in range(3))
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  return ici, dcn
+
+
+def make_mesh(axis_sizes: Mapping[str, Any],
+              devices: Optional[Sequence[jax.Device]] = None, *,
+              slices: Optional[Sequence[int]] = None) -> Mesh:
+  """A Mesh over all devices (or `devices`) with axes (data, fsdp, model).
+
+  `axis_sizes` is config.mesh: the axes, and for several slices joined by
+  DCN `num_slices` and `dcn_axis`. The slices are the devices'
+  `slice_index` (`slices`: one index per device, for simulated slices);
+  the mesh is jax's hybrid mesh, the slices outermost on `dcn_axis`, so
+  every collective over the other axes stays inside a slice (on ICI).
+  """
   devices = list(jax.devices() if devices is None else devices)
-  shape = mesh_shape(axis_sizes, len(devices))
+  num_slices = int(dict(axis_sizes).get('num_slices', 1) or 1)
+  ici, dcn = slice_shape(axis_sizes, len(devices))
+  index = list(slices) if slices is not None else device_slices(devices)
+  if len(index) != len(devices):
+    raise ValueError(f'{len(index)} slice indices for {len(devices)} devices; '
+                     f'give one per device.')
+  found = sorted(set(index))
+  if len(found) != num_slices:
+    raise ValueError(
+        f'the {len(devices)} devices are {len(found)} slice(s) (their '
+        f'slice_index) but mesh.num_slices={num_slices}; set '
+        f'--config.mesh.num_slices={len(found)}.')
+  if num_slices == 1:
+    try:
+      grid = mesh_utils.create_device_mesh(ici, devices,
+                                           allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError):
+      grid = np.asarray(devices).reshape(ici)
+    return Mesh(grid, MESH_AXES)
+  per_slice = {i: index.count(i) for i in found}
+  if len(set(per_slice.values())) != 1:
+    raise ValueError(f'the slices have different numbers of devices '
+                     f'({per_slice}); a multislice job needs slices of one '
+                     f'type and size.')
+  wrapped = [_InSlice(d, i) for d, i in zip(devices, index)]
   try:
-    grid = mesh_utils.create_device_mesh(shape, devices,
-                                         allow_split_physical_axes=True)
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, wrapped, allow_split_physical_axes=True)
   except (ValueError, NotImplementedError, AssertionError):
-    grid = np.asarray(devices).reshape(shape)
+    # The devices' physical layout is unknown (CPU): each slice in order.
+    blocks = np.empty(dcn, dtype=object)
+    for k, i in enumerate(found):
+      blocks.flat[k] = np.asarray(
+          [w for w in wrapped if w.slice_index == i]).reshape(ici)
+    grid = np.block(blocks.tolist())
+  grid = np.vectorize(lambda w: w.device, otypes=[object])(grid)
   return Mesh(grid, MESH_AXES)
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 KINDS = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
          'collective-permute')
@@ -137,6 +137,11 @@ class Collective:
   operand_bytes: float
   group: int
   executions: int          # times it runs per call of the program
+  #: The replica-group attributes as printed (`slice_split` reads them).
+  replica_groups: str = dataclasses.field(default='', compare=False)
+  #: Crosses the data-centre network: XLA:TPU's multislice transfer (a host
+  #: `send` with `_xla_megascale_transfer_type`), `group` being the slices.
+  dcn: bool = False
 
   @property
   def bytes_per_device(self) -> float:
@@ -406,11 +411,16 @@ def parse(hlo_text: str, num_devices: int) -> list[Collective]:
               split_reduce_scatter(name, type_text, group))
           if scattered:
             found.append(Collective('reduce-scatter', name, comp, scattered,
-                                    group, times))
+                                    group, times, _groups_text(rest)))
           if reduced:
-            found.append(Collective(kind, name, comp, reduced, group, times))
+            found.append(Collective(kind, name, comp, reduced, group, times,
+                                    _groups_text(rest)))
           continue
-        found.append(Collective(kind, name, comp, size, group, times))
+        found.append(Collective(kind, name, comp, size, group, times,
+                                _groups_text(rest)))
+        continue
+      if opcode == 'send' and _MEGASCALE_TYPE.search(rest):
+        found.append(_megascale(name, comp, type_text, rest, times))
         continue
       calls = [c.strip().lstrip('%') for m in _CALLS.findall(rest)
                for c in m.split(',') if c.strip()]
@@ -454,3 +464,94 @@ def summarize(collectives: Iterable[Collective]) -> CollectiveSummary:
 def summarize_hlo(hlo_text: str, num_devices: int) -> CollectiveSummary:
   """Per-kind count and bytes sent per device of one call of the program."""
   return summarize(parse(hlo_text, num_devices))
+
+
+# --- Slices: what crosses the data-centre network (multislice) ---------------
+#
+# XLA:TPU compiles a multislice program as one slice's program (its replica
+# groups never leave the slice) plus host transfers for what crosses slices:
+# a `send`/`recv` pair per array with frontend attributes
+# `_xla_megascale_transfer_type="ALL_REDUCE"` and `_xla_megascale_target=
+# "{1,2}x{0:15}"` (the slices, then the devices of each: device d of every
+# slice reduces with device d of the others). The send is counted once, as
+# a collective of that kind over the slices. XLA:CPU (simulated slices)
+# keeps one program over every device: a collective crosses DCN when one of
+# its replica groups holds devices of two slices.
+
+_MEGASCALE_TYPE = re.compile(r'_xla_megascale_transfer_type="?([A-Z_]+)')
+_MEGASCALE_TARGET = re.compile(r'_xla_megascale_target="?\{([\d,\s:]*)\}')
+_MEGASCALE_KINDS = {'ALL_REDUCE': 'all-reduce', 'ALL_GATHER': 'all-gather',
+                    'REDUCE_SCATTER': 'reduce-scatter',
+                    'ALL_TO_ALL': 'all-to-all'}
+
+
+def _groups_text(attributes: str) -> str:
+  match = re.search(r'replica_groups=(mesh\[[^\]]*\](?:,\s*device_ids=\([^)]*'
+                    r'\))?\s*\{[^}]*\}|\[[\d,]+\]<=\[[\d,]+\](?:T\([\d,]+\))?|'
+                    r'\{(?:\{[\d,\s]*\},?\s*)*\})', attributes)
+  return match[0] if match else ''
+
+
+def _count(text: str) -> int:
+  """Members of a megascale set: '1,2' -> 2, '0:15' -> 16."""
+  total = 0
+  for part in text.split(','):
+    part = part.strip()
+    if ':' in part:
+      lo, hi = part.split(':')
+      total += int(hi) - int(lo) + 1
+    elif part:
+      total += 1
+  return total
+
+
+def _megascale(name: str, comp: str, type_text: str, rest: str,
+               times: int) -> Collective:
+  transfer = _MEGASCALE_TYPE.search(rest)[1]
+  kind = _MEGASCALE_KINDS.get(transfer, 'collective-permute')
+  target = _MEGASCALE_TARGET.search(rest)
+  slices = _count(target[1]) if target else 2
+  # The send's value is the first element of its (value, context, token).
+  first = _ARRAY.search(type_text)
+  size = shape_bytes(first[0]) if first else 0.0
+  return Collective(kind, name, comp, size, slices, times, dcn=True)
+
+
+def replica_groups(text: str, num_devices: int) -> list[list[int]]:
+  """The device groups of a collective's `replica_groups=...` text: explicit
+  `{{0,1},{2,3}}`, iota `[2,4]<=[4,2]T(1,0)`, or none (one group of all)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  text = text.strip().removeprefix('replica_groups=')
+  iota = re.fullmatch(r'\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?', text)
+  if iota:
+    shape = [int(x) for x in iota[1].split(',')]
+    dims = [int(x) for x in iota[2].split(',')]
+    ids = np.arange(math.prod(dims)).reshape(dims)
+    if iota[3]:
+      ids = ids.transpose([int(x) for x in iota[3].split(',')])
+    return ids.reshape(shape[0], -1).tolist()
+  groups = [[int(x) for x in g.split(',') if x.strip()]
+            for g in re.findall(r'\{([\d,\s]*)\}', text)]
+  groups = [g for g in groups if g]
+  if text.startswith('mesh'):
+    raise ValueError('replica groups printed as mesh axes cannot be split by '
+                     'slice here; split XLA:TPU multislice programs by their '
+                     'megascale transfers (slice_split without slice_of).')
+  return groups or [list(range(num_devices))]
+
+
+def slice_split(collectives: Iterable[Collective],
+                slice_of: Optional[Sequence[int]] = None
+                ) -> tuple[CollectiveSummary, CollectiveSummary]:
+  """(ICI, DCN) summaries: a collective crosses DCN when it is XLA:TPU's
+  multislice transfer, or when a replica group holds devices of two slices
+  (`slice_of[i]`: the slice of the program's i-th device, the order of
+  `mesh.devices.flat`)."""
+  ici, dcn = [], []
+  for c in collectives:
+    crosses = c.dcn
+    if not crosses and slice_of is not None and len(set(slice_of)) > 1:
+      crosses = any(len({slice_of[d] for d in g}) > 1 for g in
+                    replica_groups(c.replica_groups, len(slice_of)))
+    (dcn if crosses else ici).append(c)
+  return summarize(ici), summarize(dcn)
