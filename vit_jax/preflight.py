@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from vit_jax import assembly, parallel
+from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import hardware as hardware_lib
 from vit_jax.budget import tpu
 from vit_jax.evaluate import inputs as eval_inputs
@@ -56,6 +57,22 @@ class Preflight:
   eval: Any                   # ... of the evaluation step (None: no evals)
   compile_s: float
   model_flops_per_device: float   # useful FLOPs of one step, per device
+  #: Multislice: the slices, and the training step's collectives that cross
+  #: DCN between them (budget.collectives.slice_split; included in `train`).
+  num_slices: int = 1
+  dcn: Any = None
+
+  @property
+  def dcn_bytes(self) -> float:
+    """Bytes one device sends over DCN per step."""
+    return self.dcn.total_bytes_per_device if self.dcn else 0.0
+
+  @property
+  def dcn_step_s(self) -> Optional[float]:
+    """Seconds the DCN bytes take at the chip's published DCN bandwidth
+    (`hardware.DCN_BYTES_PER_S_PER_CHIP`); None where none is published."""
+    rate = hardware_lib.dcn_bytes_per_s_per_device(self.hardware)
+    return self.dcn_bytes / rate if rate and self.dcn_bytes else None
 
   @property
   def mesh(self) -> dict:
@@ -154,11 +171,13 @@ _NEEDED = re.compile(r'required for .*?\(([\d.]+)([KMGT])\)\s*exceeds '
 _UNIT = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 
 
-def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
+def run(config, topology: Optional[str] = None, *,
+        num_slices: Optional[int] = None,
         devices: Optional[Sequence[Any]] = None) -> Preflight:
   """Compiles `config`'s steps for `topology` (a Cloud TPU slice name) or
   for `devices` (default: this process's); raises PreflightError when they
   do not compile, with the fix when the compiler ran out of HBM."""
+  num_slices = int(num_slices or config['mesh'].get('num_slices') or 1)
   if topology:
     devices = tpu.slice_devices(topology, num_slices)
     hw, _ = hardware_lib.parse_hardware(topology)
@@ -167,7 +186,8 @@ def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
     devices = list(devices or jax.devices())
     hw = hardware_lib.for_device_kind(devices[0].device_kind)
     backend = devices[0].platform
-  mesh = parallel.make_mesh(dict(config['mesh']), devices)
+  mesh = parallel.make_mesh(dict(config['mesh'], num_slices=num_slices),
+                            devices)
   asm = assembly.assemble(config, mesh, _num_classes(config), backend=backend)
   largest_eval = _largest_eval(config)
   target = topology or f'{len(devices)} x {devices[0].device_kind}'
@@ -179,7 +199,12 @@ def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
   t0 = time.perf_counter()
   which, evaluation = 'training step', None
   try:
-    train = tpu.analyze(asm.compile())
+    compiled = asm.compile()
+    train = tpu.analyze(compiled)
+    _, dcn = collectives_lib.slice_split(
+        collectives_lib.parse(compiled.as_text(), len(devices)),
+        [parallel.device_slices(devices)[list(devices).index(d)]
+         for d in mesh.devices.flat] if num_slices > 1 else None)
     if largest_eval:
       which = (f'evaluation step (evals.{largest_eval[0]}, batch '
                f'{largest_eval[1]:,})')
@@ -200,7 +225,8 @@ def run(config, topology: Optional[str] = None, *, num_slices: int = 1,
       target=target, hardware=hw, num_devices=n, knobs=knobs, train=train,
       eval=evaluation,
       compile_s=time.perf_counter() - t0,
-      model_flops_per_device=asm.flops_per_image * asm.batch_size / n)
+      model_flops_per_device=asm.flops_per_image * asm.batch_size / n,
+      num_slices=num_slices, dcn=dcn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +360,15 @@ def format_report(p: Preflight) -> str:
   lines.append(f'collectives per device per step: '
                f'{sum(coll.values()) / GiB:.3f} GiB sent'
                + (f' ({parts})' if parts else ''))
+  if p.num_slices > 1:
+    rate = hardware_lib.dcn_bytes_per_s_per_device(p.hardware)
+    lines.append(
+        f'  of which over DCN between the {p.num_slices} slices: '
+        f'{p.dcn_bytes / 2**20:,.2f} MiB ({sum(p.dcn.count.values())} '
+        f'transfers), on ICI {(sum(coll.values()) - p.dcn_bytes) / 2**20:,.2f}'
+        f' MiB; ' + (f'{p.dcn_step_s * 1e3:,.2f} ms at {rate / 1e9:.3g} GB/s '
+                     f'DCN per device' if p.dcn_step_s else
+                     'no published DCN bandwidth for this chip'))
   if p.step_s is not None and p.hardware:
     est = p.train.optimal_seconds
     how = ('the compiler\'s estimate' if est is not None and

@@ -145,6 +145,22 @@ SOURCES = {
     'h200-nvl': 'NVIDIA H200 data sheet: NVL 141 GB; NVLink 900 GB/s',
 }
 
+#: Data-centre network (DCN) bytes/s one chip sends to other slices
+#: (multislice), one direction: the Cloud TPU v6e page's "data center network
+#: bandwidth per Pod" over the pod's 256 chips, equal to its per-host NICs
+#: over the host's 8 chips (v5e: 6.4 Tbps per pod, 2 x 100 Gbps a host:
+#: 25 Gbps a chip; v6e: 25.6 Tbps, 4 x 200 Gbps: 100 Gbps a chip). No
+#: published figure for the other generations: None.
+DCN_BYTES_PER_S_PER_CHIP = {'v5e': 6.4e12 / 8 / 256, 'v6e': 25.6e12 / 8 / 256}
+
+
+def dcn_bytes_per_s_per_device(hardware: Optional[Hardware]) -> Optional[float]:
+  """The chip's DCN bandwidth shared by its JAX devices; None if unpublished."""
+  if hardware is None or hardware.key not in DCN_BYTES_PER_S_PER_CHIP:
+    return None
+  return DCN_BYTES_PER_S_PER_CHIP[hardware.key] / hardware.devices_per_chip
+
+
 # jax's `device.device_kind` strings -> hardware keys (compared lower-case).
 _DEVICE_KINDS = {
     'tpu v2': 'v2', 'tpu v3': 'v3', 'tpu v4': 'v4',
