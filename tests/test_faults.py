@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from vit_jax import train, train_checkpoint
+from vit_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -60,6 +61,15 @@ def base(tmp_path_factory):
   assert result.step == 20 and sorted(os.listdir(os.path.join(
       workdir, 'checkpoints'))) == ['10', '20']
   return workdir, _host(result.params), _rows(workdir)
+
+
+def test_a_run_writes_what_the_workdir_layout_names(base):
+  names = set(os.listdir(base[0]))
+  events = {n for n in names if n.startswith('events.out.tfevents.')}  # TensorBoard's
+  assert len(events) == 1
+  # The digits name no classes (no class_names.json); nothing was moved aside.
+  assert names - events == {workdir_lib.CONFIG, workdir_lib.LOCK, workdir_lib.METRICS,
+                            workdir_lib.CHECKPOINTS, workdir_lib.PARAMS}
 
 
 def _copy(base_dir, tmp_path):

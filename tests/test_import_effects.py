@@ -73,7 +73,7 @@ def test_importing_every_module_installs_no_hooks_and_no_log_filters():
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert {'vit_jax.main', 'vit_jax.train', 'vit_jax.train_checkpoint',
-          'vit_jax.transfer', 'vit_jax.evaluate'} <= set(out['imported'])
+          'vit_jax.transfer', 'vit_jax.evaluate', 'vit_jax.workdir'} <= set(out['imported'])
   assert set(out['missing']) <= {'apache_beam'}, out['missing']
   before, after = out['before'], out['after']
   for key in ('threading.excepthook', 'sys.unraisablehook', 'sys.excepthook', 'SIGTERM',

@@ -24,8 +24,7 @@ from typing import Any, Optional
 import jax
 
 from vit_jax import files
-
-FILE = 'class_names.json'
+from vit_jax import workdir as workdir_lib
 
 #: Preprocessing ops that may give the labels another meaning than the
 #: label feature's (VTAB's derived tasks, a copied key).
@@ -71,13 +70,13 @@ def write_class_names(workdir: str, train_data: Any) -> Optional[list[str]]:
   """
   names = of_data(train_data)
   if names is not None and jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, FILE), names)
+    files.write_json(os.path.join(workdir, workdir_lib.CLASS_NAMES), names)
   return names
 
 
 def read_class_names(run_dir: str) -> Optional[list[str]]:
   """The class names a run kept (WORKDIR/class_names.json), or None."""
-  names = files.read_json(os.path.join(run_dir, FILE))
+  names = files.read_json(os.path.join(run_dir, workdir_lib.CLASS_NAMES))
   if not isinstance(names, list) or not names:
     return None
   return [str(name) for name in names]

@@ -26,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vit_jax import cli
+from vit_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with named arguments: '
@@ -83,10 +84,11 @@ def main(argv) -> None:
                       f'{e.errno}]; free space, then rerun to resume from the '
                       f'last checkpoint.')
   if jax.process_index() == 0:
-    exported = result.status == 'done' and _CONFIG.value.export_npz
-    print(summary_line(result, os.path.join(_WORKDIR.value, 'params.npz')
-                       if exported else None), flush=True)
-  if result.status == 'budget_exhausted':
+    exported = (result.status == train.RunStatus.DONE and
+                _CONFIG.value.export_npz)
+    params = os.path.join(_WORKDIR.value, workdir_lib.PARAMS)
+    print(summary_line(result, params if exported else None), flush=True)
+  if result.status == train.RunStatus.BUDGET_EXHAUSTED:
     sys.exit(train.EXIT_BUDGET_EXHAUSTED)
 
 

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from vit_jax import files
+from vit_jax import workdir as workdir_lib
 
-METRICS_FILE = 'metrics.jsonl'
 
 
 def _plain(value: Any) -> Any:
@@ -51,7 +51,7 @@ class MetricWriter:
   def __init__(self, workdir: str, *, is_primary: bool,
                resume_step: Optional[int] = None):
     self.is_primary = is_primary
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = os.path.join(workdir, workdir_lib.METRICS)
     self._tb = None
     if not is_primary:
       return

@@ -29,9 +29,7 @@ import numpy as np
 
 from vit_jax import checkpoint, files, hf_interop, models, train_checkpoint
 from vit_jax import class_names as class_names_lib
-
-CONFIG = 'config.json'
-EXPORTED = 'params.npz'
+from vit_jax import workdir as workdir_lib
 
 _log = logging.getLogger(__name__)
 
@@ -58,7 +56,8 @@ class Described:
 
 def is_run(path: str) -> bool:
   """A vit_jax run's workdir: a directory with config.json (not transformers')."""
-  return (os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG))
+  return (os.path.isdir(path)
+          and os.path.exists(os.path.join(path, workdir_lib.CONFIG))
           and not hf_interop.is_transformers_dir(path))
 
 
@@ -67,7 +66,7 @@ def run_config(path: str) -> Optional[dict]:
   if hf_interop.is_transformers_dir(path):
     return hf_interop.as_run_config(hf_interop.read_config(path))
   if is_run(path):
-    return files.read_json(os.path.join(path, CONFIG))
+    return files.read_json(os.path.join(path, workdir_lib.CONFIG))
   return None
 
 
@@ -93,30 +92,31 @@ def read(path: str) -> tuple[dict, Optional[dict]]:
     run = run_of_export(path)
     if run is None:
       return tree, None
-    config = files.read_json(os.path.join(run, CONFIG))
+    config = files.read_json(os.path.join(run, workdir_lib.CONFIG))
     _log_read(config, config.get('total_steps'), path,
               config.get('ema_decay') is not None)
     return tree, config
   if not os.path.isdir(path):
     raise FileNotFoundError(f'checkpoint {path} is neither an .npz file nor '
                             f'a run directory.')
-  config = files.read_json(os.path.join(path, CONFIG))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  config = files.read_json(os.path.join(path, workdir_lib.CONFIG))
+  if os.path.isdir(os.path.join(path, workdir_lib.CHECKPOINTS)):
     restored = train_checkpoint.read_params(path)
     _log_read(config, restored.step, path, restored.averaged)
     return restored.params, config
-  exported = os.path.join(path, EXPORTED)
+  exported = os.path.join(path, workdir_lib.PARAMS)
   if os.path.exists(exported):
     _log_read(config, (config or {}).get('total_steps'), exported,
               (config or {}).get('ema_decay') is not None)
     return checkpoint.load_npz(exported), config
-  raise FileNotFoundError(f'{path} holds neither checkpoints/ nor {EXPORTED}; '
-                          f'pass a run directory or an .npz file.')
+  raise FileNotFoundError(f'{path} holds neither checkpoints/ nor '
+                          f'{workdir_lib.PARAMS}; pass a run directory or an '
+                          f'.npz file.')
 
 
 def run_of_export(path: str) -> Optional[str]:
   """The run directory whose exported params.npz `path` is, or None."""
-  if os.path.basename(path) != EXPORTED:
+  if os.path.basename(path) != workdir_lib.PARAMS:
     return None
   directory = os.path.dirname(os.path.abspath(path))
   return directory if is_run(directory) else None
@@ -225,7 +225,8 @@ def describe(path: str, tree: Optional[dict] = None,
     section['name'] = _name_from_file(path)
   if not section.get('name'):
     raise ValueError(f'cannot tell the model of {path}: pass the model '
-                     f'(e.g. ViT-B/16), or a run directory with {CONFIG}.')
+                     f'(e.g. ViT-B/16), or a run directory with '
+                     f'{workdir_lib.CONFIG}.')
   for key, value in _arrays_model(tree).items():
     section.setdefault(key, value)
     if section.get(key) is None:

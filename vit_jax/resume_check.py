@@ -16,7 +16,7 @@ from typing import Any
 
 from etils import epath
 
-CONFIG_FILE = 'config.json'
+from vit_jax import workdir as workdir_lib
 
 #: Flattened config keys (fnmatch patterns) a resume may change.
 RESUMABLE_KEYS = ('total_steps', 'log_every', 'checkpoint_every',
@@ -50,8 +50,8 @@ def check_resume_config(workdir: str, config: Any) -> None:
 
   Does nothing for a workdir without checkpoints or without config.json.
   """
-  path = epath.Path(workdir) / CONFIG_FILE
-  checkpoints = epath.Path(workdir) / 'checkpoints'
+  path = epath.Path(workdir) / workdir_lib.CONFIG
+  checkpoints = epath.Path(workdir) / workdir_lib.CHECKPOINTS
   if not path.exists() or not checkpoints.exists() or not any(
       p.name.isdigit() for p in checkpoints.iterdir()):
     return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import logging
 import os
 import signal
@@ -24,7 +25,8 @@ from vit_jax import (assembly, budget, checkpoint, class_names, config_lib,
                      data, evaluate, files, models, parallel, pretrained,
                      profiling)
 from vit_jax import metrics as metrics_lib
-from vit_jax import resume_check, train_checkpoint
+from vit_jax import resume_check
+from vit_jax import workdir as workdir_lib
 from vit_jax.train_checkpoint import SaveError, TrainCheckpointer  # pylint: disable=unused-import
 from vit_jax.workdir_lock import WorkdirLock
 
@@ -38,10 +40,17 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or Inf; the last good checkpoint stays the latest."""
 
 
+class RunStatus(enum.StrEnum):
+  """How a run ended; str-valued, so JSON and the SUMMARY line read 'done'."""
+  DONE = 'done'
+  PREEMPTED = 'preempted'                # SIGTERM: saved, rerun to resume.
+  BUDGET_EXHAUSTED = 'budget_exhausted'  # The compute cap: saved, exit 75.
+
+
 @dataclasses.dataclass
 class TrainResult:
   """How a run ended and what it measured."""
-  status: str                  # 'done', 'preempted' or 'budget_exhausted'
+  status: RunStatus
   step: int
   total_steps: int
   eval_metrics: dict
@@ -52,20 +61,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------- building
-
-
-def check_workdir(workdir: str) -> str:
-  """Absolute workdir that exists and is writable, or a one-line error."""
-  if '://' in workdir:
-    return workdir
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  try:
-    files.probe_writable(workdir)
-  except OSError as e:
-    raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
-                     f'choose a directory you can write to.') from None
-  train_checkpoint.check_writable(workdir)
-  return workdir
 
 
 def _initial_params(config, abstract_params) -> Optional[Any]:
@@ -140,10 +135,10 @@ class _Preemption:
     return self.requested
 
 
-_VERDICTS = ('ok', 'warn', 'stop')
+_VERDICTS = tuple(budget.Verdict)
 
 
-def _agreed(verdict: str) -> str:
+def _agreed(verdict: budget.Verdict) -> budget.Verdict:
   """Process 0's cap verdict on every process.
 
   Each process times its own clock, so their core-hours differ slightly; if
@@ -263,7 +258,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   """
   config_lib.check_schema(config)
   resolve_model(config)  # Before the resume check: config.json holds it.
-  workdir = check_workdir(workdir)
+  workdir = workdir_lib.check_workdir(workdir)
   with _Preemption() as preemption, WorkdirLock(workdir):
     resume_check.check_resume_config(workdir, config)
     return _train_and_evaluate(config, workdir, preemption)
@@ -303,7 +298,8 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
     tracker.load_state_dict((resumed or {}).get('budget', {}))
     start_step = int(jax.device_get(state['step']))
     if is_primary:
-      files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+      files.write_json(os.path.join(workdir, workdir_lib.CONFIG),
+                       config.to_dict())
     class_names.write_class_names(workdir, train_data)  # For predict, export.
 
     # 4. The compiled step and the metric writers.
@@ -335,14 +331,14 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
                  config.total_steps, jax.device_count(), device_kind,
                  dict(mesh.shape), config.batch_size)
     batches = train_data.iterator(start_batch=start_step)
-    status, step, eval_metrics = 'done', start_step, {}
+    status, step, eval_metrics = RunStatus.DONE, start_step, {}
     profiler = profiling.ProfileWindow.from_config(config.get('profile'),
                                                    workdir)
     img_per_sec = None
     with preemption:
       tracker.start_training()  # Input wait is a part of training time.
       if preemption.requested and step < config.total_steps:
-        status = 'preempted'
+        status = RunStatus.PREEMPTED
         logging.warning('SIGTERM before the first step: nothing was trained '
                         'in this run; rerun the same command to start or '
                         'resume.')
@@ -360,7 +356,7 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
         window.push(step, step_metrics)
 
         last = step == config.total_steps
-        verdict = budget.OK
+        verdict = budget.Verdict.OK
         if step % config.log_every == 0 or last:
           scalars = window.summary()
           scalars.update(tracker.metrics())  # img/s, per core, MFU, core-h.
@@ -378,18 +374,18 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
           # collective every step would defeat the one-step-late read.
           if cap.enabled:
             verdict = _agreed(cap.check(tracker.core_hours))
-        if verdict == budget.WARN:
+        if verdict == budget.Verdict.WARN:
           logging.warning('%s', cap.warn_message(tracker.core_hours))
 
         # One stop path: the cap or a preemption saves, then ends the run.
-        stop = ('budget_exhausted' if verdict == budget.STOP else
-                'preempted' if preemption.reached(step) else None)
+        stop = (RunStatus.BUDGET_EXHAUSTED if verdict == budget.Verdict.STOP
+                else RunStatus.PREEMPTED if preemption.reached(step) else None)
         if stop or step % config.checkpoint_every == 0 or last:
           save(step, state)
         if stop:
           status = stop
           logging.warning('%s', cap.stop_message(tracker.core_hours, workdir)
-                          if stop == 'budget_exhausted' else
+                          if stop == RunStatus.BUDGET_EXHAUSTED else
                           f'Preemption requested: saved step {step} to '
                           f'{workdir}; rerun the same command to resume.')
           break
@@ -401,8 +397,8 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
       eval_metrics = _run_evals(evaluators, eval_params(state), step, tracker,
                                 force=True)
 
-  if status == 'done' and config.export_npz:
-    _export_npz(eval_params(state), os.path.join(workdir, 'params.npz'),
+  if status == RunStatus.DONE and config.export_npz:
+    _export_npz(eval_params(state), os.path.join(workdir, workdir_lib.PARAMS),
                 is_primary)
   tracker.stop()  # The devices are released.
   return TrainResult(status=status, step=step, total_steps=config.total_steps,

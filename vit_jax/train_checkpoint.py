@@ -35,9 +35,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vit_jax import files, rules
+from vit_jax import rules
+from vit_jax import workdir as workdir_lib
 
-ASIDE_DIR = 'checkpoints_aside'
 #: errno values that mean the storage is full.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -260,30 +260,6 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def check_writable(workdir: str) -> None:
-  """WORKDIR/checkpoints is a directory this process can write, or one line.
-
-  Orbax would otherwise wait minutes in its own retries before failing.
-  """
-  if '://' in workdir:
-    return
-  path = os.path.join(workdir, 'checkpoints')
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f'{path} is a file, not a directory: move it away or '
-                     f'choose another --workdir.')
-  try:
-    files.probe_writable(path)
-  except OSError as e:
-    raise ValueError(f'{path} cannot be written ({e.strerror}); fix its '
-                     f'permissions or choose another --workdir.') from None
-
-
-def _abs(path: str) -> str:
-  if '://' in path:
-    return path
-  return os.path.abspath(os.path.expanduser(path))
-
-
 def _handlers() -> dict:
   """How each item is written; named so that a fresh process can read it."""
   return {'state': ocp.StandardCheckpointHandler(),
@@ -295,7 +271,8 @@ class TrainCheckpointer:
 
   def __init__(self, workdir: str, *, keep: int = 2,
                keep_every: Optional[int] = None, async_save: bool = True):
-    self.directory = os.path.join(_abs(workdir), 'checkpoints')
+    self.directory = os.path.join(workdir_lib.absolute(workdir),
+                                  workdir_lib.CHECKPOINTS)
     self._saving: Optional[int] = None  # The step of the last save started.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every,
@@ -382,7 +359,7 @@ class TrainCheckpointer:
 
   def _aside(self, step: int, why: str) -> str:
     """Moves step `step` into WORKDIR/checkpoints_aside/ (process 0 renames)."""
-    aside = epath.Path(self.directory).parent / ASIDE_DIR
+    aside = epath.Path(self.directory).parent / workdir_lib.CHECKPOINTS_ASIDE
     stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
     target = aside / f'{step}.{why}.{stamp}'
     if jax.process_index() == 0:
@@ -548,9 +525,9 @@ def read_params(workdir_or_checkpoints: str) -> RestoredParams:
   with a warning naming it, never moved: the directory is another run's and
   is only read.
   """
-  path = _abs(workdir_or_checkpoints)
-  if os.path.basename(path.rstrip('/')) != 'checkpoints':
-    path = os.path.join(path, 'checkpoints')
+  path = workdir_lib.absolute(workdir_or_checkpoints)
+  if os.path.basename(path.rstrip('/')) != workdir_lib.CHECKPOINTS:
+    path = os.path.join(path, workdir_lib.CHECKPOINTS)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no checkpoints directory at {path}; pass a '
                             f'workdir of a vit_jax run or a released .npz.')

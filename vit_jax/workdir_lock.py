@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from etils import epath
 
-LOCK_FILE = 'lock'
+from vit_jax import workdir as workdir_lib
 
 
 def _owner_text(owner: Optional[dict]) -> str:
@@ -51,7 +51,7 @@ class _LocalLock:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = os.path.join(workdir, workdir_lib.LOCK)
     self._fd: Optional[int] = None
 
   def acquire(self, owner: dict) -> None:
@@ -85,7 +85,7 @@ class _HeartbeatLock:
                settle_s: float):
     self.workdir = workdir
     self.settle_s = settle_s
-    self.path = epath.Path(workdir) / LOCK_FILE
+    self.path = epath.Path(workdir) / workdir_lib.LOCK
     self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
     self._stop = threading.Event()
     self._thread: Optional[threading.Thread] = None

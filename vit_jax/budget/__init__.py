@@ -14,8 +14,8 @@ This package imports jax and flax (through the model registry), never
 TensorFlow, clu or ml_collections.
 """
 
-from vit_jax.budget.cap import (EXIT_BUDGET_EXHAUSTED, STOP, WARN, OK,
-                                WARN_FRACTION, BudgetCap)
+from vit_jax.budget.cap import (EXIT_BUDGET_EXHAUSTED, WARN_FRACTION,
+                                BudgetCap, Verdict)
 from vit_jax.budget.flops import (bit_resnet_macs, forward_macs,
                                   forward_macs_breakdown, resnet_stem_macs,
                                   train_flops_per_image)
@@ -29,8 +29,8 @@ from vit_jax.budget.tracker import PAUSE_REASONS, CoreHoursTracker
 
 __all__ = [
     'BudgetCap', 'CoreHoursTracker', 'DATASETS', 'EXIT_BUDGET_EXHAUSTED',
-    'HARDWARE', 'Hardware', 'OK', 'PAUSE_REASONS', 'Plan', 'RunReport', 'STOP',
-    'WARN', 'WARN_FRACTION', 'bit_resnet_macs', 'cores_per_device',
+    'HARDWARE', 'Hardware', 'PAUSE_REASONS', 'Plan', 'RunReport', 'Verdict',
+    'WARN_FRACTION', 'bit_resnet_macs', 'cores_per_device',
     'dataset_size', 'for_device_kind', 'format_plan', 'format_reports',
     'forward_macs', 'forward_macs_breakdown', 'make_plan', 'mfu_from_file',
     'parse_hardware', 'peak_flops', 'resnet_stem_macs', 'summarize',

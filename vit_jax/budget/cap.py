@@ -1,8 +1,8 @@
 """The compute cap: warn once at 80% of `budget.max_core_hours`, stop at 100%.
 
-The training loop asks `cap.check(tracker.core_hours)` after each step it logs:
-'warn' (once per process, when the run first stands at or past 80%) -> log
-`cap.warn_message(...)`; 'stop' -> save a checkpoint, log
+The training loop asks `cap.check(tracker.core_hours)` after each step it logs,
+a `Verdict`: WARN (once per process, when the run first stands at or past 80%)
+-> log `cap.warn_message(...)`; STOP -> save a checkpoint, log
 `cap.stop_message(...)` and exit with `EXIT_BUDGET_EXHAUSTED`. Raising the cap
 and starting the same command with the same --workdir resumes the run and its
 count (the counters live in the checkpoint).
@@ -10,6 +10,7 @@ count (the counters live in the checkpoint).
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any, Optional
 
@@ -18,7 +19,13 @@ EXIT_BUDGET_EXHAUSTED = 75
 #: Fraction of the cap at which the run warns.
 WARN_FRACTION = 0.8
 
-OK, WARN, STOP = 'ok', 'warn', 'stop'
+
+
+class Verdict(enum.StrEnum):
+  """What `BudgetCap.check` says; str-valued ('ok', 'warn', 'stop')."""
+  OK = 'ok'
+  WARN = 'warn'
+  STOP = 'stop'
 
 
 def _get(config: Any, key: str) -> Any:
@@ -71,16 +78,16 @@ class BudgetCap:
   def fraction(self, core_hours: float) -> float:
     return core_hours / self.max_core_hours if self.enabled else 0.0
 
-  def check(self, core_hours: float) -> str:
-    """'stop' at or past the cap; 'warn' the first time past 80%; else 'ok'."""
+  def check(self, core_hours: float) -> Verdict:
+    """STOP at or past the cap; WARN the first time past 80%; else OK."""
     if not self.enabled:
-      return OK
+      return Verdict.OK
     if core_hours >= self.max_core_hours:
-      return STOP
+      return Verdict.STOP
     if core_hours >= self.warn_fraction * self.max_core_hours and not self._warned:
       self._warned = True
-      return WARN
-    return OK
+      return Verdict.WARN
+    return Verdict.OK
 
   def warn_message(self, core_hours: float) -> str:
     return (f'compute budget: {core_hours:,.2f} of {self.max_core_hours:,.2f} '

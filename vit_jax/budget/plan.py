@@ -15,6 +15,7 @@ import os
 import statistics
 from typing import Optional
 
+from vit_jax import workdir as workdir_lib
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
 from vit_jax.models.registry import check_image_size, get_spec
@@ -160,7 +161,7 @@ def mfu_from_file(path: str, model: Optional[str] = None) -> float:
   (those whose `model` equals `model`, when records name their model).
   """
   if os.path.isdir(path):
-    path = os.path.join(path, 'metrics.jsonl')
+    path = os.path.join(path, workdir_lib.METRICS)
   if not os.path.exists(path):
     raise FileNotFoundError(f'no MFU source at {path}; give a workdir, its '
                             f'metrics.jsonl or a benchmark JSON file.')

@@ -17,9 +17,8 @@ import statistics
 from typing import Any, Mapping, Optional
 
 from vit_jax import models
+from vit_jax import workdir as workdir_lib
 
-METRICS_FILE = 'metrics.jsonl'
-CONFIG_FILE = 'config.json'
 _PROJECTION_WINDOW = 10  # log rows whose slope projects the rest of the run
 
 
@@ -28,12 +27,12 @@ class NotARunError(FileNotFoundError):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, workdir_lib.METRICS)
   if not os.path.isdir(workdir):
     what = 'is not a directory' if os.path.exists(workdir) else 'does not exist'
     raise NotARunError(f'{workdir} {what}; pass the --workdir of a training run.')
   if not os.path.isfile(path):
-    raise NotARunError(f'no {METRICS_FILE} in {workdir}; is it the '
+    raise NotARunError(f'no {workdir_lib.METRICS} in {workdir}; is it the '
                        f'--workdir of a training run?')
   rows = []
   with open(path) as f:
@@ -54,7 +53,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def read_config(workdir: str) -> dict:
   """The resolved config, or {} when the run wrote none."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, workdir_lib.CONFIG)
   if not os.path.isfile(path):
     return {}
   with open(path) as f:
@@ -243,7 +242,8 @@ def summarize_runs(workdirs: list[str]) -> tuple[list[RunReport], list[str]]:
   if not reports:
     raise NotARunError(skipped[0] if len(skipped) == 1 else
                        f'none of the {len(skipped)} paths is the --workdir of a '
-                       f'training run (no {METRICS_FILE} in any of them).')
+                       f'training run (no {workdir_lib.METRICS} in any of '
+                       f'them).')
   return reports, skipped
 
 

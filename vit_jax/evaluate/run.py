@@ -21,6 +21,7 @@ import jax
 
 from vit_jax import (checkpoint, config_lib, files, models, parallel,
                      pretrained)
+from vit_jax import workdir as workdir_lib
 from vit_jax.evaluate import build_evaluators, inputs
 
 RESULTS = 'results.json'
@@ -67,7 +68,9 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
   evaluators = build_evaluators(
       config.evals, model=model, mesh=mesh, image_size=image_size,
       num_classes=num_classes, data_dir=config.get('data_dir'))
-  workdir = results_dir(workdir)  # After the checks: a refusal writes nothing.
+  # After the checks: a refusal writes nothing. No checkpoints/ (it trains
+  # nothing): results.json only.
+  workdir = workdir_lib.writable(workdir)
 
   results = {'checkpoint': checkpoint_path, 'model': info.label,
              'image_size': image_size,
@@ -82,20 +85,6 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
     results['seconds'][ev.name] = round(time.perf_counter() - start, 2)
     _write_json(os.path.join(workdir, RESULTS), results)  # After each one.
   return results
-
-
-def results_dir(workdir: str) -> str:
-  """The absolute workdir, created and probed: an evaluation writes
-  results.json there, and no checkpoints/ (it trains nothing)."""
-  if '://' in workdir:
-    return workdir
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  try:
-    files.probe_writable(workdir)
-  except OSError as e:
-    raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
-                     f'choose a directory you can write to.') from None
-  return workdir
 
 
 def _write_json(path: str, obj: Any) -> None:

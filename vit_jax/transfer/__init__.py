@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from vit_jax import train
+from vit_jax import workdir as workdir_lib
 from vit_jax.transfer import runs, sweep, vtab
 
 
@@ -33,15 +34,14 @@ def run(config: Any, workdir: str) -> train.TrainResult:
   """The sweep (if any), the run itself, then VTAB-1k (if asked for)."""
   # Not created or probed here: each run checks its inputs first, then its
   # workdir, so that a refused command leaves the workdir as it found it.
-  if '://' not in workdir:
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = workdir_lib.absolute(workdir)
   with runs.RunComposer(workdir, config.budget) as composer:
     try:
       if config.sweep.learning_rates:
         config = sweep.run_sweep(config, workdir, composer)
       result = train.train_and_evaluate(config, workdir)
       composer.parent_core_hours = result.core_hours
-      if result.status == 'done' and config.vtab.mode:
+      if result.status == train.RunStatus.DONE and config.vtab.mode:
         metrics = run_vtab(config, workdir, result.step, composer)
         result = dataclasses.replace(
             result, eval_metrics={**result.eval_metrics, **metrics})

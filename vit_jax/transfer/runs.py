@@ -29,20 +29,21 @@ from typing import Any, Callable, Optional
 import jax
 
 from vit_jax import budget, files, train
+from vit_jax import workdir as workdir_lib
 
 ACCOUNT = 'transfer_account.json'
 RESULT = 'result.json'
 
 
 class Stopped(Exception):
-  """A child run ended early: `status` is 'preempted' or 'budget_exhausted'.
+  """A child run ended early: `status` is PREEMPTED or BUDGET_EXHAUSTED.
 
   `step` is the child's last saved step (None: none saved) of its
   `total_steps`: what the SUMMARY line reports beside `stopped_in`.
   """
 
-  def __init__(self, status: str, where: str, step: Optional[int] = None,
-               total_steps: Optional[int] = None):
+  def __init__(self, status: train.RunStatus, where: str,
+               step: Optional[int] = None, total_steps: Optional[int] = None):
     super().__init__(f'{where} stopped early ({status})')
     self.status = status
     self.where = where
@@ -54,7 +55,7 @@ def saved_step(workdir: str) -> Optional[int]:
   """The newest finished checkpoint step in `workdir` (orbax names a
   finished step's directory by its number), or None."""
   try:
-    names = os.listdir(os.path.join(workdir, 'checkpoints'))
+    names = os.listdir(os.path.join(workdir, workdir_lib.CHECKPOINTS))
   except OSError:
     return None
   return max((int(n) for n in names if n.isdigit()), default=None)
@@ -130,11 +131,13 @@ class RunComposer:
       return ChildResult(done['metrics'], done['core_hours'], done['step'])
     total = config.get('total_steps')
     if self._sigterm:
-      raise Stopped('preempted', what, saved_step(workdir), total)
+      raise Stopped(train.RunStatus.PREEMPTED, what, saved_step(workdir),
+                    total)
     cap = self._child_cap(workdir)
     if cap is not None:
       if cap <= 0:
-        raise Stopped('budget_exhausted', what, saved_step(workdir), total)
+        raise Stopped(train.RunStatus.BUDGET_EXHAUSTED, what,
+                      saved_step(workdir), total)
       config = config.copy_and_resolve_references()
       config.budget.max_core_hours = cap
       config.budget.max_core_days = None
@@ -144,7 +147,7 @@ class RunComposer:
     except train.NonFiniteLossError as e:
       raise train.NonFiniteLossError(f'{what} ({workdir}): {e}') from None
     self._record(workdir, result.core_hours)
-    if result.status != 'done':
+    if result.status != train.RunStatus.DONE:
       raise Stopped(result.status, what, result.step,
                     getattr(result, 'total_steps', total))
     metrics = {k: float(v) for k, v in result.eval_metrics.items()

@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from vit_jax import config_lib, files
+from vit_jax import workdir as workdir_lib
 from vit_jax.data import vtab_tasks
 from vit_jax.transfer import runs
 
@@ -220,7 +221,7 @@ class VtabRunner:
              what: str) -> float:
     """Runs (or resumes, or reads back) one fine-tuning; its eval top-1."""
     result = composer.train(config, workdir, what)
-    checkpoints = os.path.join(workdir, 'checkpoints')
+    checkpoints = os.path.join(workdir, workdir_lib.CHECKPOINTS)
     if not self.keep_checkpoints and jax.process_index() == 0 and (
         os.path.isdir(checkpoints)):
       shutil.rmtree(checkpoints)

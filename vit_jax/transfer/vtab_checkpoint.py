@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from vit_jax import workdir as workdir_lib
 from vit_jax.evaluate import run as evaluate_run
 from vit_jax.transfer import runs, vtab
 
 
 def run(config: Any, checkpoint_path: str, workdir: str) -> dict:
   """Runs (or resumes) VTAB-1k; the table plus 'markdown' and 'stopped'."""
-  workdir = evaluate_run.results_dir(workdir)  # The task runs check theirs.
+  workdir = workdir_lib.writable(workdir)  # The task runs check theirs.
   _, info = evaluate_run.describe(config, checkpoint_path)
   runner = vtab.runner_from_config(config.vtab, info.model,
                                    data_dir=config.get('data_dir'),

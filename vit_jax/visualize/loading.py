@@ -26,6 +26,7 @@ import re
 from typing import Any, Optional
 
 from vit_jax import checkpoint, models, pretrained
+from vit_jax import workdir as workdir_lib
 from vit_jax.models import (MODELS, VisionTransformer, get_model, get_spec,
                             param_shapes)
 
@@ -96,7 +97,7 @@ def load(path: str, model_name: Optional[str] = None,
 def _from_workdir(path: str, model_name: Optional[str]):
   """A run directory, or its exported params.npz: the run's config.json."""
   run_dir = path if os.path.isdir(path) else os.path.dirname(path)
-  config_path = os.path.join(run_dir, 'config.json')
+  config_path = os.path.join(run_dir, workdir_lib.CONFIG)
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f'{path} has no config.json: it is not the workdir '
                             f'of a vit_jax run; pass such a directory or an .npz.')
