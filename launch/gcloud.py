@@ -54,9 +54,17 @@ class Target:
   zone: str
   project: Optional[str] = None
   queued: bool = False
+  #: Multislice: one queued resource of this many slices (nodes NAME-0, NAME-1, ...) joined by DCN.
+  num_slices: int = 1
 
   def flags(self) -> list[str]:
     return [f'--zone={self.zone}'] + ([f'--project={self.project}'] if self.project else [])
+
+  def nodes(self) -> list[str]:
+    """The TPU VMs: the slice, or the multislice queued resource's nodes (`--node-prefix=NAME`)."""
+    if self.num_slices == 1:
+      return [self.name]
+    return [f'{self.name}-{i}' for i in range(self.num_slices)]
 
 
 def _tpus(target: Target, group: str, verb: str, positional: Sequence[str], *flags: str
@@ -67,6 +75,11 @@ def _tpus(target: Target, group: str, verb: str, positional: Sequence[str], *fla
 
 def create(target: Target, accelerator_type: str, runtime_version: str, spot: bool) -> Command:
   spot_flag = ('--spot',) if spot else ()
+  if target.num_slices > 1:  # one queued resource, gang-scheduled: all slices or none
+    return Command('create', _tpus(target, 'queued-resources', 'create', [target.name],
+                                   f'--node-count={target.num_slices}', f'--node-prefix={target.name}',
+                                   f'--accelerator-type={accelerator_type}',
+                                   f'--runtime-version={runtime_version}', *spot_flag))
   if target.queued:
     return Command('create', _tpus(target, 'queued-resources', 'create', [target.name],
                                    f'--node-id={target.name}', f'--accelerator-type={accelerator_type}',
@@ -90,9 +103,29 @@ def delete(target: Target) -> Command:
   return Command('delete', _tpus(target, 'tpu-vm', 'delete', [target.name], '--quiet'))
 
 
-def ssh(target: Target, kind: str, script: str, worker: str = 'all') -> Command:
-  return Command(kind, _tpus(target, 'tpu-vm', 'ssh', [target.name], f'--worker={worker}', '--quiet',
-                             f'--command={script}'))
+def ssh(target: Target, kind: str, script: str, worker: str = 'all',
+        scripts: Optional[Sequence[str]] = None) -> Command:
+  """`script` on the workers; on a multislice target on every node in turn (`scripts`: one per
+  slice), status lines named `worker=SLICE-I`, logs from slice 0 only; the status is the last failure's."""
+  if target.num_slices == 1 or kind == 'logs':
+    return Command(kind, _tpus(target, 'tpu-vm', 'ssh', [target.nodes()[0]], f'--worker={worker}',
+                               '--quiet', f'--command={(scripts or [script])[0]}'))
+  lines = []
+  for i, (node, each) in enumerate(zip(target.nodes(), scripts or [script] * target.num_slices)):
+    if kind == 'status':
+      each = f'{{ {each}; }} | sed "s/^worker=/worker={i}-/"'
+    lines.append(shlex.join(_tpus(target, 'tpu-vm', 'ssh', [node], f'--worker={worker}', '--quiet',
+                                  f'--command={each}')) + ' || rc=$?')
+  return Command(kind, ('bash', '-c', '; '.join(['rc=0', *lines, 'exit $rc'])))
+
+
+def _to_every_node(target: Target, kind: str, path: str, remote: str, **extra) -> Command:
+  """`tpu-vm scp PATH NODE:REMOTE --worker=all` to the slice, or to each node of a multislice."""
+  argvs = [_tpus(target, 'tpu-vm', 'scp', [path, f'{node}:{remote}'], '--worker=all', '--quiet')
+           for node in target.nodes()]
+  if len(argvs) == 1:
+    return Command(kind, argvs[0], **extra)
+  return Command(kind, ('bash', '-c', '; '.join(['set -e', *map(shlex.join, argvs)])), **extra)
 
 
 def local_bundle(target: Target) -> str:
@@ -105,8 +138,7 @@ def bundle(source: str, path: str) -> Command:
 
 
 def upload(target: Target, path: str) -> Command:
-  return Command('upload', _tpus(target, 'tpu-vm', 'scp', [path, f'{target.name}:{REMOTE_BUNDLE}'],
-                                 '--worker=all', '--quiet'))
+  return _to_every_node(target, 'upload', path, REMOTE_BUNDLE)
 
 
 REMOTE_ENV = '.vit_jax_env'  # relative to the worker's home directory
@@ -129,9 +161,8 @@ def env_file_content(env: Sequence[str]) -> str:
 def upload_env(target: Target, env: Sequence[str]) -> Command:
   """Copies the --env variables to every worker as ~/.vit_jax_env (mode 0600, written locally first)."""
   path = os.path.join(tempfile.gettempdir(), f'vit_jax-{target.name}.env')
-  return Command('upload_env', _tpus(target, 'tpu-vm', 'scp', [path, f'{target.name}:{REMOTE_ENV}'],
-                                     '--worker=all', '--quiet'),
-                 secret_file=(path, env_file_content(env)))
+  return _to_every_node(target, 'upload_env', path, REMOTE_ENV,
+                        secret_file=(path, env_file_content(env)))
 
 
 def _refuse_if_running(what: str) -> str:
@@ -160,13 +191,31 @@ def install_script(python: str = 'python3.11', git_url: Optional[str] = None,
 
 
 COORDINATOR_PORT = 8482  # the port jax's own Cloud TPU detection uses
+MEGASCALE_PORT = 8081    # the multislice (megascale) runtime's port, as Ray's TPU support sets it
 
 
 def _metadata(key: str) -> str:
   return f'curl -sf -m 10 -H "Metadata-Flavor: Google" {METADATA_ATTRIBUTES}/{key}'
 
 
-def start_script(module: str, flags: Sequence[str], hosts: int = 1, env_file: bool = False) -> str:
+def multislice_env(target: Target, slice_id: int) -> list[str]:
+  """Shell lines exporting what multislice JAX reads on a worker of slice `slice_id`: the
+  MEGASCALE_* variables (jax's Cloud TPU cluster reads them from the environment before the
+  `tpu-env` metadata), the coordinator being worker 0 of slice 0 (from `tpu-env`, which Cloud TPU
+  fills for a multislice queued resource, else from gcloud), and `$coord` for the jax flags."""
+  describe = ' '.join([*_tpus(target, 'tpu-vm', 'describe', [target.nodes()[0]]),
+                       '"--format=value(networkEndpoints[0].ipAddress)"'])
+  return [
+      f'coord=$({_metadata("tpu-env")} | grep "^MEGASCALE_COORDINATOR_ADDRESS" | cut -d: -f2 | '
+      'tr -dc "0-9A-Za-z.-")',
+      f'if [ -z "$coord" ]; then coord=$({describe}); fi',
+      f'export MEGASCALE_COORDINATOR_ADDRESS="$coord:{MEGASCALE_PORT}" '
+      f'MEGASCALE_NUM_SLICES={target.num_slices} MEGASCALE_SLICE_ID={slice_id} '
+      f'MEGASCALE_PORT={MEGASCALE_PORT}']
+
+
+def start_script(module: str, flags: Sequence[str], hosts: int = 1, env_file: bool = False,
+                 target: Optional[Target] = None, slice_id: int = 0) -> str:
   """Starts `python -m module flags` detached; the exit status lands in ~/vit_jax_run/exit_code.
 
   On a multi-host slice each worker passes the three distributed flags, read
@@ -178,7 +227,12 @@ def start_script(module: str, flags: Sequence[str], hosts: int = 1, env_file: bo
   ~/.vit_jax_env (uploaded by `upload_env`), so no value is on a command line.
   """
   job = ' '.join([f'{VENV}/bin/python', '-m', module, *(shlex.quote(f) for f in flags)])
-  if hosts > 1:
+  if target is not None and target.num_slices > 1:  # process ids run slice by slice, as jax's
+    job = ' && '.join([
+        f'w=$({_metadata("agent-worker-number")})', *multislice_env(target, slice_id),
+        f'{job} --coordinator_address="$coord:{COORDINATOR_PORT}" '
+        f'--num_processes={hosts * target.num_slices} --process_id="$(({slice_id * hosts} + w))"'])
+  elif hosts > 1:
     job = ' && '.join([
         f'w=$({_metadata("agent-worker-number")})', f'first=$({_metadata("worker-network-endpoints")})',
         'first=${first%%,*}',

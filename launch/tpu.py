@@ -135,7 +135,7 @@ def _job_flags(args: argparse.Namespace) -> list[str]:
     if not _ENV_RE.fullmatch(entry):  # The value is never echoed: it may be a secret.
       raise ValueError(f'an --env entry ({len(entry)} characters, not shown) is not KEY=VALUE with KEY a '
                        'shell variable name')
-  return [*args.job_flags, f'--workdir={args.workdir.rstrip("/")}']
+  return [*_multislice_flags(args, list(args.job_flags)), f'--workdir={args.workdir.rstrip("/")}']
 
 
 def _target(args: argparse.Namespace) -> gcloud.Target:
@@ -144,14 +144,45 @@ def _target(args: argparse.Namespace) -> gcloud.Target:
                      'starting with a letter, at most 63 characters')
   if not _ZONE_RE.fullmatch(args.zone):
     raise ValueError(f'--zone={args.zone!r} is not a zone like europe-west4-a or us-central2-b')
-  return gcloud.Target(args.name, args.zone, args.project, args.queued)
+  if args.num_slices < 1:
+    raise ValueError(f'--num_slices={args.num_slices}: a job has at least one slice')
+  return gcloud.Target(args.name, args.zone, args.project, args.queued or args.num_slices > 1,
+                       args.num_slices)
 
 
 def _slice(args: argparse.Namespace) -> tpu_slice.SliceType:
   if not args.accelerator_type:
     raise ValueError(f'`{args.command}` needs --accelerator_type (e.g. v3-32): it sets how many '
                      'workers must answer')
-  return tpu_slice.parse(args.accelerator_type)
+  kinds = [tpu_slice.parse(t) for t in args.accelerator_type.split(',')]
+  if len({k.accelerator_type for k in kinds}) > 1:
+    raise ValueError(f'--accelerator_type={args.accelerator_type}: the slices of a multislice job are '
+                     f'all one accelerator type; pass one, with --num_slices=N')
+  if args.num_slices > 1 and kinds[0].generation in ('v2', 'v3'):
+    raise ValueError(f'--num_slices={args.num_slices} with {kinds[0].accelerator_type}: multislice '
+                     'needs TPU v4 or later (v4, v5p, v5litepod/v5e, v6e)')
+  return kinds[0]
+
+
+_MESH_FLAG = re.compile(r'--config\.mesh\.(num_slices|data|fsdp|model|dcn_axis)=(.*)')
+
+
+def _multislice_flags(args: argparse.Namespace, flags: list[str]) -> list[str]:
+  """The job's flags with `--config.mesh.num_slices=N` for N slices; a mesh flag that cannot
+  divide into the slices is one line."""
+  mesh = {m[1]: m[2] for m in map(_MESH_FLAG.fullmatch, flags) if m}
+  n = args.num_slices
+  if 'num_slices' in mesh and mesh['num_slices'] != str(n):
+    raise ValueError(f'--config.mesh.num_slices={mesh["num_slices"]} but --num_slices={n}: pass one, '
+                     'the launcher sets the other')
+  axis = mesh.get('dcn_axis', 'data')
+  size = mesh.get(axis)
+  if n > 1 and size not in (None, '-1') and (not size.isdigit() or int(size) % n):
+    raise ValueError(f'--config.mesh.{axis}={size} does not divide into --num_slices={n} slices over '
+                     f'DCN: make mesh.{axis} a multiple of {n} (or -1)')
+  if n > 1 and 'num_slices' not in mesh:
+    flags = [*flags, f'--config.mesh.num_slices={n}']
+  return flags
 
 
 def create_command(args: argparse.Namespace) -> gcloud.Command:
@@ -171,16 +202,18 @@ def install_commands(args: argparse.Namespace) -> list[gcloud.Command]:
 
 
 def start_command(args: argparse.Namespace) -> gcloud.Command:
-  return gcloud.ssh(_target(args), 'start', gcloud.start_script(args.module, _job_flags(args),
-                                                               hosts=_slice(args).hosts,
-                                                               env_file=bool(args.env)))
+  target = _target(args)
+  scripts = [gcloud.start_script(args.module, _job_flags(args), hosts=_slice(args).hosts,
+                                 env_file=bool(args.env), target=target, slice_id=i)
+             for i in range(target.num_slices)]
+  return gcloud.ssh(target, 'start', scripts[0], scripts=scripts)
 
 
 def plan(args: argparse.Namespace) -> supervise.Plan:
   """The supervise loop's plan; `run` is the same loop without create and install."""
   full = args.command == 'supervise'
   return supervise.Plan(
-      target=_target(args), hosts=_slice(args).hosts, create=create_command(args) if full else None,
+      target=_target(args), hosts=_slice(args).hosts * args.num_slices, create=create_command(args) if full else None,
       install=install_commands(args) if full else (), start=start_command(args),
       before_start=[gcloud.upload_env(_target(args), args.env)] if args.env else [],
       max_failures=args.max_failures if full else 0, poll_s=args.poll_s,
@@ -192,8 +225,8 @@ def preflight_command(args: argparse.Namespace) -> list[str]:
   when there is nothing to compile here (--skip_preflight, or a module other than vit_jax.main)."""
   if args.skip_preflight or args.module != 'vit_jax.main':
     return []
-  return [sys.executable, '-m', 'vit_jax.main', *args.job_flags, '--compile_only',
-          f'--topology={_slice(args).accelerator_type}']
+  return [sys.executable, '-m', 'vit_jax.main', *_multislice_flags(args, list(args.job_flags)),
+          '--compile_only', f'--topology={_slice(args).accelerator_type}']
 
 
 def run_preflight(args: argparse.Namespace, log: Callable[[str], None]) -> int:
@@ -285,6 +318,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   common.add_argument('--queued', action='store_true', help='use a queued resource of this name')
   common.add_argument('--accelerator_type', default=None, help='v3-8, v3-32, v4-32, v5p-16, v6e-16, ...')
   common.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+  common.add_argument('--num_slices', type=int, default=1,
+                      help='slices joined by DCN (multislice): one queued resource of N nodes NAME-0..')
   create = argparse.ArgumentParser(add_help=False)
   create.add_argument('--runtime_version', default=None, help="None: the TPU generation's")
   create.add_argument('--spot', action='store_true', help='preemptible (Spot) capacity')
@@ -327,13 +362,15 @@ def main(argv: Sequence[str], runner=None, out: Callable[[str], None] = print) -
   args = parse_args(argv)
   try:
     if runner is None and args.dry_run:
-      hosts = tpu_slice.parse(args.accelerator_type).hosts if args.accelerator_type else 1
+      hosts = _slice(args).hosts * args.num_slices if args.accelerator_type else 1
       runner = DryRunRunner(hosts, exists=args.command != 'supervise',
                             installed=args.command != 'supervise', out=out)
     if args.dry_run and args.accelerator_type:
-      kind = tpu_slice.parse(args.accelerator_type)
+      kind = _slice(args)
       out(f'# {kind.accelerator_type}: {kind.chips} chips ({kind.cores} TensorCores) in {kind.hosts} '
-          f'host{"s" if kind.hosts > 1 else ""}')
+          f'host{"s" if kind.hosts > 1 else ""}' + (
+              f'; {args.num_slices} slices joined by DCN: {kind.chips * args.num_slices} chips in '
+              f'{kind.hosts * args.num_slices} hosts, one job' if args.num_slices > 1 else ''))
     log = (lambda line: out(f'# {line}')) if args.dry_run else (lambda line: print(line, flush=True))
     return execute(args, runner or SubprocessRunner(), log)
   except (ValueError, FileNotFoundError) as e:
