@@ -486,7 +486,7 @@ _MEGASCALE_KINDS = {'ALL_REDUCE': 'all-reduce', 'ALL_GATHER': 'all-gather',
 
 
 def _groups_text(attributes: str) -> str:
-  match = re.search(r'replica_groups=(mesh\[[^\]]*\](?:,\s*device_ids=\([^)]*'
+  match = re.search(r'replica_groups=(mesh\[[^\]]*\](?:,\s*device_ids=\(.*?'
                     r'\))?\s*\{[^}]*\}|\[[\d,]+\]<=\[[\d,]+\](?:T\([\d,]+\))?|'
                     r'\{(?:\{[\d,\s]*\},?\s*)*\})', attributes)
   return match[0] if match else ''
@@ -530,14 +530,53 @@ def replica_groups(text: str, num_devices: int) -> list[list[int]]:
     if iota[3]:
       ids = ids.transpose([int(x) for x in iota[3].split(',')])
     return ids.reshape(shape[0], -1).tolist()
+  if text.startswith('mesh'):
+    return _mesh_groups(text)
   groups = [[int(x) for x in g.split(',') if x.strip()]
             for g in re.findall(r'\{([\d,\s]*)\}', text)]
   groups = [g for g in groups if g]
-  if text.startswith('mesh'):
-    raise ValueError('replica groups printed as mesh axes cannot be split by '
-                     'slice here; split XLA:TPU multislice programs by their '
-                     'megascale transfers (slice_split without slice_of).')
   return groups or [list(range(num_devices))]
+
+
+def _mesh_groups(text: str) -> list[list[int]]:
+  """Groups of `mesh['a'=4,'b'=2], device_ids=([4,2]T(1,0)) {'a'}`: the
+  devices (iota, transposed, or listed; default 0..n-1) laid out on the
+  mesh's axes, one group per position on the axes not named (a named
+  sub-axis `'b':(k)m` is the m-sized middle of b split as k, m, rest)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  match = re.match(r'mesh\[([^\]]*)\](?:,\s*device_ids=\((.*?)\))?\s*'
+                   r'\{([^}]*)\}', text)
+  if match is None:
+    raise ValueError(f'cannot read replica groups {text!r}.')
+  axes = [(name, int(size)) for name, size in _MESH_AXIS.findall(match[1])]
+  n = math.prod(size for _, size in axes)
+  listed = (match[2] or '').strip()
+  iota = re.fullmatch(r'\[([\d,]+)\](?:T\(([\d,]+)\))?', listed)
+  if iota:
+    ids = np.arange(n).reshape([int(x) for x in iota[1].split(',')])
+    if iota[2]:
+      ids = ids.transpose([int(x) for x in iota[2].split(',')])
+  elif listed:
+    ids = np.asarray([int(x) for x in listed.split(',') if x.strip()])
+  else:
+    ids = np.arange(n)
+  refs = {name: (int(pre), int(size)) if size else None for name, pre, size in
+          re.findall(r"'?([\w.\-]+)'?(?::\((\d+)\)(\d+))?", match[3])}
+  dims, grouped = [], []
+  for name, size in axes:
+    ref = refs.get(name, False)
+    if ref:  # a sub-axis: split the axis in three, group the middle
+      pre, sub = ref
+      dims += [pre, sub, size // (pre * sub)]
+      grouped.append(len(dims) - 2)
+    else:
+      dims.append(size)
+      if ref is None:
+        grouped.append(len(dims) - 1)
+  ids = ids.reshape(dims)
+  rest = [d for d in range(len(dims)) if d not in grouped]
+  size = math.prod(dims[d] for d in grouped)
+  return ids.transpose(rest + grouped).reshape(-1, size).tolist()
 
 
 def slice_split(collectives: Iterable[Collective],
