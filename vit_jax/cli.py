@@ -29,7 +29,7 @@ PROCESS_ID = flags.DEFINE_integer('process_id', None,
 # The default is parallel.DEFAULT_HEARTBEAT_TIMEOUT_S (not imported: jax loads
 # late); docs/launch.md has the measurements behind it.
 HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
-    'heartbeat_timeout_s', 60, 'With several processes: seconds without a '
+    'heartbeat_timeout_s', 30, 'With several processes: seconds without a '
     'heartbeat after which a process counts as lost; the others then exit '
     'with status 76 (rerun all of them to resume).')
 
