@@ -92,6 +92,14 @@ def fail(message: str, status: int = 2) -> NoReturn:
   sys.exit(status)
 
 
+def message_of(e: BaseException) -> str:
+  """The text of an input error: a KeyError's own message, not its repr
+  (str(KeyError('x')) is "'x'"); any other error's str."""
+  if isinstance(e, KeyError) and len(e.args) == 1:
+    return str(e.args[0])
+  return str(e)
+
+
 def start_distributed() -> None:
   """jax.distributed from the flags (or the environment), then CPU settings."""
   # Late: a CLI parses its flags before jax loads (a bad flag fails fast).

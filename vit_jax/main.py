@@ -76,7 +76,7 @@ def main(argv) -> None:
   except train.SaveError as e:
     _exit_save_failed(str(e))
   except (ValueError, FileNotFoundError, KeyError) as e:
-    cli.fail(str(e).strip('"\''))
+    cli.fail(cli.message_of(e))
   except OSError as e:
     if e.errno not in train_checkpoint.DISK_FULL_ERRNOS:
       raise
@@ -101,7 +101,7 @@ def _compile_only(config, topology: Optional[str]) -> None:
     train.resolve_model(config)
     report = preflight.run(config, topology)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    cli.fail(str(e).strip('"\''))
+    cli.fail(cli.message_of(e))
   print(preflight.format_report(report), flush=True)
   try:
     preflight.check(report)

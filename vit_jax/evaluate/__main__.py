@@ -54,7 +54,7 @@ def main(argv) -> None:
       # VTAB-1k trains a run per task: the transfer layer runs it.
       table = vtab_checkpoint.run(config, _CHECKPOINT.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
-    cli.fail(str(e).strip('"\''))
+    cli.fail(cli.message_of(e))
   if jax.process_index() != 0:
     return
   if results is not None:
