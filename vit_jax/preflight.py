@@ -190,7 +190,8 @@ def run(config, topology: Optional[str] = None, *,
                             devices)
   asm = assembly.assemble(config, mesh, _num_classes(config), backend=backend)
   largest_eval = _largest_eval(config)
-  target = topology or f'{len(devices)} x {devices[0].device_kind}'
+  target = ((topology if num_slices == 1 else f'{num_slices} x {topology}')
+            if topology else f'{len(devices)} x {devices[0].device_kind}')
   knobs = Knobs(mesh={a: int(s) for a, s in mesh.shape.items()},
                 remat=config['model'].get('remat_policy') or 'none',
                 accum_steps=asm.accum_steps, batch_size=asm.batch_size,
