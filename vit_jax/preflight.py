@@ -341,7 +341,8 @@ def _memory_line(name: str, c, hbm: Optional[float]) -> str:
 def format_report(p: Preflight) -> str:
   """What a person reads before renting the slice."""
   mesh = ' x '.join(f'{a}={s}' for a, s in p.mesh.items() if s > 1) or 'data=1'
-  compiler = 'XLA:TPU' if p.hardware and p.target[:1] == 'v' else 'XLA'
+  compiler = ('XLA:TPU' if p.hardware and p.target.split(' x ')[-1][:1] == 'v'
+              else 'XLA')
   lines = [
       f'preflight: {p.label} ({p.num_params:,} parameters), batch '
       f'{p.batch_size:,}' + (f' in {p.accum_steps} micro-batches'
