@@ -112,12 +112,13 @@ class PeerWatch:
   Every process leaves through an exit barrier, having said how it ends
   (`vit_jax/left/I` in the service: `done`, or `failed` for an error of its
   own, see `lost_peer_explains_errors`): processes that end together (done,
-  preempted, the cap, the same non-finite loss) leave together, and a peer
-  that left `done` is not lost. A process that fails alone waits for the
-  others a short while only (`max(10 s, heartbeat timeout)`, as long as a
+  the cap, the same non-finite loss) leave together, and a peer that left
+  `done` is not lost. A process that fails alone waits for the others a
+  short while only (`max(10 s, heartbeat timeout)`, as long as a
   simultaneous failure of the others may take to arrive), then leaves; the
   others then stop with PEER_LOST_EXIT, naming it, while its own status
-  says why.
+  says why. So does one whose barrier times out (the others never came):
+  leaving `done`, it would leave them waiting for it forever.
   """
 
   current: Optional['PeerWatch'] = None
@@ -241,14 +242,21 @@ class PeerWatch:
     wait_s = (_EXIT_BARRIER_S if self.ending == 'done' else
               max(10, self.heartbeat_timeout_s))
 
+    passed = []
+
     def barrier():
       try:
         self.client.wait_at_barrier('vit_jax_exit', int(wait_s * 1000))
+        passed.append(True)
       except Exception:  # pylint: disable=broad-except
         pass  # A peer did not arrive: its own status says why.
       self._leave.set()
     threading.Thread(target=barrier, daemon=True).start()
     self._leave.wait(wait_s + 5)
+    if not passed and self.ending == 'done':
+      # The others are still at work and would wait for this process forever.
+      self.ending = 'failed'
+      self._say_how_left()
     self._stop.set()
     if self.process_id == 0:  # The service lives here: the others leave first.
       _within(max(10, self.heartbeat_timeout_s), self._until_alone)
@@ -289,7 +297,7 @@ def lost_peer_explains_errors():
   """
   try:
     yield
-  except Exception:
+  except (Exception, KeyboardInterrupt):
     watch = PeerWatch.current
     if watch is not None and watch.ending is None:
       watch.check()
