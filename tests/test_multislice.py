@@ -157,3 +157,26 @@ def test_two_v5e_16_slices_fsdp_inside_data_across_what_crosses_dcn():
   assert one['ici'] == {'all-reduce': 1200667.5, 'all-gather': 3125640.0,
                         'reduce-scatter': 0.0, 'all-to-all': 408000.0,
                         'collective-permute': 0.0}
+
+
+@tpu_compile.requires_libtpu
+def test_preflight_reports_dcn_apart_from_ici_and_its_time_at_v5e_dcn_bandwidth():
+  out = tpu_compile.run(f'''
+import importlib.util
+from vit_jax import preflight
+spec = importlib.util.spec_from_file_location('q', {QUICKSTART!r})
+q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
+c = q.get_config()
+c.model.num_layers = 1
+c.evals = {{}}
+c.mesh.num_slices = 2            # from the config, as main passes it
+p = preflight.run(c, 'v5e-16')
+result = dict(dcn=p.dcn_bytes, dcn_s=p.dcn_step_s, total=p.train.collectives.total_bytes_per_device,
+              devices=p.num_devices, mesh=p.mesh, report=preflight.format_report(p))
+''', accelerator='v5e-16')
+  assert out['devices'] == 32 and out['mesh'] == {'data': 32, 'fsdp': 1, 'model': 1}
+  assert 0 < out['dcn'] < out['total']
+  assert out['dcn_s'] == pytest.approx(out['dcn'] / 3.125e9)   # 25 Gbps a v5e chip
+  assert 'on 2 x v5e-16 (32 devices); compiled by XLA:TPU' in out['report']
+  assert (f'of which over DCN between the 2 slices: {out["dcn"] / 2**20:,.2f} MiB'
+          in out['report'])
