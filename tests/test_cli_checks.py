@@ -185,7 +185,7 @@ def test_evaluate_refuses_a_size_off_the_patches_and_another_model(
 def test_reading_a_run_directory_hides_only_orbax_read_only_notice(
     run_dir, caplog):
   with caplog.at_level(logging.WARNING):
-    params = train_checkpoint.restore_params(str(run_dir))
+    params = train_checkpoint.read_params(str(run_dir)).params
   assert params['embedding']['kernel'].shape == (4, 4, 3, 64)
   shown = [r.getMessage() for r in caplog.records]
   # Were: 'CheckpointManagerOptions.read_only=True, setting

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from vit_jax import config_lib, train
+from vit_jax.checkpoint import load_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -71,7 +72,9 @@ def test_init_from_a_run_and_from_its_npz_at_another_resolution(tmp_path):
     c.image_size = 24  # 4x4 -> 6x6 position-embedding grid.
     c.input.pp = 'resize(24)|value_range(-1, 1)|onehot(10)'
     c.init_from = source
-    result = train.train_and_evaluate(c, str(tmp_path / f'b{len(source)}'))
+    workdir = tmp_path / f'b{len(source)}'
+    result = train.train_and_evaluate(c, str(workdir))
     assert result.status == 'done'
-    pos = result.params['Transformer']['posembed_input']['pos_embedding']
+    params = load_npz(str(workdir / 'params.npz'))  # What the run exported.
+    pos = params['Transformer']['posembed_input']['pos_embedding']
     assert pos.shape == (1, 37, 64)

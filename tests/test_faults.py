@@ -53,6 +53,11 @@ def _host(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def _final_params(workdir):
+  """The parameters of the workdir's newest good checkpoint, as the readers see them."""
+  return _host(train_checkpoint.read_params(workdir).params)
+
+
 @pytest.fixture(scope='module')
 def base(tmp_path_factory):
   """An uninterrupted run to step 20: (workdir, params, metrics rows)."""
@@ -60,7 +65,7 @@ def base(tmp_path_factory):
   result = train.train_and_evaluate(_config(), workdir)
   assert result.step == 20 and sorted(os.listdir(os.path.join(
       workdir, 'checkpoints'))) == ['10', '20']
-  return workdir, _host(result.params), _rows(workdir)
+  return workdir, _final_params(workdir), _rows(workdir)
 
 
 def test_a_run_writes_what_the_workdir_layout_names(base):
@@ -190,20 +195,20 @@ def test_silent_corruption_is_caught_by_the_checksum_and_the_resume_is_exact(
                  if 'Checkpoint step 20 is damaged' in r.getMessage())
   assert 'fails its checksum' in warning, warning
   assert result.step == 20  # Resumed from 10 and trained again to 20 ...
-  for a, b in zip(_host(result.params), base[1]):  # ... bit-identically.
+  for a, b in zip(_final_params(workdir), base[1]):  # ... bit-identically.
     np.testing.assert_array_equal(a, b)
   assert [r['step'] for r in _rows(workdir)] == [5, 10, 15, 20]
 
 
 def test_init_from_skips_a_silently_damaged_step_and_moves_nothing(
     base, tmp_path, caplog):
-  """restore_params (init_from, evaluators) verifies what it reads."""
+  """read_params (init_from, evaluators) verifies what it reads."""
   workdir = _copy(base[0], tmp_path)
   checkpoints = os.path.join(workdir, 'checkpoints')
   step_10 = _plain_read(checkpoints, 10)['params']
   _corrupt_silently(workdir)
   caplog.set_level(logging.WARNING)
-  params = train_checkpoint.restore_params(workdir)
+  params = train_checkpoint.read_params(workdir).params
   for a, b in zip(_host(params), _host(step_10)):
     np.testing.assert_array_equal(a, b)
   warning = next(r.getMessage() for r in caplog.records
@@ -216,7 +221,7 @@ def test_init_from_skips_a_silently_damaged_step_and_moves_nothing(
   for step in ('10', '20'):
     _truncate_data(os.path.join(checkpoints, step))
   with pytest.raises(ValueError, match='no good checkpoint in') as e:
-    train_checkpoint.restore_params(workdir)
+    train_checkpoint.read_params(workdir)
   assert '\n' not in str(e.value) and 'step 10: ' in str(e.value)
 
 
@@ -253,7 +258,7 @@ def test_rollback_moves_later_steps_aside_and_retrains_exactly(base, tmp_path, c
   assert any('Rolling back to step 10: moved step 20 aside' in r.getMessage()
              for r in caplog.records)
   assert result.step == 20
-  for a, b in zip(_host(result.params), base[1]):
+  for a, b in zip(_final_params(workdir), base[1]):
     np.testing.assert_array_equal(a, b)
   # The same command again does not roll back a second time.
   again = train.train_and_evaluate(config, workdir)
@@ -282,7 +287,7 @@ def test_sigterm_mid_window_resumes_with_equal_metrics_rows(base, tmp_path, monk
   assert [r['step'] for r in rows] == [r['step'] for r in base[2]]
   for row, want in zip(rows, base[2]):
     assert {k: row[k] for k in ROW_KEYS} == {k: want[k] for k in ROW_KEYS}, row['step']
-  for a, b in zip(_host(result.params), base[1]):
+  for a, b in zip(_final_params(workdir), base[1]):
     np.testing.assert_array_equal(a, b)
 
 
@@ -351,7 +356,7 @@ def test_full_disk_fails_fast_with_its_own_status_and_one_line(tmp_path):
     # when the next save would start, long before its 60 steps.
     assert max(r['step'] for r in _rows(workdir)) <= saved[-1] + 20 < 60
     os.remove(disk / 'filler')
-    params = train_checkpoint.restore_params(str(workdir))  # step 10 is intact
+    params = train_checkpoint.read_params(str(workdir)).params  # step 10 is intact
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
   finally:
     subprocess.run(['umount', str(disk)], check=False)

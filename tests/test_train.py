@@ -142,8 +142,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   saved = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints')
                  if d.isdigit())
   assert saved and saved[-1] == bad_step - 1
-  from vit_jax.train_checkpoint import restore_params
-  params = restore_params(str(tmp_path))
+  from vit_jax.train_checkpoint import read_params
+  params = read_params(str(tmp_path)).params
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

@@ -319,21 +319,6 @@ def resample_posemb(posemb: np.ndarray, grid_size: Sequence[int], *,
   return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
 
 
-def posemb_grid(tree: Mapping[str, Any]) -> Optional[tuple[int, int]]:
-  """The (h, w) token grid a checkpoint's learned position embedding is for.
-
-  `tree` is a parameter tree as `load_npz` returns it (or a flat dict). None
-  when it has no learned position embedding (sin-cos tables fit any size).
-  """
-  flat = flatten_params(tree)
-  posemb = flat.get(_POSEMB)
-  if posemb is None:
-    return None
-  tokens = np.shape(posemb)[1] - (1 if 'cls' in flat else 0)
-  return _square_grid(tokens, 'the checkpoint position embedding',
-                      'image_size')
-
-
 def _layer_shapes(init_flat: Mapping[str, Any]) -> tuple[dict, Optional[int]]:
   """Target key -> (shape, dtype) in the per-layer layout, and the scan depth."""
   shapes, depth = {}, None

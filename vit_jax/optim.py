@@ -129,8 +129,3 @@ def make_optimizer(config: Mapping[str, Any], schedule: optax.Schedule,
     tx = optax.chain(tx, _scale_by_tree(factors))
   return tx
 
-
-def frozen_names(params: Any, mults: Sequence[tuple[str, float]]) -> list[str]:
-  """Names of the parameters a (regex, 0) multiplier freezes."""
-  factors = lr_multipliers(params, mults)
-  return [n for n, m in rules_lib.named_leaves(factors) if m == 0]

@@ -111,10 +111,6 @@ class Rules:
     return jax.tree_util.tree_map_with_path(
         lambda path, _: self.value(path_name(path)), tree)
 
-  def select(self, names: Sequence[str]) -> list[str]:
-    """The names a rule matches (value not the default)."""
-    return [n for n in names if self.index(n) is not None]
-
 
 def describe_differences(have: Mapping[str, tuple], want: Mapping[str, tuple],
                          *, have_name: str = 'checkpoint',

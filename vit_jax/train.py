@@ -49,14 +49,17 @@ class RunStatus(enum.StrEnum):
 
 @dataclasses.dataclass
 class TrainResult:
-  """How a run ended and what it measured."""
+  """How a run ended and what it measured.
+
+  The parameters are in the workdir: `params.npz` (exported when done) and
+  its checkpoints (`train_checkpoint.read_params`).
+  """
   status: RunStatus
   step: int
   total_steps: int
   eval_metrics: dict
   img_per_sec: Optional[float]
   core_hours: float
-  params: Any = None           # Final parameters (global arrays).
   stopped_in: Optional[str] = None  # The transfer run that stopped, if any.
 
 
@@ -403,7 +406,7 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
   tracker.stop()  # The devices are released.
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
                      eval_metrics=eval_metrics, img_per_sec=img_per_sec,
-                     core_hours=tracker.core_hours, params=state['params'])
+                     core_hours=tracker.core_hours)
 
 
 def _restore_or_init(config, asm: assembly.Assembly,

@@ -47,15 +47,15 @@ class CheckpointDamage(Exception):
 
 
 class SaveError(RuntimeError):
-  """Writing a checkpoint failed; `errno` is the OS error's number, if any."""
+  """Writing a checkpoint failed; `errno` is the OS error's number, if any.
+
+  The message is what a person reads; `errno` is for a caller of
+  `train_and_evaluate` that acts on a full disk (`DISK_FULL_ERRNOS`).
+  """
 
   def __init__(self, message: str, errno_: Optional[int] = None):
     super().__init__(message)
     self.errno = errno_
-
-  @property
-  def disk_full(self) -> bool:
-    return self.errno in DISK_FULL_ERRNOS
 
 
 def _os_error(e: BaseException) -> Optional[OSError]:
@@ -458,19 +458,6 @@ class TrainCheckpointer:
                       step, later, moved[-1])
     return moved
 
-  def restore(self, abstract_state: Any, shardings: Any,
-              step: Optional[int] = None) -> tuple[Any, dict]:
-    """Restores into the given shardings; refuses a state of another shape.
-
-    Restoring onto another mesh or another number of processes works: every
-    array is read into the sharding the current run asks for. A damaged step
-    raises CheckpointDamage (see `restore_latest_good` for the fallback).
-    """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}.')
-    return self._read_verified(step, abstract_state, shardings)
-
   def restore_meta(self, step: Optional[int] = None) -> dict:
     step = self.latest_step() if step is None else step
     restored = self._manager.restore(
@@ -503,15 +490,6 @@ class RestoredParams(NamedTuple):
   params: dict
   step: int
   averaged: bool  # The Polyak-averaged (EMA) set, kept when ema_decay is set.
-
-
-def restore_params(workdir_or_checkpoints: str) -> dict:
-  """Parameters (as numpy) of the newest good checkpoint of another run.
-
-  The set the run evaluated and exported (its Polyak average when it kept
-  one); see `read_params`.
-  """
-  return read_params(workdir_or_checkpoints).params
 
 
 def read_params(workdir_or_checkpoints: str) -> RestoredParams:
