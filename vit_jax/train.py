@@ -254,41 +254,68 @@ def _run_evals(evaluators, params, step: int, tracker, force: bool = False
 # --------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config, workdir: str) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its latest good checkpoint.
-
-  The run holds the workdir's lock throughout (a second run is refused).
-  """
-  config_lib.check_schema(config)
-  resolve_model(config)  # Before the resume check: config.json holds it.
-  workdir = workdir_lib.check_workdir(workdir)
-  with _Preemption() as preemption, WorkdirLock(workdir):
-    resume_check.check_resume_config(workdir, config)
-    return _train_and_evaluate(config, workdir, preemption)
+@dataclasses.dataclass
+class _Setup:
+  """What a run builds before it touches its workdir; every input checked."""
+  mesh: Any
+  tracker: budget.CoreHoursTracker
+  train_data: Any
+  asm: assembly.Assembly
+  evaluators: list
+  cap: budget.BudgetCap
 
 
-def _train_and_evaluate(config, workdir: str, preemption: '_Preemption'
-                        ) -> TrainResult:
-  # 1. Inputs that could be wrong are checked before anything compiles (the
-  # schema, the model and the workdir already were, by train_and_evaluate).
+def _build(config) -> _Setup:
+  """Checks and builds everything a run needs short of its workdir: the
+  image size against the model's tokens and the preprocessing, the mesh
+  and batch, the data and its classes, the step, the evaluators (their
+  preprocessing too). A bad input is one line here, before any file of the
+  workdir exists and before anything compiles."""
+  models.check_image_size(models.build(config.model, None)[1],
+                          config.image_size)
   mesh = parallel.make_mesh(dict(config.mesh))
-  device_kind = jax.devices()[0].device_kind
   # Core-hours count every second the devices are held, from here to exit.
-  tracker = budget.CoreHoursTracker(device_kind, jax.device_count())
+  tracker = budget.CoreHoursTracker(jax.devices()[0].device_kind,
+                                    jax.device_count())
   tracker.hold()
   parallel.check_batch_divisible(config.batch_size, config.accum_steps, mesh)
-  is_primary = jax.process_index() == 0
   train_data = data.build_train(
       config.input, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
+  data.check_image_size(train_data, config.image_size)
   num_classes = config.num_classes or train_data.num_classes
   check_classes(num_classes, train_data)
   asm = assembly.assemble(config, mesh, num_classes)
   evaluators = evaluate.build_evaluators(
       config.evals, model=asm.model, mesh=mesh, image_size=config.image_size,
       num_classes=num_classes, data_dir=config.input.get('data_dir'))
-  cap = budget.BudgetCap.from_config(config.budget)
   tracker.flops_per_image = asm.flops_per_image
+  return _Setup(mesh=mesh, tracker=tracker, train_data=train_data, asm=asm,
+                evaluators=evaluators,
+                cap=budget.BudgetCap.from_config(config.budget))
+
+
+def train_and_evaluate(config, workdir: str) -> TrainResult:
+  """Trains `config` in `workdir`, resuming from its latest good checkpoint.
+
+  Every input is checked before the workdir is created or locked; the run
+  holds the workdir's lock throughout (a second run is refused).
+  """
+  config_lib.check_schema(config)
+  resolve_model(config)  # Before the resume check: config.json holds it.
+  setup = _build(config)
+  workdir = workdir_lib.check_workdir(workdir)
+  with _Preemption() as preemption, WorkdirLock(workdir):
+    resume_check.check_resume_config(workdir, config)
+    return _train_and_evaluate(config, workdir, preemption, setup)
+
+
+def _train_and_evaluate(config, workdir: str, preemption: '_Preemption',
+                        setup: _Setup) -> TrainResult:
+  mesh, tracker, asm = setup.mesh, setup.tracker, setup.asm
+  train_data, evaluators, cap = setup.train_data, setup.evaluators, setup.cap
+  device_kind = jax.devices()[0].device_kind
+  is_primary = jax.process_index() == 0
 
   # 2. The resources the loop owns, closed in one place whatever happens.
   with contextlib.ExitStack() as resources:
