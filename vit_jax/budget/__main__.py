@@ -95,9 +95,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--scan-layers', '--scan_layers', dest='scan_layers',
                  action=argparse.BooleanOptionalAction, default=None,
                  help='compile the full depth once with scanned layers '
-                 '(default for XLA:TPU: compile time independent of depth); '
-                 '--no-scan-layers compiles unrolled layers at the two '
-                 '--layers depths and extrapolates (default for cpu)')
+                 '(compile time independent of depth); --no-scan-layers '
+                 'compiles unrolled layers at the two --layers depths and '
+                 'extrapolates. Default: the config\'s model.scan_layers, '
+                 'and scanned on XLA:TPU for layouts without fsdp or model '
+                 'axes (a scanned FSDP step is another program there)')
   p.add_argument('--table', action='store_true',
                  help='print markdown table rows')
   p.add_argument('--json', action='store_true', help='print JSON')

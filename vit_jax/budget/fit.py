@@ -608,10 +608,12 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
   libtpu) the step is compiled by XLA:TPU for the slice, whatever
   `compile` says but 'never' (the compile is the verdict; a step that does
   not fit fails fast): memory, collectives and the step time are the
-  compiler's, beside the count. `scan_layers` (default: True for XLA:TPU,
-  the config's otherwise) compiles the model's full depth once as a scanned
-  loop (compile time independent of depth); unscanned, two depths are
-  compiled and extrapolated."""
+  compiler's, beside the count. `scan_layers` compiles the model's full
+  depth once as a scanned loop (compile time independent of depth);
+  unscanned, two depths are compiled and extrapolated. Default: the
+  config's, and for XLA:TPU also scanned when the layout replicates the
+  parameters (no fsdp or model axis: a scanned FSDP step is another
+  program on this libtpu, docs/budget.md)."""
   if compile not in COMPILE_CHOICES:
     raise ValueError(f'compile must be one of {COMPILE_CHOICES}, got '
                      f'{compile!r}.')
@@ -641,8 +643,15 @@ def fit_one(spec: StepSpec, hardware: str, mesh_sizes: Mapping[str, int], *,
   collective_bytes = collective_count = xla_cpu = tpu_figures = None
   compile_s, used = 0.0, ()
   usable = (1 - margin) * (hw.hbm_bytes_per_device or math.inf)
-  scan = (bool(spec.model_options.get('scan_layers')) if scan_layers is None
-          and which == 'cpu' else scan_layers is not False)
+  scan = scan_layers
+  if scan is None:
+    # XLA:TPU: scanned unless the layout shards parameters (FSDP or tensor
+    # parallelism) and the config does not scan: this libtpu compiles a
+    # scanned FSDP step into another program (the gathers taken out of the
+    # loop, activation-sized all-reduces inside it; ViT-H/14 on a v3-32,
+    # fsdp=32: 56 GiB of temporaries scanned, 3.6 GiB unrolled).
+    scan = bool(spec.model_options.get('scan_layers')) or (
+        which == 'tpu' and sizes['fsdp'] == 1 and sizes['model'] == 1)
   if which == 'tpu' and compile != 'never':
     name = tpu_slice_name(hardware, chips)
     if scan or lb >= full:
