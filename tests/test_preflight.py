@@ -107,6 +107,44 @@ def test_the_fix_the_line_names_first_makes_the_job_fit():
   assert out.splitlines()[-1].startswith('PREFLIGHT fits: custom ViT')
 
 
+@tpu_compile.requires_libtpu
+def test_accumulation_sends_what_one_step_sends_on_a_v5e_16():
+  """Another generation, XLA:TPU: micro-batches add no traffic. Data
+  parallelism sends exactly the bytes of one step whatever accum_steps is;
+  under FSDP (every array sharded) the one-step step gathers each layer's
+  weights where it uses them, the accumulating step once, so its bytes stay
+  below and do not grow with the micro-batches; tensor parallelism
+  compiles (its activations' all-reduces are per micro-batch by nature)."""
+  out = tpu_compile.run(f'''
+      import importlib.util
+      from vit_jax import assembly, parallel
+      from vit_jax.budget import tpu
+      spec = importlib.util.spec_from_file_location('q', {QUICKSTART!r})
+      q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
+      devices = tpu.slice_devices('v5e-16')
+      result = {{'kind': devices[0].device_kind}}
+      for name, mesh, accums in (('data', dict(data=16, fsdp=1), (1, 4)),
+                                 ('fsdp', dict(data=1, fsdp=16), (1, 4, 8)),
+                                 ('tp', dict(data=8, fsdp=1, model=2), (4,))):
+        for accum in accums:
+          config = q.get_config()
+          config.num_classes, config.batch_size = 10, 128
+          config.accum_steps = accum
+          config.mesh.update(mesh)
+          config.sharding.fsdp_min_size = 1024
+          config.model.remat_policy = 'full'
+          asm = assembly.assemble(
+              config, parallel.make_mesh(dict(config.mesh), devices), 10,
+              backend='tpu')
+          step = tpu.analyze(asm.compile())
+          result[f'{{name}}/{{accum}}'] = sum(step.collective_bytes.values())
+  ''', accelerator='v5e-16')
+  assert out['kind'] == 'TPU v5 lite'
+  assert out['data/4'] == out['data/1'] > 0
+  assert out['fsdp/8'] == out['fsdp/4'] < out['fsdp/1']
+  assert out['tp/4'] > 0
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--topology=v3-8'], '--topology goes with --compile_only'),
     (['--compile_only', '--topology=v3-7'], "'v3-7' is not a TPU slice"),
