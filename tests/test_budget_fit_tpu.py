@@ -34,11 +34,13 @@ B16 = fit.StepSpec(
     model='ViT-B/16', batch_size=32, image_size=96, num_classes=1000,
     model_options=dict(num_layers=2, dtype='bfloat16'),
     optim=dict(name='adam', weight_decay=1e-4, grad_clip_norm=1.0))
-#: (name, spec, remat, scan_layers) compiled by XLA:TPU for a v3-8, data=8.
-CASES = [('small', SMALL, 'none', True),
-         ('absurd', ABSURD, 'none', True),
-         ('b16_none_scan', B16, 'none', True),
-         ('b16_full_scan', B16, 'full', True)]
+#: (name, spec, mesh, remat, scan_layers) compiled by XLA:TPU for a v3-8
+#: (None: fit's default).
+CASES = [('small', SMALL, {'data': 8}, 'none', None),
+         ('small_fsdp', SMALL, {'fsdp': 8}, 'none', None),
+         ('absurd', ABSURD, {'data': 8}, 'none', True),
+         ('b16_none_scan', B16, {'data': 8}, 'none', True),
+         ('b16_full_scan', B16, {'data': 8}, 'full', True)]
 
 _FITS = '''
     import json, time
@@ -54,11 +56,11 @@ _FITS = '''
     assembly.Assembly.compile = _keep
     fit.use_simulated_devices(8)      # The analytic count's CPU mesh.
     result = {}
-    for name, spec, remat, scan in json.loads(CASES):
+    for name, spec, mesh, remat, scan in json.loads(CASES):
       spec = fit.StepSpec.from_dict(spec)
       compiled_steps.clear()
       t0 = time.perf_counter()
-      f = fit.fit_one(spec, 'v3-8', {'data': 8}, remat=remat,
+      f = fit.fit_one(spec, 'v3-8', mesh, remat=remat,
                       compiler='auto', scan_layers=scan)
       result[name] = dict(
           fit=f.to_dict(), text=fit.format_fit(f),
@@ -73,7 +75,8 @@ def fits():
   if not tpu_compile.libtpu_importable():
     pytest.skip('libtpu (the TPU compiler) is not installed; `make test` '
                 'installs it')
-  cases = json.dumps([(n, s.to_dict(), r, scan) for n, s, r, scan in CASES])
+  cases = json.dumps([(n, s.to_dict(), m, r, scan)
+                      for n, s, m, r, scan in CASES])
   return tpu_compile.run(f'CASES = {cases!r}\n' + textwrap.dedent(_FITS),
                          timeout=1800)
 
@@ -112,6 +115,17 @@ def test_small_fit_reports_xla_tpus_bytes_beside_the_count(fits):
   assert f'{step["peak_bytes"] / GiB:.2f} (16.0)' in row
   assert f'{f["total_bytes"] / GiB:.2f}' in row and '4, scanned' in row
   assert 'XLA:TPU' in out['summary']
+
+
+@tpu_compile.requires_libtpu
+def test_fsdp_layouts_compile_unrolled_at_two_depths_by_default(fits):
+  # A scanned FSDP step is another program on this libtpu (docs/budget.md),
+  # so an FSDP fit compiles unrolled blocks at 1 and 2 and extrapolates.
+  f = fits['small_fsdp']['fit']
+  assert f['compiler'] == 'tpu' and not f['scan_layers']
+  assert f['layers_compiled'] == [1, 2] and len(fits['small_fsdp']['analyze']) == 2
+  assert f['fits'] and f['collective_bytes']['all-gather'] > 0
+  assert '1 and 2 blocks, extrapolated' in fits['small_fsdp']['text']
 
 
 @tpu_compile.requires_libtpu
