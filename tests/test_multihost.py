@@ -218,3 +218,18 @@ def test_checkpoint_of_four_processes_resumes_on_one(runs):
   records = _metrics(workdir)
   assert [r['step'] for r in records] == [5, 6]
   _assert_same_training(records, _metrics(runs('one')[0]))
+
+
+def test_sigterm_to_every_process_saves_and_exits_zero(tmp_path):
+  """A pod's preemption notice: SIGTERM to both processes of `two` (started with the pod's
+  flags, no launcher): jax's preemption sync picks one step, both save it and exit 0, and
+  the checkpoint is there to resume from. (main.py once reset SIGTERM after jax installed
+  its handler: the processes died with 143 and saved nothing.)"""
+  procs = _Processes(tmp_path, '--config.total_steps=200')
+  procs.wait_for(0, r'\bstep 2/200\b')
+  for proc in procs.procs:
+    proc.send_signal(signal.SIGTERM)
+  assert procs.wait() == [0, 0], procs.output()[-5000:]
+  saved = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert saved and 2 <= max(saved) < 200, saved
+  assert re.search(r'^\[0\] .*Preemption requested: saved step \d+', procs.output(), re.M)

@@ -67,8 +67,10 @@ def main(argv) -> None:
   from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   train_checkpoint.install_run_hooks()  # A failed save: one line, exit 74.
   try:
+    # The run handles SIGTERM from here: train's own handler, or on several
+    # processes jax's preemption sync, which start_distributed installs.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cli.start_distributed()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # train handles it now.
     with parallel.lost_peer_explains_errors():  # exit 76 when a peer was lost
       result = transfer.run(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:

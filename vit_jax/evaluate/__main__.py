@@ -37,7 +37,7 @@ def main(argv) -> None:
   # Imported after the flags are parsed: a bad flag fails before jax loads.
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax.evaluate import run  # pylint: disable=g-import-not-at-top
-  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax import parallel, train_checkpoint  # pylint: disable=g-import-not-at-top
   from vit_jax.transfer import vtab_checkpoint  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   vtab_mode = config.get('vtab') and config.vtab.mode
@@ -45,14 +45,14 @@ def main(argv) -> None:
     train_checkpoint.install_run_hooks()
   try:
     cli.start_distributed()
-    results = None
-    if config.evals or not vtab_mode:
-      results = run.evaluate_checkpoint(config, _CHECKPOINT.value,
-                                        _WORKDIR.value)
-    table = None
-    if vtab_mode:
-      # VTAB-1k trains a run per task: the transfer layer runs it.
-      table = vtab_checkpoint.run(config, _CHECKPOINT.value, _WORKDIR.value)
+    results = table = None
+    with parallel.lost_peer_explains_errors():  # exit 76 when a peer was lost
+      if config.evals or not vtab_mode:
+        results = run.evaluate_checkpoint(config, _CHECKPOINT.value,
+                                          _WORKDIR.value)
+      if vtab_mode:
+        # VTAB-1k trains a run per task: the transfer layer runs it.
+        table = vtab_checkpoint.run(config, _CHECKPOINT.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError, KeyError) as e:
     cli.fail(cli.message_of(e))
   if jax.process_index() != 0:
