@@ -925,7 +925,7 @@ def format_fit(fit: Fit) -> str:
   hbm = fit.hbm_bytes
   verdict = ('unknown HBM' if hbm is None else
              f'fits ({fit.total_bytes / GiB:.2f} of {hbm / GiB:.2f} GiB, '
-             f'{fit.margin:.0%} kept free)' if fit.fits else
+             f'{fit.margin:.0%} kept free)' if fit.analytic_fits else
              f'does NOT fit: {fit.total_bytes / GiB:.2f} GiB > '
              f'{(1 - fit.margin) * hbm / GiB:.2f} GiB usable of '
              f'{hbm / GiB:.2f}; misses by {fit.miss_bytes / GiB:.2f} GiB')
