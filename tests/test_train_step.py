@@ -65,12 +65,16 @@ def single_device_run():
 @pytest.mark.parametrize('mesh_sizes', [{'data': 4, 'fsdp': 2},
                                         {'data': 2, 'model': 4}])
 def test_sharded_steps_match_single_device(mesh_sizes, single_device_run):
-  ref_losses, ref_params, _ = single_device_run
-  losses, params, state = _train(mesh_sizes)
+  _assert_matches(_train(mesh_sizes), single_device_run, mesh_sizes)
+
+
+def _assert_matches(run, reference, mesh_sizes):
+  """Losses and parameters of `run` equal the single-device reference's,
+  and the rules really did shard: some parameter is split over fsdp / model."""
+  (losses, params, state), (ref_losses, ref_params, _) = run, reference
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  # The rules really did shard: some parameter is split over fsdp / model.
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(state['params'])}
   axis = 'fsdp' if 'fsdp' in mesh_sizes else 'model'
   assert any(axis in s for s in specs), specs
@@ -223,15 +227,8 @@ def test_reduced_accumulation_reduces_every_micro_batch():
 
 @pytest.mark.parametrize('mesh_sizes', [{'fsdp': 8}, {'data': 4, 'model': 2}])
 def test_local_accumulation_equals_big_batch(mesh_sizes, single_device_run):
-  ref_losses, ref_params, _ = single_device_run
-  losses, params, state = _train(mesh_sizes, accum_steps=4)
-  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  # The state keeps its layout.
-  specs = {str(x.sharding.spec) for x in jax.tree.leaves(state['params'])}
-  axis = 'fsdp' if 'fsdp' in mesh_sizes else 'model'
-  assert any(axis in s for s in specs), specs
+  _assert_matches(_train(mesh_sizes, accum_steps=4), single_device_run,
+                  mesh_sizes)
 
 
 def test_unknown_accumulate_is_a_clear_error():
