@@ -102,6 +102,20 @@ def test_resume_with_another_recipe_is_refused_listing_the_keys(tmp_path):
     resume_check.check_resume_config(str(tmp_path), ok)
 
 
+def test_a_key_a_newer_version_added_at_its_default_still_resumes(tmp_path):
+  """config.json of an older version lacks keys added since (accumulate,
+  mesh.num_slices): at their defaults they are the same recipe."""
+  stored = quickstart.get_config('steps=100').to_dict()
+  del stored['accumulate'], stored['mesh']['num_slices']
+  (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
+  (tmp_path / 'config.json').write_text(json.dumps(stored, default=str))
+  resume_check.check_resume_config(str(tmp_path), quickstart.get_config('steps=100'))
+  changed = quickstart.get_config('steps=100')
+  changed.accumulate = 'reduced'
+  with pytest.raises(ValueError, match=r'1 key\(s\): accumulate\)'):
+    resume_check.check_resume_config(str(tmp_path), changed)
+
+
 def test_no_checkpoint_means_nothing_to_compare(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'seed': 1}))
   resume_check.check_resume_config(str(tmp_path), quickstart.get_config('steps=5'))

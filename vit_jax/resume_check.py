@@ -4,7 +4,9 @@ A resumed run compares its config with the workdir's config.json (written by
 the run that made the checkpoints). Keys a resume may change: the total
 steps, logging and checkpoint cadence, evaluation cadence, the compute
 budget and the rollback step. Any other difference is refused with the keys
-listed, unless `allow_config_change=True` is passed.
+listed, unless `allow_config_change=True` is passed. A key the stored
+config lacks (a newer version added it) is no difference while it holds
+its schema default: the run that wrote config.json behaved that way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from etils import epath
 
+from vit_jax import config_lib
 from vit_jax import workdir as workdir_lib
 
 #: Flattened config keys (fnmatch patterns) a resume may change.
@@ -40,9 +43,13 @@ def _plain(config_dict: dict) -> dict:
 
 
 def changed_keys(stored: dict, current: dict) -> list[str]:
-  """Keys whose values differ (or exist on one side only), sorted."""
+  """Keys whose values differ (or exist on one side only), sorted; a key
+  only `current` has, at the schema's default, is not a difference."""
   a, b = flatten(_plain(stored)), flatten(_plain(current))
-  return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...))
+  defaults = flatten(_plain(config_lib.base_config().to_dict()))
+  return sorted(k for k in set(a) | set(b) if a.get(k, ...) != b.get(k, ...)
+                and not (k not in a and k in defaults and
+                         b.get(k) == defaults[k]))
 
 
 def check_resume_config(workdir: str, config: Any) -> None:
