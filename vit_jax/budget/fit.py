@@ -21,6 +21,17 @@ figure f is extrapolated to the model's L blocks:
 f(L) = f(1) + (L - 1) (f(2) - f(1)); blocks are identical, so collective
 bytes are exactly linear in L (the test suite compares a full compile).
 
+On XLA:TPU (`compiler='tpu'`, or 'auto' for a TPU slice when libtpu is
+installed) the step is also compiled for the slice by the TPU compiler
+(`budget.tpu`, no TPU needed): its memory analysis decides whether the
+layout fits (a compile refused with RESOURCE_EXHAUSTED is a miss, with the
+compiler's numbers), its collectives replace XLA:CPU's, and its cost model
+gives the step time, never below the FLOP bound (it counts a loop's body
+once). Data-parallel layouts compile the full depth once with scanned
+layers; layouts that shard the parameters compile unrolled blocks at two
+depths (a scanned FSDP step is another program on this libtpu). The count
+and the stated-MFU time stay beside it.
+
 Predicted step time = compute + (1 - overlap) x communication, with
 compute = model FLOPs per device x recompute factor / (peak x MFU) and
 communication = bytes sent per device / the interconnect bandwidth per
