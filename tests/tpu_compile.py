@@ -46,8 +46,10 @@ requires_libtpu = pytest.mark.skipif(
            'it (pip install -c constraints.txt "jax[tpu]")')
 
 
-def quiet(stderr: str) -> str:
-  """stderr without libtpu's start-up lines."""
+def quiet(stderr: str | bytes) -> str:
+  """stderr without libtpu's start-up lines (a timed-out child's is bytes)."""
+  if isinstance(stderr, bytes):
+    stderr = stderr.decode(errors='replace')
   return '\n'.join(line for line in stderr.splitlines()
                    if line.strip() and not any(n in line for n in NOISE))
 

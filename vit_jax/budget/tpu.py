@@ -30,13 +30,14 @@ against `logical_argument_bytes`, the same arrays untiled).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
 import math
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from vit_jax import parallel
 from vit_jax.budget import collectives as collectives_lib
@@ -119,11 +120,23 @@ def _prepare_environment(accelerator: Optional[str] = None) -> None:
     os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
     # Told the slice and the one host, libtpu does not log its failed
-    # search for a TPU's host bounds and workers when it starts. (Set only
-    # here, off a TPU: `parallel.on_cloud_tpu` reads TPU_WORKER_HOSTNAMES.)
+    # search for a TPU's host bounds and workers when it starts.
     if accelerator:
       os.environ.setdefault('TPU_ACCELERATOR_TYPE', accelerator)
-    os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+
+
+@contextlib.contextmanager
+def _one_host() -> Iterator[None]:
+  """TPU_WORKER_HOSTNAMES=localhost while libtpu starts (quiet), off a TPU
+  only, and unset again after: `parallel.on_cloud_tpu` reads it."""
+  if parallel.on_cloud_tpu():
+    yield
+    return
+  os.environ['TPU_WORKER_HOSTNAMES'] = 'localhost'
+  try:
+    yield
+  finally:
+    os.environ.pop('TPU_WORKER_HOSTNAMES', None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,9 +150,10 @@ def _slice(name: str, num_slices: int) -> tuple:
   if name.split(':')[0] in _CHIP_CONFIG:
     options['chip_config_name'] = _CHIP_CONFIG[name.split(':')[0]]
   try:
-    return tuple(topologies.get_topology_desc(
-        platform='tpu', topology_name=name, num_slices=num_slices,
-        **options).devices)
+    with _one_host():
+      return tuple(topologies.get_topology_desc(
+          platform='tpu', topology_name=name, num_slices=num_slices,
+          **options).devices)
   except Exception as e:  # pylint: disable=broad-except
     first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
     raise ValueError(f'libtpu could not make the {name} topology '
