@@ -117,7 +117,7 @@ def test_real_evaluator_end_to_end_by_file_name():
           'image': images, 'label': original, 'file_name': names}}),
       pp="value_range(-1, 1)|onehot(1000)|keep('image', 'labels', 'file_name')",
       real_json=REAL_JSON, batch_size=16)}
-  [ev] = evaluate.build_evaluators(config, model=model,
+  [ev] = evaluate.build_evaluators(config, model=model, image_size=8,
                                    mesh=parallel.make_mesh({'data': -1}))
   result = ev.run(params)
   assert result['num_examples'] == 40
@@ -134,7 +134,7 @@ def test_real_evaluator_end_to_end_by_file_name():
           'real': real.multi_hot(lists, names)}}),
       pp="value_range(-1, 1)|copy('real', 'labels')|keep('image', 'labels')",
       batch_size=16)}
-  [ev] = evaluate.build_evaluators(config, model=model,
+  [ev] = evaluate.build_evaluators(config, model=model, image_size=8,
                                    mesh=parallel.make_mesh({'data': -1}))
   classified = ev.run(params)
   assert classified['top1'] == result['real_top1']

@@ -73,8 +73,8 @@ def configure_logging() -> None:
   Asking: absl's `--verbosity=0` (INFO) or `=1` (DEBUG), `-v` for short,
   sets that level for every logger and leaves TensorFlow's C++ log on;
   absl's `--logger_levels=absl:INFO,jax:DEBUG` sets the named loggers only
-  (orbax and clu log through `absl`); TF_CPP_MIN_LOG_LEVEL from the
-  environment is kept.
+  (orbax and clu log through `absl`); TF_CPP_MIN_LOG_LEVEL and
+  TF_ENABLE_ONEDNN_OPTS from the environment are kept.
   """
   if flags.FLAGS['verbosity'].present:
     return  # absl already set the level the user asked for.
@@ -84,6 +84,10 @@ def configure_logging() -> None:
     if name not in asked:
       logging.getLogger(name).setLevel(logging.WARNING)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  # TensorFlow (the input pipeline, clu's writers) logs its oneDNN notice
+  # from C++ before absl's log is set up, past TF_CPP_MIN_LOG_LEVEL; the
+  # CPU input pipeline gains nothing from oneDNN's kernels.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

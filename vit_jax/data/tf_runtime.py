@@ -23,6 +23,7 @@ def tf():
   with _LOCK:
     if _TF is None:
       os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+      os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # Its C++ notice.
       try:
         import tensorflow as tf_module  # pylint: disable=g-import-not-at-top
       except ImportError as e:
