@@ -21,12 +21,16 @@ PARAMS = {
     'ViT-H/14': 632_045_800, 'R+ViT-Ti/16': 6_337_704,
     'R26+ViT-S/32': 36_431_912, 'R26+ViT-B/32': 101_383_976,
     'R50+ViT-B/16': 98_659_112, 'R50+ViT-L/32': 328_994_856,
+    # Table 3's hybrids without a released file: counted from the paper's
+    # architecture in tests/test_models_hybrid_params.py.
+    'R50+ViT-B/32': 110_945_832, 'R50+ViT-L/16': 316_483_624,
 }
 TOKENS_AT_224 = {
     'ViT-Ti/16': 196, 'ViT-S/16': 196, 'ViT-S/32': 49, 'ViT-B/8': 784,
     'ViT-B/16': 196, 'ViT-B/32': 49, 'ViT-L/16': 196, 'ViT-L/32': 49,
     'ViT-H/14': 256, 'R+ViT-Ti/16': 49, 'R26+ViT-S/32': 49,
     'R26+ViT-B/32': 49, 'R50+ViT-B/16': 196, 'R50+ViT-L/32': 49,
+    'R50+ViT-B/32': 49, 'R50+ViT-L/16': 196,
 }
 TINY = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2)
 ARCHITECTURE_MD = pathlib.Path(__file__).parents[1] / 'docs' / 'architecture.md'

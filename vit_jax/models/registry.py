@@ -81,8 +81,19 @@ _SPECS = [
     _hybrid('R+ViT-Ti/16', 'Ti', (), 8),
     _hybrid('R26+ViT-S/32', 'S', (2, 2, 2, 2), 1),
     _hybrid('R26+ViT-B/32', 'B', (2, 2, 2, 2), 1),
+    # The paper's R50 hybrids (sec. 4.1, "Model Variants"): ViT on the ResNet's
+    # feature map "with patch size of one 'pixel'", either (i) "the output of
+    # stage 4 of a regular ResNet50" (3, 4, 6, 3 units: 32 pixels per token,
+    # the /32 models) or (ii) stage 4 removed and its units placed in stage 3
+    # (3, 4, 9: 16 pixels per token, the /16 models). So do timm's
+    # vit_base_r50_s16_* and vit_large_r50_s32_* and the paper's Table 6 rows
+    # R50x1+ViT-{B,L}/{16,32} (vit_jax/budget/paper.py). R50+ViT-B/32 and
+    # R50+ViT-L/16 (Table 3's JFT rows) have no released checkpoint; their
+    # dropout follows their ViT counterparts (B/32: 0, L/16: 0.1).
+    _hybrid('R50+ViT-B/32', 'B', (3, 4, 6, 3), 1),
     _hybrid('R50+ViT-B/16', 'B', (3, 4, 9), 1, 0.1),
     _hybrid('R50+ViT-L/32', 'L', (3, 4, 6, 3), 1, 0.1),
+    _hybrid('R50+ViT-L/16', 'L', (3, 4, 9), 1, 0.1),
 ]
 
 #: Registered model names (the paper's spelling), in size order.
