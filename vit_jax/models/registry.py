@@ -87,7 +87,7 @@ _SPECS = [
     # the /32 models) or (ii) stage 4 removed and its units placed in stage 3
     # (3, 4, 9: 16 pixels per token, the /16 models). So do timm's
     # vit_base_r50_s16_* and vit_large_r50_s32_* and the paper's Table 6 rows
-    # R50x1+ViT-{B,L}/{16,32} (vit_jax/budget/paper.py). R50+ViT-B/32 and
+    # R50x1+ViT-{B,L}/{16,32} (the planner's Table 6). R50+ViT-B/32 and
     # R50+ViT-L/16 (Table 3's JFT rows) have no released checkpoint; their
     # dropout follows their ViT counterparts (B/32: 0, L/16: 0.1).
     _hybrid('R50+ViT-B/32', 'B', (3, 4, 6, 3), 1),
