@@ -24,9 +24,14 @@ model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
   real_data=imagenet2012   real: 'imagenet2012', 'imagenet2012_real' or
                            'folder' (with real_root=ROOT holding
                            ROOT/validation/<class>/ILSVRC2012_val_*.JPEG)
+  real_view=resize         real: the view scored, 'resize' (the whole image
+                           at the model's resolution, as the paper, BiT and
+                           classify) or 'central_crop' (shorter side to 8/7,
+                           central crop, as imagenet_eval)
   fewshot=default          few-shot datasets: 'default' (big_vision's set:
+                           imagenet2012, reported beside the mean_{k}shot of
                            caltech101, cars196, cifar100, dtd,
-                           oxford_iiit_pet, uc_merced, imagenet2012),
+                           oxford_iiit_pet, uc_merced),
                            'digits' (bundled, offline), or names of those
                            and oxford_flowers102 joined by '+'
   shots=1+5+10+25          override every few-shot dataset's shots
@@ -42,7 +47,9 @@ model). ARGS, comma-separated NAME=VALUE (lists joined by '+'):
                            'quick' (500 steps, 224 px: not comparable)
   vtab_tasks=all           'all', a group (natural, specialized,
                            structured) or task names joined by '+'
-  skip_missing=false       VTAB: run the prepared tasks, list the others
+  skip_missing=false       VTAB and few-shot: run the prepared tasks and
+                           datasets, list the others (default: list them
+                           in one line and stop before anything runs)
 
 Which numbers compare with what: classify top-1 at the checkpoint's own
 resolution on a fine-tuned checkpoint compares with Tables 2 and 5 of the
@@ -60,6 +67,7 @@ import ml_collections
 
 from vit_jax import config_lib
 from vit_jax.evaluate import fewshot as fewshot_lib
+from vit_jax.evaluate import real as real_lib
 from vit_jax.data import vtab_tasks
 
 EVALS = ('classify', 'real', 'fewshot', 'vtab')
@@ -90,7 +98,8 @@ def get_config(arg=None):
   a = config_lib.parse_arg(
       arg, evals='classify', model='', image_size=0, batch_size=512,
       data_dir='', dataset='', split='test', pp='', real_json='',
-      real_data='imagenet2012', real_root='', fewshot='default', shots='',
+      real_data='imagenet2012', real_root='', real_view='resize',
+      fewshot='default', shots='',
       seeds=3, l2=2.0**10, tuned_l2=False, vtab_mode='paper', vtab_tasks='all',
       skip_missing=False)
   evals = _list(a.evals)
@@ -118,11 +127,14 @@ def get_config(arg=None):
     if a.pp:
       c.evals.classify.pp = a.pp
   if 'real' in evals:
+    if a.real_view not in real_lib.VIEWS:
+      raise ValueError(f'real_view={a.real_view!r}: choose '
+                       f'{" or ".join(real_lib.VIEWS)}.')
     data = dict(name=a.real_data)
     if a.real_data == 'folder':
       data['root'] = a.real_root
     c.evals.real = dict(type='real', data=data, real_json=a.real_json,
-                        batch_size=a.batch_size)
+                        view=a.real_view, batch_size=a.batch_size)
   if 'fewshot' in evals:
     datasets = _fewshot_datasets(a.fewshot)
     if a.shots:
@@ -130,7 +142,7 @@ def get_config(arg=None):
       datasets = {n: {**d, 'shots': shots} for n, d in datasets.items()}
     c.evals.fewshot = dict(type='fewshot', datasets=datasets, seeds=a.seeds,
                            batch_size=a.batch_size, l2_reg=a.l2,
-                           tuned_l2=a.tuned_l2)
+                           tuned_l2=a.tuned_l2, skip_missing=a.skip_missing)
   # VTAB-1k trains: it runs through vit_jax.transfer, not as an evaluator.
   c.vtab = base.vtab
   if 'vtab' in evals:

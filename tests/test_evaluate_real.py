@@ -165,3 +165,82 @@ def test_classify_and_real_counts_agree_on_the_same_logits():
   assert by_classify['top1'] == by_real['real_top1']
   hits = sum(p in lists[i] for p, i in zip(pred, numbers))
   assert by_real['real_top1'] == pytest.approx(hits / (n - empty))
+
+
+def _validation_folder(root):
+  """A small ImageNet-like validation folder: two classes, images of several
+  shapes (so a crop and a resize differ), named like the ILSVRC files."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  shapes = [(24, 40), (40, 24), (30, 30), (20, 52), (36, 28), (28, 36)]
+  for i, (h, w) in enumerate(shapes):
+    folder = root / 'validation' / ('n01440764', 'n01443537')[i % 2]
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / f'ILSVRC2012_val_{i + 1:08d}.JPEG',
+                                 quality=95)
+  return str(root)
+
+
+def _images(evaluator):
+  batches = list(evaluator.batches())
+  mask = np.concatenate([b['mask'] for b in batches]) > 0
+  return (np.concatenate([b['image'] for b in batches])[mask],
+          np.concatenate([b['labels'] for b in batches])[mask])
+
+
+def test_real_and_top1_score_the_same_view(tmp_path):
+  """By default ReaL reads exactly the pixels the classify evaluator reads
+  (the whole image resized to the model's resolution, as the paper and BiT);
+  the ImageNet crop is the named option view='central_crop'."""
+  import jax
+  from vit_jax import evaluate, parallel
+  from vit_jax.models import get_model
+  root = _validation_folder(tmp_path)
+  model = get_model('ViT-Ti/16', 1000, hidden_size=32, num_layers=1,
+                    mlp_dim=64, num_heads=2, patch_size=(4, 4))
+  mesh = parallel.make_mesh({'data': -1})
+  data = dict(name='folder', root=root)
+  build = lambda config: evaluate.build_evaluators(
+      config, model=model, mesh=mesh, image_size=16, num_classes=1000)
+  classify_ev, real_ev, crop_ev = build({
+      'val': dict(type='classify', data=data, split='validation',
+                  batch_size=8),
+      'real': dict(data=data, batch_size=8),
+      'real_crop': dict(type='real', data=data, view='central_crop',
+                        batch_size=8)})
+  top1_images, top1_labels = _images(classify_ev)
+  real_images, real_labels = _images(real_ev)
+  assert top1_images.shape == (6, 16, 16, 3)
+  np.testing.assert_array_equal(real_images, top1_images)
+  np.testing.assert_array_equal(real_labels, top1_labels)
+  # The results say which view was scored.
+  assert real_ev.protocol['view'] == 'resize'
+  assert '|resize(16)|' in real_ev.protocol['pp']
+  assert crop_ev.protocol['view'] == 'central_crop'
+  assert 'resize_small(18)|central_crop(16)' in crop_ev.protocol['pp']
+  crop_images, _ = _images(crop_ev)
+  assert not np.allclose(crop_images, top1_images)  # The option is another view.
+  # Same pixels, same checkpoint: the original-label top-1 is the same number.
+  params = jax.jit(model.init)(jax.random.key(0),
+                               np.zeros((1, 16, 16, 3), np.float32))['params']
+  params['head']['kernel'] = jax.random.normal(jax.random.key(1),
+                                               params['head']['kernel'].shape)
+  params['head']['kernel'] = params['head']['kernel'].at[:, :2].multiply(30.)
+  assert real_ev.run(params)['top1'] == classify_ev.run(params)['top1']
+
+
+def test_real_view_errors_name_the_choices():
+  from vit_jax import evaluate, parallel
+  from vit_jax.models import get_model
+  model = get_model('ViT-Ti/16', 1000, hidden_size=32, num_layers=1,
+                    mlp_dim=64, num_heads=2, patch_size=(4, 4))
+  mesh = parallel.make_mesh({'data': -1})
+  with pytest.raises(ValueError, match=r"evals.real: ReaL view='crop' is not "
+                     r'one of resize, central_crop'):
+    evaluate.build_evaluators({'real': dict(view='crop')}, model=model,
+                              mesh=mesh, image_size=16)
+  with pytest.raises(ValueError, match=r"give view='central_crop' or a pp "
+                     r'string, not both'):
+    evaluate.build_evaluators({'real': dict(view='central_crop', pp='decode')},
+                              model=model, mesh=mesh, image_size=16)

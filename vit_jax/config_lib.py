@@ -148,11 +148,15 @@ def base_config() -> ml_collections.ConfigDict:
 EVALUATOR_KEYS = {
     'classify': dict(data=dict, split=str, pp=str, batch_size=int,
                      num_classes=int, top_k=int),
-    'real': dict(data=dict, split=str, pp=str, batch_size=int,
+    # view: 'resize' (default: the whole image, as classify) or
+    # 'central_crop' (shorter side to 8/7, central crop); pp replaces it.
+    'real': dict(data=dict, split=str, pp=str, view=str, batch_size=int,
                  real_json=str),
+    # skip_missing: run the prepared datasets and list the others (default:
+    # a one-line error naming every unprepared dataset before anything runs).
     'fewshot': dict(datasets=dict, batch_size=int, seeds=int, l2_reg=float,
                     tuned_l2=bool, l2_grid=tuple, holdout_per_class=int,
-                    seed=int),
+                    seed=int, skip_missing=bool),
 }
 _COMMON_EVALUATOR_KEYS = dict(type=str, every=int)
 

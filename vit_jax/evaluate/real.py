@@ -16,6 +16,13 @@ over all images is reported beside it. The `classify` evaluator with the
 vector is all zero), so both give the same ReaL number on the same
 predictions. Comparable with the "ImageNet ReaL" rows of the paper's Tables 2
 and 5 (fine-tuned models, all 46,837 labelled validation images).
+
+The view scored (`view`) is by default the one the paper, BiT and the
+`classify` evaluator score: the whole image resized to the model's resolution
+(`resize`), so ReaL and top-1 of a checkpoint read the same pixels.
+`view='central_crop'` is the usual ImageNet crop instead (shorter side to 8/7
+of the size, central crop: `imagenet_eval`, big_vision). The evaluator's
+`view` and `pp` say which was scored (results.json records them).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import logging
 import os
 import re
 from typing import Any, Callable, Iterable, Sequence
@@ -136,6 +144,25 @@ def real_accuracies(counts: dict[str, Any]) -> dict[str, float]:
           'num_examples': float(counts['count'])}
 
 
+#: How an image becomes the model's size (config key `view`): the paper's,
+#: BiT's and the classify evaluator's whole image resized; or the ImageNet
+#: evaluation crop (shorter side to 8/7 of the size, central crop).
+VIEWS = ('resize', 'central_crop')
+DEFAULT_VIEW = 'resize'
+
+
+def view_ops(view: str, image_size: int) -> str:
+  """The pp ops that make an image `image_size` square in `view`."""
+  if view == 'resize':
+    return f'resize({image_size})'  # As vit_eval (the classify default).
+  if view == 'central_crop':
+    return (f'resize_small({round(image_size * 8 / 7)})|'
+            f'central_crop({image_size})')  # As imagenet_eval.
+  raise ValueError(f'ReaL view={view!r} is not one of {", ".join(VIEWS)} '
+                   f'(resize: the whole image, as the paper and classify; '
+                   f'central_crop: shorter side to 8/7, central crop).')
+
+
 @dataclasses.dataclass
 class RealEvaluator:
   """ReaL and original top-1 on batches with `image`, `labels`, `mask` and
@@ -147,6 +174,9 @@ class RealEvaluator:
   batches: Callable[[], Iterable[dict]]
   batch_size: int
   real_lists: Sequence[Sequence[int]]  # load_real_labels(real_json)
+  #: Which view was scored: one of VIEWS, or 'pp' (an explicit pp string).
+  view: str = DEFAULT_VIEW
+  pp: str = ''
 
   def __post_init__(self):
     def counts(params, batch):
@@ -154,6 +184,11 @@ class RealEvaluator:
       return real_counts(logits, batch['real'], batch['labels'], batch['mask'])
     self._reducer = sharded.BatchReducer(
         counts, self.mesh, self.batch_size, ('image', 'labels', 'mask', 'real'))
+
+  @property
+  def protocol(self) -> dict[str, str]:
+    """Which view was scored (results.json's `protocol`)."""
+    return {'view': self.view, 'pp': self.pp}
 
   def _real_targets(self, batch) -> dict[str, np.ndarray]:
     if 'file_name' not in batch:
@@ -173,10 +208,10 @@ class RealEvaluator:
     return real_accuracies(counts)
 
 
-def default_pp(image_size: int, label_key: str = 'label') -> str:
-  """The ImageNet evaluation crop, original labels, and the file names."""
-  return (f'decode|resize_small({round(image_size * 8 / 7)})|'
-          f'central_crop({image_size})|value_range(-1, 1)|'
+def default_pp(image_size: int, label_key: str = 'label',
+               view: str = DEFAULT_VIEW) -> str:
+  """`view` at `image_size`, original labels, and the file names."""
+  return (f'decode|{view_ops(view, image_size)}|value_range(-1, 1)|'
           f"onehot({NUM_CLASSES}, key='{label_key}')|"
           "keep('image', 'labels', 'file_name')")
 
@@ -184,13 +219,28 @@ def default_pp(image_size: int, label_key: str = 'label') -> str:
 def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
                 context: inputs.EvalContext) -> RealEvaluator:
   """Config keys: real_json (default: the packaged copy), data ({'name':
-  'imagenet2012'}),
-  split ('validation'), pp, batch_size, every."""
+  'imagenet2012'}), split ('validation'), view ('resize' or 'central_crop'),
+  pp (replaces the view's preprocessing), batch_size, every."""
   data = inputs.as_dict(inputs.get(config, 'data', {'name': 'imagenet2012'}))
   label_key = ('original_label' if str(data.get('name', '')).startswith(
       'imagenet2012_real') else 'label')
-  pp = inputs.get(config, 'pp') or default_pp(
-      inputs.image_size_of(context.image_size), label_key)
+  view = inputs.get(config, 'view')
+  pp = inputs.get(config, 'pp')
+  if view and pp:
+    raise ValueError(f'evals.{name}: give view={view!r} or a pp string, not '
+                     f'both (pp replaces the view\'s preprocessing).')
+  view = view or DEFAULT_VIEW
+  if view not in VIEWS:
+    try:
+      view_ops(view, 0)
+    except ValueError as e:
+      raise ValueError(f'evals.{name}: {e}') from None
+  if pp:
+    view = 'pp'
+  else:
+    pp = default_pp(inputs.image_size_of(context.image_size), label_key, view)
+  logging.info('Evaluator %s scores ImageNet ReaL on the %s view: %s', name,
+               view, pp)
   batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
   real_lists = load_real_labels(inputs.get(config, 'real_json', ''))
   pipeline = inputs.eval_pipeline(name, data,
@@ -200,4 +250,4 @@ def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
   return RealEvaluator(
       name=name, every=int(inputs.get(config, 'every', 0)), model=model,
       mesh=mesh, batches=inputs.reiterable(pipeline), batch_size=batch_size,
-      real_lists=real_lists)
+      real_lists=real_lists, view=view, pp=pp)

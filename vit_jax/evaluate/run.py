@@ -7,7 +7,9 @@ config.json, or the file name and the arrays), class count and resolution.
 Without an image size the evaluation runs at the checkpoint's own resolution;
 with another one the position embeddings are resampled and the log line that
 starts the evaluation says so. Results go to `WORKDIR/results.json` and are
-returned for the table.
+returned for the table; `protocol` there (and lines under the printed table)
+says what an evaluator scored beyond its numbers (ReaL's view, the datasets
+of the few-shot mean).
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ def evaluate_checkpoint(config: Any, checkpoint_path: str, workdir: str
              'num_classes': num_classes,
              'class_names': info.class_names,
              'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-             'metrics': {}, 'seconds': {}}
+             'metrics': {}, 'seconds': {}, 'protocol': {}}
   for ev in evaluators:
+    # What was scored beyond the numbers: ReaL's view, the few-shot mean's
+    # datasets (an evaluator's `protocol`, where it has one).
+    if getattr(ev, 'protocol', None):
+      results['protocol'][ev.name] = ev.protocol
     start = time.perf_counter()
     results['metrics'][ev.name] = ev.run(params)
     results['seconds'][ev.name] = round(time.perf_counter() - start, 2)
@@ -104,4 +110,8 @@ def table(results: dict) -> str:
   lines = [f'{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}'
            for r in rows]
   lines.insert(1, '-' * len(lines[0]))
+  for name, protocol in results.get('protocol', {}).items():
+    lines.append(f'{name}: ' + '; '.join(
+        f'{key} {", ".join(value) if isinstance(value, (list, tuple)) else value}'
+        for key, value in protocol.items() if value not in (None, '', [], ())))
   return '\n'.join(lines)
