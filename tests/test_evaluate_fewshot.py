@@ -105,3 +105,109 @@ def test_config_errors_name_the_problem(tiny):
                      "'l2_reg'"):
     evaluate.build_evaluators(_config(l2_regs=(1.0,)), model=model, mesh=mesh,
                               image_size=16)
+
+
+ARRAYS_PP = "value_range(-1, 1)|onehot(5)|keep('image', 'labels')"
+
+
+def _made(seed, informative=True):
+  """A made 5-class dataset standing in for one of big_vision's: 16x16
+  images, a class pattern plus noise (labels shuffled when not informative)."""
+  rng = np.random.default_rng(seed)
+  patterns = rng.integers(0, 256, size=(5, 16, 16, 3))
+
+  def split(per_class):
+    labels = np.repeat(np.arange(5), per_class)
+    noise = rng.normal(0, 60, size=(len(labels), 16, 16, 3))
+    images = np.clip(patterns[labels] + noise, 0, 255).astype(np.uint8)
+    if not informative:
+      labels = rng.permutation(labels)
+    return {'image': images, 'label': labels}
+  return dict(data=dict(name='arrays', arrays={'train': split(12),
+                                                'test': split(6)}),
+              train_split='train', test_split='test', num_classes=5,
+              pp=ARRAYS_PP, shots=(1, 5))
+
+
+def _big_vision_set(**replace):
+  """big_vision's names (ImageNet first), made data standing in for each."""
+  made = {n: _made(i, informative=n != 'imagenet2012')
+          for i, n in enumerate(fewshot.DATASETS)}
+  made.update(replace)
+  return made
+
+
+def test_the_mean_is_over_big_visions_six_with_imagenet_beside(tiny):
+  model, params = tiny
+  assert list(fewshot.DATASETS)[0] == 'imagenet2012'  # Shown first.
+  assert set(fewshot.DATASETS) == {*fewshot.MEAN_DATASETS, 'imagenet2012'}
+  [ev] = evaluate.build_evaluators(
+      {'fs': dict(type='fewshot', batch_size=64, seeds=2,
+                  datasets=_big_vision_set())},
+      model=model, mesh=parallel.make_mesh({'data': -1}), image_size=16)
+  assert ev.protocol == {'mean_datasets': list(fewshot.MEAN_DATASETS),
+                         'beside_mean': ['imagenet2012'], 'skipped': []}
+  assert [ds.name for ds in ev.datasets][0] == 'imagenet2012'
+  result = ev.run(params)
+  assert list(result)[0].startswith('imagenet2012_')  # Shown first.
+  six = fewshot.MEAN_DATASETS
+  assert len(six) == 6 and result['mean_num_datasets'] == 6
+  for k in (1, 5):
+    assert result[f'mean_{k}shot'] == pytest.approx(
+        np.mean([result[f'{n}_{k}shot'] for n in six]))
+    with_imagenet = np.mean([result[f'{n}_{k}shot'] for n in (*six,
+                                                              'imagenet2012')])
+    assert result[f'mean_{k}shot'] != pytest.approx(with_imagenet)
+  assert 'imagenet2012_5shot' in result  # Reported beside the mean.
+
+
+def test_a_dataset_that_is_not_prepared_is_named_before_anything_runs(
+    tiny, tmp_path):
+  model, _ = tiny
+  mesh = parallel.make_mesh({'data': -1})
+  datasets = _big_vision_set(cars196=fewshot.DATASETS['cars196'],
+                             imagenet2012=fewshot.DATASETS['imagenet2012'])
+  config = {'fs': dict(type='fewshot', batch_size=64, datasets=datasets)}
+  # Building the evaluator (what a run does first) already refuses.
+  with pytest.raises(FileNotFoundError) as err:
+    evaluate.build_evaluators(config, model=model, mesh=mesh, image_size=16,
+                              data_dir=str(tmp_path))
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith('evals.fs: 2 of 7 few-shot datasets are not '
+                            'prepared, so nothing ran: imagenet2012, cars196. '
+                            'Prepare them (imagenet2012: tfds build '
+                            f'imagenet2012 --data_dir={tmp_path} --manual_dir=')
+  assert f'cars196: tfds build cars196 --data_dir={tmp_path})' in message
+  assert ('or set evals.fs.skip_missing=True (configs/evaluate.py: '
+          'skip_missing=true) to run the others (without cars196 the mean is '
+          "not big_vision's).") in message
+
+  # skip_missing: the prepared ones run; ImageNet stays out of the mean.
+  datasets['imagenet2012'] = _made(0, informative=False)
+  config['fs'].update(skip_missing=True, seeds=2)
+  [ev] = evaluate.build_evaluators(config, model=model, mesh=mesh,
+                                   image_size=16, data_dir=str(tmp_path))
+  five = [n for n in fewshot.MEAN_DATASETS if n != 'cars196']
+  assert ev.protocol == {'mean_datasets': five, 'beside_mean': ['imagenet2012'],
+                         'skipped': ['cars196'],
+                         'note': "not big_vision's six: its mean is not "
+                                 'comparable'}
+  result = ev.run(tiny[1])
+  assert not any(k.startswith('cars196') for k in result)
+  assert result['mean_num_datasets'] == 5
+  assert result['mean_5shot'] == pytest.approx(
+      np.mean([result[f'{n}_5shot'] for n in five]))
+
+
+def test_the_evaluate_config_passes_skip_missing():
+  import os
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  from configs import evaluate as evaluate_config
+  c = evaluate_config.get_config('evals=fewshot,skip_missing=true')
+  assert c.evals.fewshot.skip_missing is True
+  assert set(c.evals.fewshot.datasets) == set(fewshot.DATASETS)
+  assert evaluate_config.get_config(
+      'evals=fewshot').evals.fewshot.skip_missing is False

@@ -9,14 +9,21 @@ are standardised (train mean, train std + 1e-5) with a bias feature of 100,
 and a ridge regression to {-1, 1}^K targets is solved in closed form (see
 `ridge`). Accuracy is the argmax on the test split; the mean and the
 standard deviation over seeds are reported as `{dataset}_{k}shot` and
-`{dataset}_{k}shot_std`, and the mean over datasets as `mean_{k}shot`.
+`{dataset}_{k}shot_std`, and the mean over datasets as `mean_{k}shot`:
+over big_vision's six (`MEAN_DATASETS`) with the default set, never over
+ImageNet, which is reported beside the mean (`BESIDE_MEAN`), as big_vision
+shows it and the paper reports it; `mean_num_datasets` counts the datasets
+averaged and the evaluator's `protocol` names them.
 
 Default protocol: big_vision's few-shot evaluator (`configs/
 common_fewshot.py`, `evaluators/fewshot_lsr.py`), the one behind the few-shot
 numbers of the ViT follow-up papers: a fixed l2 of 2^10, preprocessing
 `decode|resize(256)|central_crop(224)|value_range(-1, 1)` (the ratio 8/7 at
 other sizes), the datasets and splits of `DATASETS`, shots 1, 5, 10 and 25, 3
-seeds. The paper's own few-shot figures (Figs. 3-6, "linear 5-shot
+seeds. A dataset that is not prepared stops the evaluator when it is built,
+before anything runs, in one line that names every such dataset and the
+fix (prepare them, or `skip_missing=True` to run the prepared ones). The
+paper's own few-shot figures (Figs. 3-6, "linear 5-shot
 ImageNet") came from Google's internal code and are close to, not exactly,
 this protocol. A class with fewer than k training examples contributes what
 it has, as in big_vision.
@@ -33,6 +40,8 @@ chosen strength, geometric mean over seeds). Choosing l2 per shot inflates
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax.numpy as jnp
@@ -184,6 +193,8 @@ class FewShotEvaluator:
   l2_grid: Sequence[float] = DEFAULT_L2_GRID
   holdout_per_class: int = 10
   seed: int = 0
+  #: Datasets of the default set that were not prepared (skip_missing=True).
+  skipped: Sequence[str] = ()
 
   def __post_init__(self):
     def features(params, batch):
@@ -208,6 +219,22 @@ class FewShotEvaluator:
     return Features(out['x'][valid], out['labels'][valid].astype(np.int64),
                     max(widths))
 
+  @property
+  def mean_datasets(self) -> list[str]:
+    """The datasets `mean_{k}shot` averages: all but those beside the mean."""
+    return [ds.name for ds in self.datasets if ds.name not in BESIDE_MEAN]
+
+  @property
+  def protocol(self) -> dict[str, Any]:
+    """What the mean is over (results.json's `protocol`)."""
+    beside = [ds.name for ds in self.datasets if ds.name in BESIDE_MEAN]
+    mean = self.mean_datasets if len(self.mean_datasets) > 1 else []
+    out = {'mean_datasets': mean, 'beside_mean': beside,
+           'skipped': list(self.skipped)}
+    if mean and set(mean) != set(MEAN_DATASETS):
+      out['note'] = "not big_vision's six: its mean is not comparable"
+    return out
+
   def run(self, params: Any) -> dict[str, float]:
     params = sharded.place_params(params, self.mesh)
     results = {}
@@ -224,24 +251,31 @@ class FewShotEvaluator:
           holdout_per_class=self.holdout_per_class, seed=self.seed,
           dataset=ds.name, holdout=holdout)
       results.update(scores)
+      if ds.name in BESIDE_MEAN:
+        continue  # Reported beside the mean, not in it.
       for k in ds.shots:
         for suffix in ('', '_tuned_l2') if self.tuned_l2 else ('',):
           per_shot.setdefault(f'{k}shot{suffix}', []).append(
               scores[f'{ds.name}_{k}shot{suffix}'])
-    if len(self.datasets) > 1:
+    averaged = self.mean_datasets
+    if len(averaged) > 1:
       for name, accs in per_shot.items():
-        if len(accs) == len(self.datasets):
+        if len(accs) == len(averaged):
           results[f'mean_{name}'] = float(np.mean(accs))
+      results['mean_num_datasets'] = float(len(averaged))
     return results
 
 
-# big_vision's few-shot datasets (configs/common_fewshot.py; imagenet2012 is
-# listed there too, commented out because it needs a manual download): the
-# TFDS name, the split the shots are drawn from, the test split, the class
-# count. Shots 1, 5, 10, 25 everywhere. imagenet2012 draws from its first
-# 65,000 training images (at least 30 per class); uc_merced has one split:
-# 1,000 images to draw from, the other 1,100 to test on.
+# big_vision's few-shot datasets (configs/common_fewshot.py): the TFDS name,
+# the split the shots are drawn from, the test split, the class count. Shots
+# 1, 5, 10, 25 everywhere. imagenet2012 is listed there too, commented out
+# because it needs a manual download, and shown first when present; it draws
+# from its first 65,000 training images (at least 30 per class). uc_merced
+# has one split: 1,000 images to draw from, the other 1,100 to test on.
 DATASETS = {
+    'imagenet2012': dict(data=dict(name='imagenet2012'),
+                         train_split='train[:65000]', test_split='validation',
+                         num_classes=1000),
     'caltech101': dict(data=dict(name='caltech101'), train_split='train',
                        test_split='test', num_classes=102),
     'cars196': dict(data=dict(name='cars196:2.1.0'), train_split='train',
@@ -255,10 +289,13 @@ DATASETS = {
                             num_classes=37),
     'uc_merced': dict(data=dict(name='uc_merced'), train_split='train[:1000]',
                       test_split='train[1000:]', num_classes=21),
-    'imagenet2012': dict(data=dict(name='imagenet2012'),
-                         train_split='train[:65000]', test_split='validation',
-                         num_classes=1000),
 }
+#: big_vision's default set, the datasets its few-shot mean averages.
+MEAN_DATASETS = ('caltech101', 'cars196', 'cifar100', 'dtd', 'oxford_iiit_pet',
+                 'uc_merced')
+#: Reported beside the mean, never in it (the paper reports ImageNet
+#: few-shot on its own; big_vision's default set leaves it out).
+BESIDE_MEAN = ('imagenet2012',)
 DATASETS = {n: {**d, 'shots': (1, 5, 10, 25)} for n, d in DATASETS.items()}
 # Not in big_vision's set, available by name: oxford_flowers102 has exactly
 # 10 training images per class, so it stops at 10 shots and (with tuned_l2)
@@ -282,7 +319,9 @@ def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
   """Config keys: datasets ({name: {data, train_split, test_split,
   holdout_split, num_classes, shots, pp (default: `default_pp`)}}; default
   DATASETS), seeds (3), l2_reg (2^10), tuned_l2 (False), l2_grid
-  (DEFAULT_L2_GRID), holdout_per_class (10), seed (0), batch_size, every."""
+  (DEFAULT_L2_GRID), holdout_per_class (10), seed (0), skip_missing
+  (False: a dataset that is not prepared is an error, raised here, before
+  anything runs, naming every such dataset), batch_size, every."""
   size = inputs.image_size_of(context.image_size)
   batch_size = int(inputs.get(config, 'batch_size', inputs.DEFAULT_BATCH_SIZE))
   specs = inputs.as_dict(inputs.get(config, 'datasets', DATASETS))
@@ -290,16 +329,40 @@ def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
     raise ValueError(f'evaluator {name!r} has no datasets; set '
                      f'evals.{name}.datasets or leave it out for big_vision\'s '
                      f'set ({", ".join(DATASETS)}).')
-  datasets, problems = [], []
+  # ImageNet first, as big_vision shows it (a ConfigDict sorts its keys).
+  specs = dict(sorted(specs.items(), key=lambda kv: kv[0] not in BESIDE_MEAN))
+  datasets, problems, missing = [], [], {}
   for ds_name, spec in specs.items():
     try:
       datasets.append(_dataset(f'{name}/{ds_name}', ds_name, spec, size,
                                batch_size, context))
-    except (ValueError, FileNotFoundError) as e:
+    except FileNotFoundError as e:  # Not prepared (or a folder not there).
+      missing[ds_name] = _how_to_prepare(str(e))
+    except ValueError as e:
       problems.append(str(e))
   if problems:  # Every unusable dataset at once, not one per attempt.
-    raise ValueError(' | '.join(problems))
-  return FewShotEvaluator(
+    raise ValueError(' | '.join(problems + [
+        f'{name}/{n}: not prepared ({fix})' for n, fix in missing.items()]))
+  skip_missing = bool(inputs.get(config, 'skip_missing', False))
+  if missing:
+    listed = '; '.join(f'{n}: {fix}' for n, fix in missing.items())
+    in_mean = [n for n in missing if n in MEAN_DATASETS]
+    mean_note = (f" (without {', '.join(in_mean)} the mean is not "
+                 f"big_vision's)" if in_mean else '')
+    if not datasets:
+      raise FileNotFoundError(
+          f'evals.{name}: none of the few-shot datasets is prepared, so '
+          f'nothing ran: {", ".join(missing)}; prepare them ({listed}).')
+    if not skip_missing:
+      raise FileNotFoundError(
+          f'evals.{name}: {len(missing)} of {len(specs)} few-shot datasets '
+          f'are not prepared, so nothing ran: {", ".join(missing)}. Prepare '
+          f'them ({listed}), or set evals.{name}.skip_missing=True '
+          f'(configs/evaluate.py: skip_missing=true) to run the others'
+          f'{mean_note}.')
+    logging.warning('evals.%s: skipping the few-shot datasets that are not '
+                    'prepared: %s%s.', name, ', '.join(missing), mean_note)
+  evaluator = FewShotEvaluator(
       name=name, every=int(inputs.get(config, 'every', 0)), model=model,
       mesh=mesh, datasets=datasets, batch_size=batch_size,
       seeds=int(inputs.get(config, 'seeds', 3)),
@@ -308,7 +371,28 @@ def from_config(name: str, config: Any, *, model: Any, mesh: Mesh,
       l2_grid=tuple(float(v) for v in inputs.get(config, 'l2_grid',
                                                  DEFAULT_L2_GRID)),
       holdout_per_class=int(inputs.get(config, 'holdout_per_class', 10)),
-      seed=int(inputs.get(config, 'seed', 0)))
+      seed=int(inputs.get(config, 'seed', 0)), skipped=tuple(missing))
+  protocol = evaluator.protocol
+  if protocol['mean_datasets']:
+    logging.info('evals.%s: mean_{k}shot averages %s%s%s.', name,
+                 ', '.join(protocol['mean_datasets']),
+                 f"; {', '.join(protocol['beside_mean'])} beside it"
+                 if protocol['beside_mean'] else '',
+                 f" ({protocol['note']})" if 'note' in protocol else '')
+  return evaluator
+
+
+_PREPARE = re.compile(r'tfds build \S+(?: --\S+)*')
+
+
+def _how_to_prepare(message: str) -> str:
+  """The command in a data source's "not prepared" error, else the error."""
+  match = _PREPARE.search(message)
+  if not match:
+    return message.split('; ')[0]
+  command = match.group(0).rstrip(',;.)')
+  manual = ' with manually downloaded archives' if '--manual_dir' in command else ''
+  return f'{command}{manual}'
 
 
 def _dataset(where: str, ds_name: str, spec: Any, size: int, batch_size: int,
