@@ -18,14 +18,13 @@ workdir locked by another run, or no readable checkpoint).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from vit_jax import cli
+from vit_jax import cli, preemption
 from vit_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -57,22 +56,30 @@ def main(argv) -> None:
     return
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints and metrics.')
-  # Until the training loop takes over SIGTERM: nothing is trained yet.
-  signal.signal(signal.SIGTERM, _stop_before_training)
-  cli.configure_logging()  # Third-party INFO lines only with -v 0 or --logger_levels.
+  with preemption.handled():  # SIGTERM from here on: recorded, honoured.
+    result = _train(_CONFIG.value, _WORKDIR.value)
+  import jax  # pylint: disable=g-import-not-at-top  (loaded by _train)
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    exported = (result.status == train.RunStatus.DONE and
+                _CONFIG.value.export_npz)
+    params = os.path.join(_WORKDIR.value, workdir_lib.PARAMS)
+    print(summary_line(result, params if exported else None), flush=True)
+  if result.status == train.RunStatus.BUDGET_EXHAUSTED:
+    sys.exit(train.EXIT_BUDGET_EXHAUSTED)
 
+
+def _train(config, workdir: str):
+  """The run (transfer.run: sweep, training, VTAB) with one-line errors."""
+  cli.configure_logging()  # Third-party INFO lines only with -v 0 or --logger_levels.
   # Imported after the flags are parsed: a bad flag fails before jax loads.
-  import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import parallel, train, transfer  # pylint: disable=g-import-not-at-top
   from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
   train_checkpoint.install_run_hooks()  # A failed save: one line, exit 74.
   try:
-    # The run handles SIGTERM from here: train's own handler, or on several
-    # processes jax's preemption sync, which start_distributed installs.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    cli.start_distributed()
+    cli.start_distributed()  # Several processes: jax's preemption sync.
     with parallel.lost_peer_explains_errors():  # exit 76 when a peer was lost
-      result = transfer.run(_CONFIG.value, _WORKDIR.value)
+      return transfer.run(config, workdir)
   except train.NonFiniteLossError as e:
     cli.fail(str(e), status=1)
   except train.SaveError as e:
@@ -82,16 +89,9 @@ def main(argv) -> None:
   except OSError as e:
     if e.errno not in train_checkpoint.DISK_FULL_ERRNOS:
       raise
-    _exit_save_failed(f'{e.filename or _WORKDIR.value}: {e.strerror} [errno '
+    _exit_save_failed(f'{e.filename or workdir}: {e.strerror} [errno '
                       f'{e.errno}]; free space, then rerun to resume from the '
                       f'last checkpoint.')
-  if jax.process_index() == 0:
-    exported = (result.status == train.RunStatus.DONE and
-                _CONFIG.value.export_npz)
-    params = os.path.join(_WORKDIR.value, workdir_lib.PARAMS)
-    print(summary_line(result, params if exported else None), flush=True)
-  if result.status == train.RunStatus.BUDGET_EXHAUSTED:
-    sys.exit(train.EXIT_BUDGET_EXHAUSTED)
 
 
 def _compile_only(config, topology: Optional[str]) -> None:
@@ -121,14 +121,6 @@ def _exit_save_failed(message: str) -> None:
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(train.EXIT_SAVE_FAILED)  # pylint: disable=protected-access
-
-
-def _stop_before_training(signum, frame) -> None:
-  del signum, frame
-  print('SIGTERM before the first step: nothing was trained in this run; '
-        'rerun the same command to start or resume.', file=sys.stderr,
-        flush=True)
-  sys.exit(0)
 
 
 def summary_line(result, params_path: Optional[str] = None) -> str:

@@ -24,6 +24,7 @@ from jax.experimental import mesh_utils
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vit_jax import preemption
 from vit_jax import rules as rules_lib
 
 MESH_AXES = ('data', 'fsdp', 'model')
@@ -69,12 +70,14 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                        f'{num_processes}); ids count from 0.')
     if num_processes > 1:  # A lost peer is reported to PeerWatch, not fatal.
       jax.config.update('jax_enable_recoverability', True)
+      preemption.hand_to_jax()  # jax's preemption sync takes SIGTERM.
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
                                process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
   elif on_cloud_tpu() or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
     jax.config.update('jax_enable_recoverability', True)
+    preemption.hand_to_jax()  # jax's preemption sync takes SIGTERM.
     # jax reads the cluster from its metadata.
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
   else:

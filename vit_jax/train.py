@@ -13,7 +13,6 @@ import dataclasses
 import enum
 import logging
 import os
-import signal
 from typing import Any, Optional
 
 import jax
@@ -25,6 +24,7 @@ from vit_jax import (assembly, budget, checkpoint, class_names, config_lib,
                      data, evaluate, files, models, parallel, pretrained,
                      profiling)
 from vit_jax import metrics as metrics_lib
+from vit_jax import preemption
 from vit_jax import resume_check
 from vit_jax import workdir as workdir_lib
 from vit_jax.train_checkpoint import SaveError, TrainCheckpointer  # pylint: disable=unused-import
@@ -103,39 +103,6 @@ def resolve_model(config) -> None:
   for key in _ARCHITECTURE:
     if key in run['model']:
       config.model[key] = run['model'][key]
-
-
-class _Preemption:
-  """SIGTERM sets a flag; the loop saves and exits at the next step boundary.
-
-  Installed for the whole run (nested `with` blocks keep the outer handler),
-  so a SIGTERM while building or compiling stops the run before step one.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    self._depth = 0
-
-  def __enter__(self):
-    self._depth += 1
-    if self._depth == 1 and jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    self._depth -= 1
-    if self._depth == 0 and self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
 
 
 _VERDICTS = tuple(budget.Verdict)
@@ -305,13 +272,12 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   resolve_model(config)  # Before the resume check: config.json holds it.
   setup = _build(config)
   workdir = workdir_lib.check_workdir(workdir)
-  with _Preemption() as preemption, WorkdirLock(workdir):
+  with preemption.handled(), WorkdirLock(workdir):
     resume_check.check_resume_config(workdir, config)
-    return _train_and_evaluate(config, workdir, preemption, setup)
+    return _train_and_evaluate(config, workdir, setup)
 
 
-def _train_and_evaluate(config, workdir: str, preemption: '_Preemption',
-                        setup: _Setup) -> TrainResult:
+def _train_and_evaluate(config, workdir: str, setup: _Setup) -> TrainResult:
   mesh, tracker, asm = setup.mesh, setup.tracker, setup.asm
   train_data, evaluators, cap = setup.train_data, setup.evaluators, setup.cap
   device_kind = jax.devices()[0].device_kind
@@ -365,62 +331,60 @@ def _train_and_evaluate(config, workdir: str, preemption: '_Preemption',
     profiler = profiling.ProfileWindow.from_config(config.get('profile'),
                                                    workdir)
     img_per_sec = None
-    with preemption:
-      tracker.start_training()  # Input wait is a part of training time.
-      if preemption.requested and step < config.total_steps:
-        status = RunStatus.PREEMPTED
-        logging.warning('SIGTERM before the first step: nothing was trained '
-                        'in this run; rerun the same command to start or '
-                        'resume.')
-      while step < config.total_steps and not preemption.requested:
-        with tracker.waiting_for_input():
-          host_batch = next(batches)
-        batch = parallel.host_to_global(host_batch, mesh)
-        checkpointer.check_for_errors()  # A failed save ends the run here.
-        profiler.before(step)
-        state, step_metrics = compiled(state, batch)
-        profiler.after(step, step_metrics)
-        step += 1
-        tracker.add_images(config.batch_size)
-        # Read the previous step's metrics while this one runs.
-        window.push(step, step_metrics)
+    tracker.start_training()  # Input wait is a part of training time.
+    if preemption.requested() and step < config.total_steps:
+      status = RunStatus.PREEMPTED
+      logging.warning('%s', preemption.BEFORE_TRAINING)
+    # A SIGTERM during a step is seen by `reached` below: the step is saved.
+    while status == RunStatus.DONE and step < config.total_steps:
+      with tracker.waiting_for_input():
+        host_batch = next(batches)
+      batch = parallel.host_to_global(host_batch, mesh)
+      checkpointer.check_for_errors()  # A failed save ends the run here.
+      profiler.before(step)
+      state, step_metrics = compiled(state, batch)
+      profiler.after(step, step_metrics)
+      step += 1
+      tracker.add_images(config.batch_size)
+      # Read the previous step's metrics while this one runs.
+      window.push(step, step_metrics)
 
-        last = step == config.total_steps
-        verdict = budget.Verdict.OK
-        if step % config.log_every == 0 or last:
-          scalars = window.summary()
-          scalars.update(tracker.metrics())  # img/s, per core, MFU, core-h.
-          scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
-          img_per_sec = scalars.get('img_per_sec', img_per_sec)
-          evaluated = _run_evals(evaluators, eval_params(state), step, tracker,
-                                 force=last)
-          scalars.update(evaluated)
-          eval_metrics.update(evaluated)
-          writer.write(step, scalars)
-          rate, eta = progress.update(step)
-          metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
-          progress.reset_clock()
-          # The cap is agreed across processes at log steps only: a blocking
-          # collective every step would defeat the one-step-late read.
-          if cap.enabled:
-            verdict = _agreed(cap.check(tracker.core_hours))
-        if verdict == budget.Verdict.WARN:
-          logging.warning('%s', cap.warn_message(tracker.core_hours))
+      last = step == config.total_steps
+      verdict = budget.Verdict.OK
+      if step % config.log_every == 0 or last:
+        scalars = window.summary()
+        scalars.update(tracker.metrics())  # img/s, per core, MFU, core-h.
+        scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
+        img_per_sec = scalars.get('img_per_sec', img_per_sec)
+        evaluated = _run_evals(evaluators, eval_params(state), step, tracker,
+                               force=last)
+        scalars.update(evaluated)
+        eval_metrics.update(evaluated)
+        writer.write(step, scalars)
+        rate, eta = progress.update(step)
+        metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
+        progress.reset_clock()
+        # The cap is agreed across processes at log steps only: a blocking
+        # collective every step would defeat the one-step-late read.
+        if cap.enabled:
+          verdict = _agreed(cap.check(tracker.core_hours))
+      if verdict == budget.Verdict.WARN:
+        logging.warning('%s', cap.warn_message(tracker.core_hours))
 
-        # One stop path: the cap or a preemption saves, then ends the run.
-        stop = (RunStatus.BUDGET_EXHAUSTED if verdict == budget.Verdict.STOP
-                else RunStatus.PREEMPTED if preemption.reached(step) else None)
-        if stop or step % config.checkpoint_every == 0 or last:
-          save(step, state)
-        if stop:
-          status = stop
-          logging.warning('%s', cap.stop_message(tracker.core_hours, workdir)
-                          if stop == RunStatus.BUDGET_EXHAUSTED else
-                          f'Preemption requested: saved step {step} to '
-                          f'{workdir}; rerun the same command to resume.')
-          break
-      window.settle()
-      profiler.stop()
+      # One stop path: the cap or a preemption saves, then ends the run.
+      stop = (RunStatus.BUDGET_EXHAUSTED if verdict == budget.Verdict.STOP
+              else RunStatus.PREEMPTED if preemption.reached(step) else None)
+      if stop or step % config.checkpoint_every == 0 or last:
+        save(step, state)
+      if stop:
+        status = stop
+        logging.warning('%s', cap.stop_message(tracker.core_hours, workdir)
+                        if stop == RunStatus.BUDGET_EXHAUSTED else
+                        f'Preemption requested: saved step {step} to '
+                        f'{workdir}; rerun the same command to resume.')
+        break
+    window.settle()
+    profiler.stop()
     if start_step >= config.total_steps:  # A finished run: report its scores.
       logging.info('The run in %s is already complete (step %d).', workdir,
                    start_step)

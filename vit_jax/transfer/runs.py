@@ -5,8 +5,9 @@ task, a learning rate of a sweep), each in its own workdir, so every child
 resumes from its own checkpoints and a finished child (its `result.json`) is
 never redone. Around them it keeps:
 
-- preemption: SIGTERM while a child trains is the child's (it saves and
-  returns 'preempted'); SIGTERM between children stops before the next one.
+- preemption (vit_jax/preemption.py, the one SIGTERM handler): SIGTERM while
+  a child trains stops the child (it saves and returns 'preempted'); between
+  children it stops before the next one.
   Either way `Stopped('preempted')` reaches the caller, which exits 0, and
   rerunning the same command resumes where it stopped;
 - the compute account: every child's core-hours are added to the parent's in
@@ -23,12 +24,11 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 from typing import Any, Callable, Optional
 
 import jax
 
-from vit_jax import budget, files, train
+from vit_jax import budget, files, preemption, train
 from vit_jax import workdir as workdir_lib
 
 ACCOUNT = 'transfer_account.json'
@@ -82,23 +82,15 @@ class RunComposer:
     self.parent_core_hours = parent_core_hours
     self._path = os.path.join(workdir, ACCOUNT)
     self.account = files.read_json(self._path) or {}
-    self._sigterm = False
-    self._previous = None
 
   # --------------------------------------------------------- preemption
   def __enter__(self) -> 'RunComposer':
-    if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    self._handled = preemption.handled()  # SIGTERM: the one handler.
+    self._handled.__enter__()
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
-    self._sigterm = True
+    self._handled.__exit__(*exc)
 
   # ------------------------------------------------------------ account
   @property
@@ -130,7 +122,7 @@ class RunComposer:
                    workdir, done['step'], f': {scores}' if scores else '')
       return ChildResult(done['metrics'], done['core_hours'], done['step'])
     total = config.get('total_steps')
-    if self._sigterm:
+    if preemption.requested():
       raise Stopped(train.RunStatus.PREEMPTED, what, saved_step(workdir),
                     total)
     cap = self._child_cap(workdir)
