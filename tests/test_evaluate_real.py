@@ -244,3 +244,17 @@ def test_real_view_errors_name_the_choices():
                      r'string, not both'):
     evaluate.build_evaluators({'real': dict(view='central_crop', pp='decode')},
                               model=model, mesh=mesh, image_size=16)
+
+
+def test_the_printed_table_says_which_view_was_scored():
+  from vit_jax.evaluate import run
+  results = {'metrics': {'real': {'real_top1': 0.5, 'real_num_examples': 4.0},
+                         'fewshot': {'mean_5shot': 0.25,
+                                     'mean_num_datasets': 6.0}},
+             'protocol': {'real': {'view': 'resize', 'pp': 'decode|resize(8)'},
+                          'fewshot': {'mean_datasets': ['a', 'b'],
+                                      'beside_mean': [], 'skipped': []}}}
+  lines = run.table(results).splitlines()
+  assert lines[-2:] == ['real: view: resize; pp: decode|resize(8)',
+                        'fewshot: mean datasets: a, b']
+  assert any(l.split()[-1] == '6' for l in lines if 'mean_num_datasets' in l)

@@ -111,7 +111,10 @@ def table(results: dict) -> str:
            for r in rows]
   lines.insert(1, '-' * len(lines[0]))
   for name, protocol in results.get('protocol', {}).items():
-    lines.append(f'{name}: ' + '; '.join(
-        f'{key} {", ".join(value) if isinstance(value, (list, tuple)) else value}'
-        for key, value in protocol.items() if value not in (None, '', [], ())))
+    parts = [f'{key.replace("_", " ")}: ' + (
+        ', '.join(value) if isinstance(value, (list, tuple)) else str(value))
+             for key, value in protocol.items()
+             if value not in (None, '', [], ())]
+    if parts:  # e.g. "real: view: resize; pp: decode|resize(384)|..."
+      lines.append(f'{name}: ' + '; '.join(parts))
   return '\n'.join(lines)
