@@ -29,7 +29,7 @@ EXTRAS = {
     # timm (with torch and torchvision builds that match) checks our npz files
     # against another implementation; scikit-image ships sample photographs;
     # libtpu, the TPU compiler (jax[tpu]'s; Linux wheels only), compiles the
-    # step for TPU slices without a TPU (vit_jax.budget.tpu).
+    # step for TPU slices without a TPU (vit_jax.planner.tpu).
     'test': ['pytest>=8', 'pytest-xdist>=3', 'timm>=1.0', 'torch>=2.9',
              'torchvision>=0.24', 'scikit-image>=0.24', 'transformers>=5',
              'safetensors>=0.4', 'libtpu; platform_system == "Linux"'],

@@ -25,7 +25,7 @@ setup as their ViT counterparts" (B.1), except where Table 3 lists them.
 """
 
 from vit_jax import config_lib
-from vit_jax.budget import DATASETS
+from vit_jax.dataset_sizes import DATASETS
 from vit_jax.models import get_spec
 
 RECIPES = {

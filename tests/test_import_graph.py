@@ -1,7 +1,10 @@
-"""The package's imports point one way: no module imports, at any level, a module that imports it back."""
+"""The package's imports point one way: no module imports, at any level, a module that imports it back; the training path never reaches the planner."""
 
 import ast
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -113,3 +116,68 @@ def test_layers_point_one_way(layer, forbidden):
   reach = _reachable(graph, layer)
   assert not any(m == forbidden or m.startswith(forbidden + '.') for m in reach), (
       f'{layer} reaches {forbidden}')
+
+
+def _within(module: str, package: str) -> bool:
+  return module == package or module.startswith(package + '.')
+
+
+def _reachable_from_package(graph, package):
+  """Modules reached from any module of `package` (its __init__ and the rest)."""
+  seen = set()
+  for start in (m for m in graph if _within(m, package)):
+    seen |= _reachable(graph, start)
+  return seen
+
+
+# The planner (core-days, fit, paper, reports) sits above the accounting the
+# training loop uses (vit_jax.budget): nothing on the training path, and
+# nothing in budget, reaches it.
+@pytest.mark.parametrize('layer', ['vit_jax.budget', 'vit_jax.train',
+                                   'vit_jax.assembly', 'vit_jax.transfer',
+                                   'vit_jax.train_step',
+                                   'vit_jax.dataset_sizes'])
+def test_the_training_path_never_reaches_the_planner(layer):
+  reach = _reachable_from_package(import_graph(), layer)
+  found = sorted(m for m in reach if _within(m, 'vit_jax.planner'))
+  assert not found, f'{layer} reaches {", ".join(found)}'
+
+
+def test_main_reaches_the_planner_only_through_the_preflight():
+  """`--compile_only` (vit_jax.preflight, imported when asked for) compiles
+  for a TPU slice with the planner's tpu and collectives; training does not."""
+  graph = {m: t - {'vit_jax.preflight'} for m, t in import_graph().items()}
+  found = sorted(m for m in _reachable(graph, 'vit_jax.main')
+                 if _within(m, 'vit_jax.planner'))
+  assert not found, f'vit_jax.main reaches {", ".join(found)}'
+
+
+def test_dataset_sizes_import_nothing_of_the_package():
+  assert not import_graph()['vit_jax.dataset_sizes']
+
+
+def _loaded_after(code: str) -> list[str]:
+  """sys.modules of a fresh interpreter after `code` (JAX on CPU)."""
+  probe = code + '\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', probe], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_training_path_loads_no_planner_module():
+  loaded = _loaded_after('import vit_jax.train, vit_jax.main, vit_jax.transfer, '
+                         'vit_jax.assembly')
+  assert 'vit_jax.train' in loaded and 'vit_jax.budget' in loaded
+  found = [m for m in loaded if _within(m, 'vit_jax.planner')]
+  assert not found, f'importing the training path loaded {found}'
+
+
+def test_dataset_sizes_load_neither_jax_nor_tensorflow():
+  """configs/pretrain.py turns epochs into steps with them."""
+  loaded = _loaded_after('from vit_jax.dataset_sizes import DATASETS, '
+                         'dataset_size\nassert dataset_size("i21k") == '
+                         'DATASETS["imagenet21k"]')
+  found = [m for m in loaded if m.split('.')[0] in ('jax', 'jaxlib', 'flax',
+                                                    'tensorflow', 'numpy')]
+  assert not found, f'importing the dataset sizes loaded {found[:5]}'

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vit_jax import assembly, parallel
-from vit_jax.budget import collectives
+from vit_jax.planner import collectives
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, 'configs', 'quickstart.py')
@@ -97,7 +97,7 @@ _TPU_STEP = f'''
 import importlib.util, math
 import jax
 from vit_jax import assembly, parallel
-from vit_jax.budget import collectives, tpu
+from vit_jax.planner import collectives, tpu
 spec = importlib.util.spec_from_file_location('q', {QUICKSTART!r})
 q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
 result = {{}}

@@ -118,7 +118,7 @@ def test_accumulation_sends_what_one_step_sends_on_a_v5e_16():
   out = tpu_compile.run(f'''
       import importlib.util
       from vit_jax import assembly, parallel
-      from vit_jax.budget import tpu
+      from vit_jax.planner import tpu
       spec = importlib.util.spec_from_file_location('q', {QUICKSTART!r})
       q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
       devices = tpu.slice_devices('v5e-16')

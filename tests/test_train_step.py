@@ -178,7 +178,7 @@ COMPILE_MODEL = dict(hidden_size=64, num_layers=2, mlp_dim=128, num_heads=4,
 def _collective_bytes(mesh_items, accum_steps, accumulate='local'):
   """Bytes per device of one call of the step, compiled (never run) for a
   small ViT at 32 px, batch 64, on the mesh `dict(mesh_items)`."""
-  from vit_jax.budget import collectives, fit
+  from vit_jax.planner import collectives, fit
   model = models.get_model('ViT-Ti/16', 10, **COMPILE_MODEL)
   mesh = parallel.make_mesh(dict(mesh_items))
   shape = (32, 32, 3)

@@ -17,7 +17,7 @@ from sklearn import datasets as sk_datasets
 
 from vit_jax import (class_names, data, export, predict, pretrained, train,
                      train_checkpoint)
-from vit_jax.budget import report
+from vit_jax.planner import report
 from vit_jax.data.prepare import __main__ as prepare_cli
 from vit_jax.evaluate import run as evaluate_run
 from vit_jax.visualize import __main__ as visualize_cli

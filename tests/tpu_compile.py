@@ -3,7 +3,7 @@
 libtpu (the TPU compiler) stays out of the pytest process, whose jax runs
 the 8 simulated CPU devices of conftest.py, and its start-up messages stay
 off the test log. The child runs with JAX_PLATFORMS=cpu (so `jax.devices()`
-is the host's CPU; the TPU devices come from `vit_jax.budget.tpu`), with
+is the host's CPU; the TPU devices come from `vit_jax.planner.tpu`), with
 libtpu told the accelerator type and not to look for a metadata server,
 and its stderr captured; the stderr comes back, less libtpu's start-up
 lines, only when the snippet fails.
@@ -11,7 +11,7 @@ lines, only when the snippet fails.
     import tpu_compile  # tests/ is on sys.path under pytest
     @tpu_compile.requires_libtpu
     def test_x():
-      out = tpu_compile.run('from vit_jax.budget import tpu\\n'
+      out = tpu_compile.run('from vit_jax.planner import tpu\\n'
                             'result = len(tpu.slice_devices("v3-8"))')
 """
 

@@ -5,7 +5,7 @@ ConfigDict or a plain dict with the same keys), the model, its ModelSpec
 (with architecture overrides, for FLOP counts), the schedule, the optimizer,
 the abstract state and its shardings over `mesh`, the jitted training step
 and the abstract batch it takes. The training loop (`vit_jax.train`), the
-benchmark (`vit_jax.benchmark`), the fit (`vit_jax.budget.fit`) and the TPU
+benchmark (`vit_jax.benchmark`), the fit (`vit_jax.planner.fit`) and the TPU
 preflight (`vit_jax.preflight`) all call it, so what is compiled ahead of a
 run is exactly what the run runs.
 

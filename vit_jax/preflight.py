@@ -7,7 +7,7 @@ builds what the run would build from the same config (model, dtype, remat,
 scanned layers, optimizer, sharding rules, mesh, accumulation, EMA:
 `vit_jax.assembly`, the one the training loop uses), compiles the training
 step and the evaluation step with XLA:TPU for the slice's devices (libtpu
-describes any slice without a TPU: `vit_jax.budget.tpu`), runs nothing, and
+describes any slice without a TPU: `vit_jax.planner.tpu`), runs nothing, and
 reports per device the HBM by kind (XLA:TPU's own figures) against the
 chip's, the collectives per step by kind, and the compiler's predicted step
 time with the images/s per core and MFU it implies. Without `--topology` it
@@ -29,10 +29,10 @@ from typing import Any, Optional, Sequence
 import jax
 
 from vit_jax import assembly, parallel
-from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import hardware as hardware_lib
-from vit_jax.budget import tpu
 from vit_jax.evaluate import inputs as eval_inputs
+from vit_jax.planner import collectives as collectives_lib
+from vit_jax.planner import tpu
 
 GiB = 2.**30
 #: Remat policies' model FLOPs executed per useful FLOP ('full' recomputes
@@ -53,12 +53,12 @@ class Preflight:
   hardware: Optional[hardware_lib.Hardware]
   num_devices: int
   knobs: 'Knobs'
-  train: Any                  # budget.tpu.CompiledStep of the training step
+  train: Any                  # planner.tpu.CompiledStep of the training step
   eval: Any                   # ... of the evaluation step (None: no evals)
   compile_s: float
   model_flops_per_device: float   # useful FLOPs of one step, per device
   #: Multislice: the slices, and the training step's collectives that cross
-  #: DCN between them (budget.collectives.slice_split; included in `train`).
+  #: DCN between them (planner.collectives.slice_split; included in `train`).
   num_slices: int = 1
   dcn: Any = None
 

@@ -1,4 +1,4 @@
-"""vit_jax.budget.fit and .collectives: the sharded step's memory and collectives, against hand counts.
+"""vit_jax.planner.fit and .collectives: the sharded step's memory and collectives, against hand counts.
 
 Tiny ViTs on the 8 simulated CPU devices of conftest.py. The collective
 bytes read from the compiled HLO must equal the analytic formulas of data
@@ -14,8 +14,9 @@ import jax
 import pytest
 
 from vit_jax import models, train_step
-from vit_jax.budget import __main__ as cli
-from vit_jax.budget import activations, collectives, fit, hardware
+from vit_jax.budget import hardware
+from vit_jax.planner import __main__ as cli
+from vit_jax.planner import activations, collectives, fit
 
 N = 8
 F32 = 4

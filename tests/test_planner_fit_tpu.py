@@ -1,4 +1,4 @@
-"""`budget fit` on the TPU compiler: XLA:TPU's memory, collectives and step time beside the analytic count.
+"""`planner fit` on the TPU compiler: XLA:TPU's memory, collectives and step time beside the analytic count.
 
 Every TPU compile runs in one child process (tpu_compile.py: libtpu stays
 out of pytest's process) and is skipped when libtpu is not installed
@@ -13,12 +13,12 @@ import textwrap
 
 import pytest
 
-from vit_jax.budget import fit, tpu
+from vit_jax.planner import fit, tpu
 
 import tpu_compile
 
 GiB = 2.**30
-#: The quickstart's model at 32 px, Adam (as tests/test_budget_tpu.py).
+#: The quickstart's model at 32 px, Adam (as tests/test_planner_tpu.py).
 SMALL = fit.StepSpec(
     model='ViT-Ti/16', batch_size=64, image_size=32, num_classes=10,
     model_options=dict(hidden_size=64, num_layers=4, mlp_dim=128,
@@ -45,7 +45,7 @@ CASES = [('small', SMALL, {'data': 8}, 'none', None),
 _FITS = '''
     import json, time
     from vit_jax import assembly
-    from vit_jax.budget import fit, tpu
+    from vit_jax.planner import fit, tpu
     # Keep what the fit compiles, to read it again with tpu.analyze.
     compiled_steps = []
     _compile = assembly.Assembly.compile

@@ -16,9 +16,10 @@ from typing import Optional
 
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
-from vit_jax.budget import plan as plan_lib
+from vit_jax.dataset_sizes import DATASETS
 from vit_jax.models.registry import ModelSpec, get_spec
 from vit_jax.models.vit import ResNetStem
+from vit_jax.planner import plan as plan_lib
 
 JFT_CLASSES = 18_291
 IMAGENET21K_CLASSES = 21_843
@@ -87,7 +88,7 @@ def _hybrid(base: str, stages: tuple[int, ...]) -> ModelSpec:
                              stride=4 * 2**(len(stages) - 1))
 
 
-def train_exaflops(model, epochs: float, num_examples: int = plan_lib.DATASETS[
+def train_exaflops(model, epochs: float, num_examples: int = DATASETS[
     'jft-300m'], num_classes: int = JFT_CLASSES, class_token: bool = True
                    ) -> float:
   """Pre-training exaFLOPs of a Table 6 model under the paper's convention."""
@@ -146,7 +147,7 @@ def table2() -> tuple[Table2Row, ...]:
   rows = []
   for name, model, dataset, core_days, epoch_options in TABLE2:
     for epochs in epoch_options:
-      ex = train_exaflops(model, epochs, plan_lib.DATASETS[dataset],
+      ex = train_exaflops(model, epochs, DATASETS[dataset],
                           _CLASSES[dataset])
       rows.append(Table2Row(name, epochs, core_days, ex))
   return tuple(rows)

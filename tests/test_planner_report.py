@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from vit_jax import budget
-from vit_jax.budget import report
-from vit_jax.budget.__main__ import main
+from vit_jax.planner import report
+from vit_jax.planner.__main__ import main
 
 STEP_SECONDS = 36.          # 8 v3 cores x 36 s = 0.08 core-hours per step
 CORE_HOURS_PER_STEP = 0.08
@@ -157,9 +157,9 @@ def test_report_skips_paths_that_are_not_runs(tmp_path, capsys):
   out = captured.out.splitlines()
   assert len(out) == 3 and out[1].startswith('run_a') and f'{AT_200:.2f}' in out[1]
   assert captured.err.splitlines() == [
-      f'python -m vit_jax.budget report: warning: skipped: no metrics.jsonl in '
+      f'python -m vit_jax.planner report: warning: skipped: no metrics.jsonl in '
       f'{tmp_path / "plots"}; is it the --workdir of a training run?',
-      f'python -m vit_jax.budget report: warning: skipped: {tmp_path / "notes.txt"} is not '
+      f'python -m vit_jax.planner report: warning: skipped: {tmp_path / "notes.txt"} is not '
       'a directory; pass the --workdir of a training run.']
   reports, skipped = report.summarize_runs([str(tmp_path / 'plots'), a])
   assert [r.name for r in reports] == ['run_a'] and len(skipped) == 1

@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import Optional, Sequence
 
-from vit_jax.budget import report as report_lib
+from vit_jax.planner import report as report_lib
 
 
 def plot_runs(workdirs: Sequence[str], out_path: str,

@@ -18,34 +18,10 @@ from typing import Optional
 from vit_jax import workdir as workdir_lib
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
+from vit_jax.dataset_sizes import dataset_size
 from vit_jax.models.registry import check_image_size, get_spec
 
-#: Training-set sizes of the datasets the paper pre-trains on (and a few
-#: fine-tuning sets): images per epoch.
-DATASETS = {
-    'imagenet2012': 1_281_167,
-    'imagenet21k': 14_197_122,
-    'jft-300m': 303_000_000,
-    'cifar10': 50_000,
-    'cifar100': 50_000,
-    'oxford_iiit_pet': 3_680,
-    'oxford_flowers102': 1_020,
-}
-_DATASET_ALIASES = {'imagenet': 'imagenet2012', 'imagenet1k': 'imagenet2012',
-                    'ilsvrc2012': 'imagenet2012', 'i1k': 'imagenet2012',
-                    'i21k': 'imagenet21k', 'imagenet-21k': 'imagenet21k',
-                    'jft': 'jft-300m', 'jft300m': 'jft-300m'}
-
 SECONDS_PER_DAY = 86_400.
-
-
-def dataset_size(name: str) -> int:
-  key = name.strip().lower()
-  key = _DATASET_ALIASES.get(key, key)
-  if key not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; known: {", ".join(DATASETS)} '
-                     f'(or give --num-examples N).')
-  return DATASETS[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +71,8 @@ def make_plan(model: str, *, batch_size: int, hardware: str, mfu: float,
               representation_size: Optional[int] = None) -> Plan:
   """Plans a training run; every bad input raises a one-line ValueError.
 
-  Length: `steps`, or `epochs` of `dataset` (a name in DATASETS) or of
-  `num_examples` images. Hardware: a key of hardware.HARDWARE with `chips`,
+  Length: `steps`, or `epochs` of `dataset` (a name in
+  `dataset_sizes.DATASETS`) or of `num_examples` images. Hardware: a key of hardware.HARDWARE with `chips`,
   or a Cloud TPU slice ('v3-8'). `mfu` in (0, 1].
   """
   _positive('batch_size', batch_size, integer=True)

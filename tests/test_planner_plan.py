@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from vit_jax import budget
-from vit_jax.budget import paper
-from vit_jax.budget.__main__ import main
+from vit_jax import budget, planner
+from vit_jax.planner import paper
+from vit_jax.planner.__main__ import main
 
 # ViT-L/16 at 224 with 1000 classes, forward MACs by hand: per layer
 # 4*197*1024^2 + 2*197*1024*4096 + 2*197^2*1024 = 2,558,314,496; x24, plus
@@ -18,9 +18,9 @@ L16_MACS = 24 * 2_558_314_496 + 154_140_672 + 1_024_000
 
 
 def test_worked_example_l16_imagenet21k_on_v3_8():
-  plan = budget.make_plan('ViT-L/16', dataset='imagenet21k', epochs=90,
-                          batch_size=4096, hardware='v3-8', mfu=0.4,
-                          price_per_chip_hour=2.0)
+  plan = planner.make_plan('ViT-L/16', dataset='imagenet21k', epochs=90,
+                           batch_size=4096, hardware='v3-8', mfu=0.4,
+                           price_per_chip_hour=2.0)
   steps = -(-90 * 14_197_122 // 4096)
   assert plan.steps == steps == 311_949
   assert plan.flops_per_image == 6 * L16_MACS
@@ -36,16 +36,16 @@ def test_worked_example_l16_imagenet21k_on_v3_8():
 
 
 def test_plan_by_steps_gpus_and_core_price():
-  plan = budget.make_plan('ViT-B/16', steps=1000, batch_size=256,
-                          hardware='h100', chips=8, mfu=0.5,
-                          price_per_core_hour=3.0)
+  plan = planner.make_plan('ViT-B/16', steps=1000, batch_size=256,
+                           hardware='h100', chips=8, mfu=0.5,
+                           price_per_core_hour=3.0)
   flops = 1000 * 256 * 6 * (17_563_060_224 + 768_000)
   assert plan.total_flops == flops
   assert plan.wall_days * 86_400 == pytest.approx(flops / (8 * 989.4e12 * 0.5))
   assert plan.core_days == plan.chip_days           # a GPU is one "core"
   assert plan.cost == pytest.approx(3.0 * 24 * plan.core_days)
-  v4 = budget.make_plan('ViT-B/16', num_examples=1000, epochs=2.5,
-                        batch_size=100, hardware='v4-16', mfu=0.5)
+  v4 = planner.make_plan('ViT-B/16', num_examples=1000, epochs=2.5,
+                         batch_size=100, hardware='v4-16', mfu=0.5)
   assert (v4.steps, v4.chips) == (25, 8)
   assert v4.core_days == pytest.approx(2 * v4.chip_days)
 
@@ -70,7 +70,7 @@ def test_plan_input_errors_are_one_line(kwargs, message):
               batch_size=4096, hardware='v3-8', mfu=0.4)
   args.update(kwargs)
   with pytest.raises(ValueError, match=message) as e:
-    budget.make_plan(args.pop('model'), **args)
+    planner.make_plan(args.pop('model'), **args)
   assert '\n' not in str(e.value)
 
 
@@ -102,12 +102,12 @@ def test_cli_plan_reads_mfu_from_a_run_or_benchmark(tmp_path, capsys):
   bench = tmp_path / 'bench.json'   # benchmark.py prints one JSON per line
   bench.write_text(json.dumps({'model': 'ViT-B/16', 'mfu': 0.5}) + '\n' +
                    json.dumps({'model': 'ViT-L/16', 'mfu': 0.55}) + '\n')
-  assert budget.mfu_from_file(str(run)) == 0.42           # the median
-  assert budget.mfu_from_file(str(bench), model='ViT-L/16') == 0.55
+  assert planner.mfu_from_file(str(run)) == 0.42           # the median
+  assert planner.mfu_from_file(str(bench), model='ViT-L/16') == 0.55
   with pytest.raises(ValueError, match='no positive "mfu" values for model'):
-    budget.mfu_from_file(str(bench), model='ViT-H/14')
+    planner.mfu_from_file(str(bench), model='ViT-H/14')
   with pytest.raises(FileNotFoundError, match='no MFU source'):
-    budget.mfu_from_file(str(tmp_path / 'nope'))
+    planner.mfu_from_file(str(tmp_path / 'nope'))
   assert main(['plan', '--model', 'ViT-L/16', '--steps', '100',
                '--batch-size', '4096', '--hardware', 'v3-8',
                '--mfu-from', str(bench), '--json']) == 0
@@ -145,9 +145,9 @@ def test_table2_implied_utilisation():
 
 def test_cli_runs_as_a_module_without_tensorflow():
   code = ('import runpy, sys\n'
-          'sys.argv = ["vit_jax.budget", "paper"]\n'
+          'sys.argv = ["vit_jax.planner", "paper"]\n'
           'try:\n'
-          '  runpy.run_module("vit_jax.budget", run_name="__main__")\n'
+          '  runpy.run_module("vit_jax.planner", run_name="__main__")\n'
           'except SystemExit as e:\n'
           '  assert not e.code, e.code\n'
           'print("imported:", [m for m in ("tensorflow", "clu", "ml_collections")'
@@ -166,13 +166,13 @@ def test_a_size_off_the_patches_is_refused_not_costed_as_another(capsys):
           '8', '--hardware', 'v3-8', '--mfu', '0.4', '--image-size']
   assert main(argv + ['230']) == 2
   err = capsys.readouterr().err
-  assert err == ('python -m vit_jax.budget plan: error: --image-size 230 does '
+  assert err == ('python -m vit_jax.planner plan: error: --image-size 230 does '
                  'not divide into the 16x16-pixel tokens of ViT-B/16: the last '
                  '6 pixels of each side would be dropped; use a multiple of 16 '
                  '(e.g. 224 or 240).\n')
   with pytest.raises(ValueError, match='^image_size=230 does not divide'):
-    budget.make_plan('ViT-B/16', steps=10, batch_size=8, hardware='v3-8',
-                     mfu=0.4, image_size=230)
+    planner.make_plan('ViT-B/16', steps=10, batch_size=8, hardware='v3-8',
+                      mfu=0.4, image_size=230)
   assert main(argv + ['240', '--json']) == 0
   plan = json.loads(capsys.readouterr().out)
   assert plan['image_size'] == 240
@@ -181,10 +181,10 @@ def test_a_size_off_the_patches_is_refused_not_costed_as_another(capsys):
 
 
 def test_a_reader_that_stops_early_ends_the_command_quietly():
-  """`python -m vit_jax.budget paper | head` ended in a BrokenPipeError
+  """`python -m vit_jax.planner paper | head` ended in a BrokenPipeError
   traceback (exit 1)."""
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  proc = subprocess.Popen([sys.executable, '-m', 'vit_jax.budget', 'paper'],
+  proc = subprocess.Popen([sys.executable, '-m', 'vit_jax.planner', 'paper'],
                           cwd=os.path.dirname(os.path.dirname(__file__)),
                           env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)

@@ -23,7 +23,7 @@ bytes are exactly linear in L (the test suite compares a full compile).
 
 On XLA:TPU (`compiler='tpu'`, or 'auto' for a TPU slice when libtpu is
 installed) the step is also compiled for the slice by the TPU compiler
-(`budget.tpu`, no TPU needed): its memory analysis decides whether the
+(`planner.tpu`, no TPU needed): its memory analysis decides whether the
 layout fits (a compile refused with RESOURCE_EXHAUSTED is a miss, with the
 compiler's numbers), its collectives replace XLA:CPU's, and its cost model
 gives the step time, never below the FLOP bound (it counts a loop's body
@@ -51,11 +51,11 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax import assembly, models, parallel, sharding_rules, train_step
-from vit_jax.budget import activations as activations_lib
-from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import flops as flops_lib
 from vit_jax.budget import hardware as hardware_lib
-from vit_jax.budget import tpu as tpu_lib
+from vit_jax.planner import activations as activations_lib
+from vit_jax.planner import collectives as collectives_lib
+from vit_jax.planner import tpu as tpu_lib
 
 #: Model FLOPs executed per useful FLOP under each remat policy: 'full'
 #: recomputes the forward pass in the backward (3 -> 4 passes); 'dots' and
@@ -205,7 +205,7 @@ def _devices(num_devices: int) -> list:
   if len(devices) < num_devices:
     raise ValueError(f'{num_devices} devices are needed but jax started with '
                      f'{len(devices)}; run the fit in a fresh process (python '
-                     f'-m vit_jax.budget fit) or set XLA_FLAGS=--xla_force_'
+                     f'-m vit_jax.planner fit) or set XLA_FLAGS=--xla_force_'
                      f'host_platform_device_count={num_devices}.')
   return devices[:num_devices]
 
@@ -311,7 +311,7 @@ def measure_tpu(spec: StepSpec, mesh_sizes: Mapping[str, int],
                 num_layers: Optional[int] = None,
                 scan_layers: bool = True) -> dict:
   """XLA:TPU's per-device memory, cost and collectives of the step compiled
-  for the slice (libtpu, no TPU; `budget.tpu`). A step the compiler cannot
+  for the slice (libtpu, no TPU; `planner.tpu`). A step the compiler cannot
   fit into HBM is not an error: {'oom': True, 'temp_needed': bytes the
   temporaries need, 'hbm_available': what the compiler could use, ...}."""
   devices = tpu_lib.slice_devices(slice_name)

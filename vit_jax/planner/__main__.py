@@ -1,12 +1,12 @@
-"""Command line of the compute budget: plan, fit, paper, report, plot.
+"""Command line of the planner: plan, fit, paper, report, plot.
 
-    python -m vit_jax.budget plan --model ViT-L/16 --dataset imagenet21k \
+    python -m vit_jax.planner plan --model ViT-L/16 --dataset imagenet21k \
         --epochs 90 --batch-size 4096 --hardware v3-8 --mfu 0.4
-    python -m vit_jax.budget fit --model ViT-H/14 --hardware v3-32 \
+    python -m vit_jax.planner fit --model ViT-H/14 --hardware v3-32 \
         --batch-size 4096 [--mesh fsdp=8,data=4] [--remat-policy full]
-    python -m vit_jax.budget paper
-    python -m vit_jax.budget report WORKDIR [WORKDIR ...]  (skips paths that are not runs)
-    python -m vit_jax.budget plot WORKDIR [WORKDIR ...] --out compute.png
+    python -m vit_jax.planner paper
+    python -m vit_jax.planner report WORKDIR [WORKDIR ...]  (skips paths that are not runs)
+    python -m vit_jax.planner plot WORKDIR [WORKDIR ...] --out compute.png
 
 Bad input ends with one line on stderr (no traceback) and exit status 2; a
 reader that stops early (`... | head`) ends it quietly (exit status 0).
@@ -36,8 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
   parser = _Parser(
-      prog='python -m vit_jax.budget',
-      description='Plan, track and cap the compute of vit_jax runs.')
+      prog='python -m vit_jax.planner',
+      description='Plan the compute of vit_jax runs (core-days, whether a step '
+      'fits a slice, the paper\'s tables) and report what runs spent.')
   sub = parser.add_subparsers(dest='command', required=True)
 
   p = sub.add_parser('plan', help='FLOPs, core-days, wall-clock and cost of a run')
@@ -175,7 +176,7 @@ def _mesh_arg(text: str) -> dict:
 
 def _fits(args, mfu: float):
   """Runs the fit search of `fit` and `plan --fit`; returns ranked Fits."""
-  from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.planner import fit as fit_lib  # pylint: disable=g-import-not-at-top
   _, _, devices = fit_lib.slice_of(args.hardware, args.chips)
   # Before anything asks jax for its backend (models.build does).
   fit_lib.use_simulated_devices(devices)
@@ -226,7 +227,7 @@ def _fits(args, mfu: float):
 
 
 def _fit(args) -> str:
-  from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.planner import fit as fit_lib  # pylint: disable=g-import-not-at-top
   mfu = fit_lib.DEFAULT_MFU if args.mfu is None else args.mfu
   fits = _fits(args, mfu)
   if args.json:
@@ -241,7 +242,7 @@ def _fit(args) -> str:
 
 
 def _plan(args) -> str:
-  from vit_jax.budget import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.planner import plan as plan_lib  # pylint: disable=g-import-not-at-top
   from vit_jax import models  # pylint: disable=g-import-not-at-top
   # Before --fit compiles anything: a size the tokens do not tile.
   models.check_image_size(models.get_spec(args.model), args.image_size,
@@ -251,7 +252,7 @@ def _plan(args) -> str:
     mfu = plan_lib.mfu_from_file(args.mfu_from, model=args.model)
   fit_line = None
   if args.fit:
-    from vit_jax.budget import fit as fit_lib  # pylint: disable=g-import-not-at-top
+    from vit_jax.planner import fit as fit_lib  # pylint: disable=g-import-not-at-top
     best = _fits(args, mfu)[0]
     if best.fits is False:
       raise ValueError(f'no layout fits: {fit_lib.summary_line(best)}; '
@@ -276,7 +277,7 @@ def _plan(args) -> str:
 
 
 def _paper(args) -> str:
-  from vit_jax.budget import paper  # pylint: disable=g-import-not-at-top
+  from vit_jax.planner import paper  # pylint: disable=g-import-not-at-top
   if not args.json:
     return paper.format_paper()
   return json.dumps({
@@ -287,10 +288,10 @@ def _paper(args) -> str:
 
 
 def _report(args) -> str:
-  from vit_jax.budget import report  # pylint: disable=g-import-not-at-top
+  from vit_jax.planner import report  # pylint: disable=g-import-not-at-top
   reports, skipped = report.summarize_runs(args.workdirs)
   for why in skipped:
-    print(f'python -m vit_jax.budget report: warning: skipped: {why}',
+    print(f'python -m vit_jax.planner report: warning: skipped: {why}',
           file=sys.stderr)
   if args.json:
     return json.dumps([dict(dataclasses.asdict(r), name=r.name)
@@ -299,7 +300,7 @@ def _report(args) -> str:
 
 
 def _plot(args) -> str:
-  from vit_jax.budget import plot  # pylint: disable=g-import-not-at-top
+  from vit_jax.planner import plot  # pylint: disable=g-import-not-at-top
   return 'wrote ' + plot.plot_runs(args.workdirs, args.out, args.metric,
                                    args.logx)
 
@@ -313,7 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     print(_COMMANDS[args.command](args), flush=True)
   except (ValueError, FileNotFoundError) as e:
-    print(f'python -m vit_jax.budget {args.command}: error: {e}', file=sys.stderr)
+    print(f'python -m vit_jax.planner {args.command}: error: {e}', file=sys.stderr)
     return 2
   except BrokenPipeError:
     # The reader stopped early (`... | head`): what it read was complete.

@@ -1,4 +1,4 @@
-"""vit_jax.budget.tpu and the TPU side of collectives.py: slices, the quickstart step compiled by the TPU compiler, against hand counts and XLA:CPU.
+"""vit_jax.planner.tpu and the TPU side of collectives.py: slices, the quickstart step compiled by the TPU compiler, against hand counts and XLA:CPU.
 
 Every TPU compile runs in a child process (tpu_compile.py) and is skipped
 when libtpu is not installed (`make test` installs it). Nothing executes on
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vit_jax.budget import collectives, fit, hardware, tpu
+from vit_jax.budget import hardware
+from vit_jax.planner import collectives, fit, tpu
 
 import tpu_compile
 
@@ -106,7 +107,7 @@ def test_without_libtpu_the_error_says_how_to_install(monkeypatch):
 @tpu_compile.requires_libtpu
 def test_slice_devices_counts_and_kinds_from_libtpu():
   out = tpu_compile.run(f'''
-      from vit_jax.budget import tpu
+      from vit_jax.planner import tpu
       result = {{}}
       for name in {list(SLICES)!r}:
         devices = tpu.slice_devices(name)
@@ -135,7 +136,7 @@ _TPU_STEPS = '''
     import json
     import jax
     from vit_jax import parallel
-    from vit_jax.budget import fit, tpu
+    from vit_jax.planner import fit, tpu
     devices = tpu.slice_devices('v3-8')
     # compile_step lays its mesh over jax.devices(); these are the slice's.
     fit._mesh = lambda sizes, n: parallel.make_mesh(dict(sizes), devices)
@@ -290,7 +291,7 @@ def test_mesh_axis_replica_groups_give_the_group_size():
       import re
       import jax, jax.numpy as jnp, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      from vit_jax.budget import collectives, tpu
+      from vit_jax.planner import collectives, tpu
   ''')
   tail = textwrap.dedent('''
       compiled = _sum_over_fsdp(tpu.slice_devices('v3-8'))

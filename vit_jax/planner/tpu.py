@@ -40,8 +40,8 @@ import re
 from typing import Any, Iterator, Optional
 
 from vit_jax import parallel
-from vit_jax.budget import collectives as collectives_lib
 from vit_jax.budget import hardware as hardware_lib
+from vit_jax.planner import collectives as collectives_lib
 
 INSTALL = 'pip install -c constraints.txt "jax[tpu]" (or make install)'
 EXAMPLES = ('v2-8, v3-8, v3-32, v3-256, v4-8, v4-32, v5e-16 (v5litepod-16), '
