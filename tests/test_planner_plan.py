@@ -192,3 +192,19 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
   err = proc.stderr.read().decode()
   assert proc.wait(timeout=120) == 0, err
   assert err == ''
+
+
+def test_the_old_spelling_names_the_new_command_and_runs_nothing():
+  """`python -m vit_jax.budget ...` (before the planner moved out) is one
+  line with the command to run instead, and exit status 2."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.budget', 'plan', '--model', 'ViT-B/16',
+       '--steps', '10', '--batch-size', '8', '--hardware', 'v3-8', '--mfu',
+       '0.4'], cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
+      capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2 and proc.stdout == ''
+  assert proc.stderr == (
+      'python -m vit_jax.budget: error: the planner moved; run: python -m '
+      'vit_jax.planner plan --model ViT-B/16 --steps 10 --batch-size 8 '
+      '--hardware v3-8 --mfu 0.4\n')
