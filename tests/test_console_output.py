@@ -37,9 +37,18 @@ def quick_run(tmp_path_factory):
        f'--workdir={workdir}', '--config.log_every=2', '--config.evals.val.every=2',
        '--config.model.num_layers=1'],
       capture_output=True, text=True, cwd=REPO, timeout=600, check=False,
-      env={**os.environ, 'PYTHONPATH': str(REPO)})
+      env=_as_a_user_runs_it())
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
+
+
+def _as_a_user_runs_it() -> dict:
+  """The environment of `make run` on a CPU machine: no JAX_PLATFORMS (libtpu,
+  installed for the preflight, must not be tried: no TPU errors on the
+  console) and one CPU device."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('JAX_PLATFORMS', 'XLA_FLAGS', 'TF_CPP_MIN_LOG_LEVEL')}
+  return {**env, 'PYTHONPATH': str(REPO)}
 
 
 def test_a_run_prints_its_evaluations_and_where_params_went(quick_run):

@@ -8,6 +8,8 @@ lists them in its --help.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import logging
 import os
 import re
@@ -88,6 +90,43 @@ def configure_logging() -> None:
   # from C++ before absl's log is set up, past TF_CPP_MIN_LOG_LEVEL; the
   # CPU input pipeline gains nothing from oneDNN's kernels.
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  skip_absent_tpu()
+
+
+# Google's PCI vendor id: a Cloud TPU chip on this host.
+_GOOGLE_PCI_VENDOR = '0x1ae0'
+_GPU_PLUGINS = ('jax_cuda13_plugin', 'jax_cuda12_plugin', 'jax_rocm7_plugin',
+                'jax_rocm60_plugin')
+
+
+def tpu_chips_present() -> bool:
+  """Whether this host has a TPU chip (a Google PCI device, /dev/accel*)."""
+  for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
+    try:
+      with open(vendor, encoding='ascii') as f:
+        if f.read().strip() == _GOOGLE_PCI_VENDOR:
+          return True
+    except OSError:
+      continue
+  return bool(glob.glob('/dev/accel[0-9]*'))
+
+
+def skip_absent_tpu() -> None:
+  """On a host without TPU or GPU plugin, jax uses the CPU without asking libtpu.
+
+  libtpu (installed for the TPU preflight) makes jax try a TPU backend when
+  JAX_PLATFORMS is unset; on a machine without a chip it prints TPU errors
+  and a C++ trace before jax falls back to the CPU. A JAX_PLATFORMS the user
+  set is kept, and so is jax's own choice on a TPU host or where a GPU
+  plugin is installed. The TPU preflight compiles with JAX_PLATFORMS=cpu.
+  """
+  if os.environ.get('JAX_PLATFORMS') or 'jax' in sys.modules:
+    return
+  if tpu_chips_present():
+    return
+  if any(importlib.util.find_spec(p) is not None for p in _GPU_PLUGINS):
+    return
+  os.environ['JAX_PLATFORMS'] = 'cpu'
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
