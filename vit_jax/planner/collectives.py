@@ -32,8 +32,11 @@ all-reduce is one.
 
 The text is the interface: jax 0.10.2 has no public structured view of a
 compiled module (`compiled.runtime_executable().hlo_modules()` are jaxlib
-internals whose instructions expose only names, opcodes and operands, and
-the HloModule proto needs XLA's hlo.proto, which jax does not ship).
+internals, for XLA:CPU and for libtpu's compile-only executables alike,
+whose instructions expose only names, opcodes, operands and users: no
+shapes, replica groups or loop trip counts; the serialized HloModule proto
+needs XLA's hlo.proto, which jax does not ship; TensorFlow's copy reads it,
+at TensorFlow's XLA version, and the planner does not import TensorFlow).
 """
 
 from __future__ import annotations
