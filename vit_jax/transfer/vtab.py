@@ -143,14 +143,16 @@ class VtabRunner:
   `model_config` is a training config's `model` section (the architecture the
   checkpoint was saved from); `base_config` a training config whose mesh,
   sharding and logging settings the task runs inherit; `split_sizes(task)`
-  defaults to the prepared TFDS splits' sizes.
+  defaults to the prepared TFDS splits' sizes; `seed` is every task run's
+  (the paper's mean ± std is over three such fine-tunings).
   """
 
   def __init__(self, protocol: Protocol, model_config: Any, *,
                tasks: Sequence[str] = vtab_tasks.TASK_NAMES,
                data_dir: Optional[str] = None, base_config: Any = None,
                skip_missing: bool = False, keep_checkpoints: bool = False,
-               split_sizes: Optional[Callable[[Any], dict]] = None):
+               split_sizes: Optional[Callable[[Any], dict]] = None,
+               seed: int = 0):
     if model_config is None:
       raise ValueError('VTAB fine-tuning needs the model config (a training '
                        "config's `model` section) to rebuild the network.")
@@ -161,6 +163,7 @@ class VtabRunner:
     self.base_config = base_config
     self.skip_missing = skip_missing
     self.keep_checkpoints = keep_checkpoints
+    self.seed = seed  # Of every task run (data order, head, dropout keys).
     self._split_sizes = split_sizes or (
         lambda task: vtab_tasks.split_sizes(task, data_dir))
 
@@ -194,6 +197,11 @@ class VtabRunner:
     # As the paper transfers: the pre-logits layer and the head are replaced
     # by one zero-initialised layer with the task's classes.
     c.model.representation_size = None
+    # Fine-tuning has no dropout (App. B.1.1 lists none); a pretraining run's
+    # model section carries its own (0.1 for the ImageNet and ImageNet-21k
+    # recipes), which is not the fine-tuning's.
+    c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
+    c.seed = self.seed
     c.num_classes = task.num_classes
     c.image_size = p.image_size
     c.total_steps = p.steps
