@@ -7,7 +7,10 @@ this package. In order:
 
 1. `config.sweep.learning_rates` set (configs/finetune.py:protocol=sweep):
    the grid under the dev protocol, each rate in `WORKDIR/sweep/lr<rate>/`,
-   then the run in WORKDIR with the best rate (sweep.py).
+   then the run in WORKDIR with the best rate (sweep.py). Otherwise a
+   fine-tuning whose rate is the recipe's default takes the rate a finished
+   sweep in WORKDIR chose (`sweep.final_learning_rate`; the log names the
+   `lr_source`).
 2. The run in WORKDIR.
 3. `config.vtab.mode` set: VTAB-1k of the run's final parameters, each task
    run in `WORKDIR/vtab/step_<N>/<task>/...` (vtab.py).
@@ -22,6 +25,7 @@ same command resumes. The children's core-hours are added to the run's
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -39,6 +43,10 @@ def run(config: Any, workdir: str) -> train.TrainResult:
     try:
       if config.sweep.learning_rates:
         config = sweep.run_sweep(config, workdir, composer)
+      elif config.init_from:  # A fine-tuning: say where its rate came from.
+        config, source = sweep.final_learning_rate(config, workdir)
+        logging.info('learning rate %g (lr_source=%s).',
+                     config.schedule.base_lr, source)
       result = train.train_and_evaluate(config, workdir)
       composer.parent_core_hours = result.core_hours
       if result.status == train.RunStatus.DONE and config.vtab.mode:

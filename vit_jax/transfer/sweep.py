@@ -8,13 +8,20 @@ scored on `sweep.eval_split` (each in `WORKDIR/sweep/lr<rate>/`), picks the
 rate with the best dev top-1, and returns the final config (the input config
 with that rate), which the caller trains in WORKDIR itself. The table goes to
 `WORKDIR/sweep_results.{json,md}`.
+
+`final_learning_rate(config, workdir)` names the rate of a final run that
+runs no sweep (`lr_source`): 'given' (the config's rate), 'sweep:<path>' (the
+rate a finished sweep in the workdir chose on dev: the default of
+configs/finetune.py:protocol=final) or 'table:configs/finetune.py' (its
+per-dataset default, with its source in that file). A config whose rate is
+the default says so with the sweep's dev splits and no rates.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -23,6 +30,8 @@ from vit_jax import config_lib, files
 from vit_jax.transfer import runs
 
 DEV = 'dev'
+RESULTS = 'sweep_results.json'
+TABLE_SOURCE = 'table:configs/finetune.py'
 
 
 def dev_config(config: Any, learning_rate: float):
@@ -46,6 +55,39 @@ def dev_config(config: Any, learning_rate: float):
                                              data=data, **values)
   c.export_npz = False
   return c
+
+
+def chosen_rate(directory: str, train_split: str = '') -> Optional[float]:
+  """The rate a finished sweep in `directory` chose (None: no finished sweep,
+  or one on other dev splits than `train_split`, when given)."""
+  table = files.read_json(os.path.join(directory, RESULTS))
+  if not table or table.get('chosen_learning_rate') is None:
+    return None
+  if train_split and table.get('dev_train_split') != train_split:
+    logging.warning('%s chose a rate on %s, not on %s: not used.',
+                    os.path.join(directory, RESULTS),
+                    table.get('dev_train_split'), train_split)
+    return None
+  return float(table['chosen_learning_rate'])
+
+
+def final_learning_rate(config: Any, workdir: str) -> tuple[Any, str]:
+  """(config with the final run's rate, lr_source) for a run without a sweep.
+
+  The rate is the config's ('given') unless the config marks it as the
+  default (sweep dev splits set, no rates: configs/finetune.py:protocol=final
+  without lr=); then a finished sweep's choice in `workdir` replaces it
+  ('sweep:<path>'), else it stays ('table:configs/finetune.py').
+  """
+  if config.sweep.learning_rates or not config.sweep.train_split:
+    return config, 'given'
+  rate = chosen_rate(workdir, config.sweep.train_split)
+  final = config.copy_and_resolve_references()
+  final.sweep.update(train_split='', eval_split='')  # The run sweeps nothing.
+  if rate is None:
+    return final, TABLE_SOURCE
+  final.schedule.base_lr = rate
+  return final, f'sweep:{os.path.join(workdir, RESULTS)}'
 
 
 def run_sweep(config: Any, workdir: str, composer: runs.RunComposer):
@@ -78,7 +120,7 @@ def write_table(workdir: str, config: Any, scores: dict, best: float) -> None:
   """sweep_results.json and .md: dev top-1 per rate, the chosen one."""
   if jax.process_index() != 0:
     return
-  files.write_json(os.path.join(workdir, 'sweep_results.json'), {
+  files.write_json(os.path.join(workdir, RESULTS), {
       'dev_train_split': config.sweep.train_split,
       'dev_eval_split': config.sweep.eval_split,
       'dev_top1': {f'{r:g}': s for r, s in scores.items()},
