@@ -15,6 +15,10 @@ this package. In order:
 3. `config.vtab.mode` set: VTAB-1k of the run's final parameters, each task
    run in `WORKDIR/vtab/step_<N>/<task>/...` (vtab.py).
 
+`python -m vit_jax.transfer.table` (table.py) composes the same runs into
+the paper's Table 2 column of one checkpoint: every row fine-tuned per
+seed, VTAB-1k, mean ± std and core-hours per row.
+
 Every run has its own workdir, checkpoints and preemption handling; SIGTERM
 anywhere saves and ends with status 'preempted' (exit 0), and rerunning the
 same command resumes. The children's core-hours are added to the run's
