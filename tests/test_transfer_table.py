@@ -176,6 +176,21 @@ def test_rows_core_hours_add_up_and_the_paper_column_stands_beside(
   table.ROWS.pop('other')
 
 
+def test_the_compute_cap_covers_the_whole_table(pretrained_run, tmp_path):
+  """0.25 core-hours a run, a cap of 0.4: the third run has nothing left."""
+  train = FakeTrain()
+  result = table.Table(pretrained_run, str(tmp_path),
+                       rows=table.select_rows('digits'), config_module=finetune,
+                       max_core_hours=0.4, train_fn=train).run()
+  assert len(train.calls) == 2
+  assert result['stopped'] == {'where': 'table digits seed 2',
+                               'status': 'budget_exhausted'}
+  assert result['rows']['digits']['seeds_done'] == 2
+  assert result['core_hours'] == pytest.approx(0.5)
+  assert 'Stopped early (table digits seed 2: budget_exhausted)' in (
+      tmp_path / table.MARKDOWN).read_text()
+
+
 def test_imagenet_runs_score_top1_and_real_from_one_evaluator(
     pretrained_run, tmp_path):
   t = table.Table(pretrained_run, str(tmp_path),

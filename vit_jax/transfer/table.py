@@ -323,7 +323,7 @@ class Table:
       try:
         sources.open_source(config.input.data, config.input.data_dir)
       except (FileNotFoundError, ValueError) as e:
-        missing[row.name] = str(e).splitlines()[0]
+        missing[row.name] = str(e).splitlines()[0].rstrip('.')
     return missing
 
   # ----------------------------------------------------------------- runs
