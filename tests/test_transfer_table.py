@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vit_jax import checkpoint, models
-from vit_jax.transfer import table
+from vit_jax.transfer import paper_table2, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -145,7 +145,7 @@ def test_rows_core_hours_add_up_and_the_paper_column_stands_beside(
     pretrained_run, tmp_path, monkeypatch):
   table.register_row(table.Row('other', 'digits', (
       table.Line('cifar10', 'CIFAR-10 (test row)', 'test/top1'),), paper=False))
-  monkeypatch.setattr(table, 'paper_column',
+  monkeypatch.setattr(paper_table2, 'column_of',
                       lambda path: 'ViT-L/16 (ImageNet-21k)')
   train = FakeTrain()
   result = table.Table(
@@ -207,13 +207,13 @@ def test_imagenet_runs_score_top1_and_real_from_one_evaluator(
 
 
 def test_paper_numbers_and_released_names():
-  assert table.paper_column('gs://vit_models/imagenet21k/ViT-L_16.npz') == (
+  assert paper_table2.column_of('gs://vit_models/imagenet21k/ViT-L_16.npz') == (
       'ViT-L/16 (ImageNet-21k)')
   # The paper's H/14 is JFT-300M-pretrained; the released one is not it.
-  assert table.paper_column('/ckpt/ViT-H_14.npz') is None
-  assert table.paper_column(
+  assert paper_table2.column_of('/ckpt/ViT-H_14.npz') is None
+  assert paper_table2.column_of(
       'gs://vit_models/imagenet21k+imagenet2012/ViT-L_16.npz') is None
-  h14 = table.PAPER_TABLE2['ViT-H/14 (JFT-300M)']
+  h14 = paper_table2.COLUMNS['ViT-H/14 (JFT-300M)']
   assert (h14['imagenet'], h14['vtab'], h14['core_days']) == (
       (88.55, 0.04), (77.63, 0.23), 2500)
   assert [r.name for r in table.select_rows('all')] == [
