@@ -3,6 +3,8 @@
 import io
 import logging
 import os
+import subprocess
+import sys
 import time
 import types
 
@@ -379,3 +381,20 @@ def test_decode_check_lets_label_ops_first_and_pixels_through(folder):
   digits = data.build_eval(dict(data=dict(name='digits', split='test'), pp='resize(8)|onehot(10)'),
                            None, global_batch_size=4)
   assert digits.num_examples == 300
+
+
+def test_the_bundled_digits_are_scikit_learns_without_importing_it():
+  """Read from the file scikit-learn ships (no 2 s import per run), equal to its loader."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import sources  # pylint: disable=g-import-not-at-top
+  reference = datasets.load_digits()
+  pixels, labels = sources._digits_file()  # pylint: disable=protected-access
+  np.testing.assert_array_equal(pixels, reference.images)
+  np.testing.assert_array_equal(labels, reference.target)
+  proc = subprocess.run(
+      [sys.executable, '-c', 'import sys; from vit_jax.data import sources; '
+       'sources._digits(); print("sklearn" in sys.modules)'],
+      capture_output=True, text=True, timeout=120, check=False,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ['False']
