@@ -44,7 +44,6 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from absl import logging
 import numpy as np
-import scipy.ndimage
 
 from vit_jax import hf_interop, models, rules
 
@@ -313,6 +312,7 @@ def resample_posemb(posemb: np.ndarray, grid_size: Sequence[int], *,
     raise ValueError(f'checkpoint grid {oh}x{ow} does not match its position '
                      f'embedding of {grid.shape[0]} grid tokens.')
   grid = grid.reshape(oh, ow, -1)
+  import scipy.ndimage  # pylint: disable=g-import-not-at-top  (0.4 s; rarely needed)
   grid = scipy.ndimage.zoom(grid, (nh / oh, nw / ow, 1), order=1)
   if grid.shape[:2] != (nh, nw):  # zoom rounds the output size
     raise ValueError(f'resampling {oh}x{ow} to {nh}x{nw} gave {grid.shape[:2]}.')
