@@ -107,3 +107,17 @@ def test_third_party_info_only_when_asked_for(restore_logging):
   flags.FLAGS['verbosity'].present = 1
   cli.configure_logging()
   assert logging.getLogger('jax').level == logging.DEBUG
+
+
+@pytest.mark.parametrize('jax_first', [False, True])
+def test_a_host_without_a_tpu_starts_jax_without_tpu_errors(jax_first):
+  """libtpu is installed (the preflight's compiler); on this TPU-less host jax
+  must not try it, also when the entry point's package imported jax first
+  (python -m vit_jax.transfer.table)."""
+  code = ('import jax\n' if jax_first else '') + (
+      'from vit_jax import cli\ncli.skip_absent_tpu()\nimport jax\n'
+      'print(jax.default_backend())\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        cwd=REPO, timeout=120, check=False, env=_as_a_user_runs_it())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (proc.stdout.strip(), proc.stderr.strip()) == ('cpu', '')

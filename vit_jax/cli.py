@@ -120,13 +120,19 @@ def skip_absent_tpu() -> None:
   set is kept, and so is jax's own choice on a TPU host or where a GPU
   plugin is installed. The TPU preflight compiles with JAX_PLATFORMS=cpu.
   """
-  if os.environ.get('JAX_PLATFORMS') or 'jax' in sys.modules:
-    return
-  if tpu_chips_present():
+  if os.environ.get('JAX_PLATFORMS') or tpu_chips_present():
     return
   if any(importlib.util.find_spec(p) is not None for p in _GPU_PLUGINS):
     return
-  os.environ['JAX_PLATFORMS'] = 'cpu'
+  jax = sys.modules.get('jax')
+  if jax is None:
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    return
+  # Imported already (an entry point inside a package that imports jax):
+  # the choice still holds until the first backend starts.
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if not xla_bridge.backends_are_initialized() and not jax.config.jax_platforms:
+    jax.config.update('jax_platforms', 'cpu')
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
