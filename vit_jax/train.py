@@ -205,6 +205,44 @@ def check_classes(num_classes: int, train_data) -> None:
         f'num_classes agree.')
 
 
+class _LogStep:
+  """What a log step does: metrics, due evaluations, the line, the cap.
+
+  Called with the parameters the evaluators score; returns the cap's verdict,
+  agreed across processes (at log steps only: a blocking collective every
+  step would defeat the one-step-late read of the metrics).
+  """
+
+  def __init__(self, config, window: '_Window', tracker, evaluators, writer,
+               cap, start_step: int):
+    self._config, self._window, self._tracker = config, window, tracker
+    self._evaluators, self._writer, self._cap = evaluators, writer, cap
+    self._progress = metrics_lib.Progress(config.total_steps, start_step)
+    self.eval_metrics: dict = {}  # The latest score of every evaluator.
+    self.img_per_sec: Optional[float] = None
+
+  def __call__(self, step: int, params, *, last: bool) -> budget.Verdict:
+    tracker = self._tracker
+    scalars = self._window.summary()
+    scalars.update(tracker.metrics())  # img/s, per core, MFU, core-hours.
+    scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
+    self.img_per_sec = scalars.get('img_per_sec', self.img_per_sec)
+    evaluated = _run_evals(self._evaluators, params, step, tracker,
+                           force=last)
+    scalars.update(evaluated)
+    self.eval_metrics.update(evaluated)
+    self._writer.write(step, scalars)
+    rate, eta = self._progress.update(step)
+    metrics_lib.log_line(step, self._config.total_steps, scalars, rate, eta)
+    self._progress.reset_clock()
+    if not self._cap.enabled:
+      return budget.Verdict.OK
+    verdict = _agreed(self._cap.check(tracker.core_hours))
+    if verdict == budget.Verdict.WARN:
+      logging.warning('%s', self._cap.warn_message(tracker.core_hours))
+    return verdict
+
+
 def _run_evals(evaluators, params, step: int, tracker, force: bool = False
                ) -> dict:
   """{'name/metric': value} of the evaluators due at `step` (all if forced)."""
@@ -305,9 +343,10 @@ def _train_and_evaluate(config, workdir: str, setup: _Setup) -> TrainResult:
         workdir, is_primary=is_primary,
         resume_step=start_step if resumed is not None else None)
     resources.callback(writer.close)
-    progress = metrics_lib.Progress(config.total_steps, start_step)
     window = _Window(checkpointer.all_steps)
     window.load_state_dict((resumed or {}).get('window'))
+    log = _LogStep(config, window, tracker, evaluators, writer, cap,
+                   start_step)
 
     def save(step, state):
       window.settle()  # Every step is read before anything is saved after it.
@@ -327,10 +366,9 @@ def _train_and_evaluate(config, workdir: str, setup: _Setup) -> TrainResult:
                  config.total_steps, jax.device_count(), device_kind,
                  dict(mesh.shape), config.batch_size)
     batches = train_data.iterator(start_batch=start_step)
-    status, step, eval_metrics = RunStatus.DONE, start_step, {}
+    status, step = RunStatus.DONE, start_step
     profiler = profiling.ProfileWindow.from_config(config.get('profile'),
                                                    workdir)
-    img_per_sec = None
     tracker.start_training()  # Input wait is a part of training time.
     if preemption.requested() and step < config.total_steps:
       status = RunStatus.PREEMPTED
@@ -352,24 +390,7 @@ def _train_and_evaluate(config, workdir: str, setup: _Setup) -> TrainResult:
       last = step == config.total_steps
       verdict = budget.Verdict.OK
       if step % config.log_every == 0 or last:
-        scalars = window.summary()
-        scalars.update(tracker.metrics())  # img/s, per core, MFU, core-h.
-        scalars.setdefault('mfu', None)  # Unknown peak (e.g. CPU): no guess.
-        img_per_sec = scalars.get('img_per_sec', img_per_sec)
-        evaluated = _run_evals(evaluators, eval_params(state), step, tracker,
-                               force=last)
-        scalars.update(evaluated)
-        eval_metrics.update(evaluated)
-        writer.write(step, scalars)
-        rate, eta = progress.update(step)
-        metrics_lib.log_line(step, config.total_steps, scalars, rate, eta)
-        progress.reset_clock()
-        # The cap is agreed across processes at log steps only: a blocking
-        # collective every step would defeat the one-step-late read.
-        if cap.enabled:
-          verdict = _agreed(cap.check(tracker.core_hours))
-      if verdict == budget.Verdict.WARN:
-        logging.warning('%s', cap.warn_message(tracker.core_hours))
+        verdict = log(step, eval_params(state), last=last)
 
       # One stop path: the cap or a preemption saves, then ends the run.
       stop = (RunStatus.BUDGET_EXHAUSTED if verdict == budget.Verdict.STOP
@@ -388,15 +409,15 @@ def _train_and_evaluate(config, workdir: str, setup: _Setup) -> TrainResult:
     if start_step >= config.total_steps:  # A finished run: report its scores.
       logging.info('The run in %s is already complete (step %d).', workdir,
                    start_step)
-      eval_metrics = _run_evals(evaluators, eval_params(state), step, tracker,
-                                force=True)
+      log.eval_metrics = _run_evals(evaluators, eval_params(state), step,
+                                    tracker, force=True)
 
   if status == RunStatus.DONE and config.export_npz:
     _export_npz(eval_params(state), os.path.join(workdir, workdir_lib.PARAMS),
                 is_primary)
   tracker.stop()  # The devices are released.
   return TrainResult(status=status, step=step, total_steps=config.total_steps,
-                     eval_metrics=eval_metrics, img_per_sec=img_per_sec,
+                     eval_metrics=log.eval_metrics, img_per_sec=log.img_per_sec,
                      core_hours=tracker.core_hours)
 
 
