@@ -7,8 +7,10 @@ call `tf()`, so a quickstart that uses them does not pay TensorFlow's import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 
 _LOCK = threading.Lock()
@@ -25,7 +27,8 @@ def tf():
       os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
       os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # Its C++ notice.
       try:
-        import tensorflow as tf_module  # pylint: disable=g-import-not-at-top
+        with _without_eager_keras():
+          import tensorflow as tf_module  # pylint: disable=g-import-not-at-top
       except ImportError as e:
         raise ImportError(
             'This input pipeline needs TensorFlow (for TFDS, image folders or '
@@ -34,6 +37,28 @@ def tf():
       _hide_accelerators(tf_module)
       _TF = tf_module
   return _TF
+
+
+# What TensorFlow's __init__ imports eagerly when Keras is installed, only to
+# register Keras' optimizers for SavedModel loading: Keras 3 and, through it,
+# scikit-learn, 3 to 5 s of every process that reads TFDS or image folders,
+# for a pipeline that uses neither. Left out while TensorFlow imports (it
+# catches the ImportError); `import keras` and `tf.keras` work as before.
+_EAGER_KERAS = ('keras.src.optimizers', 'tf_keras.src.optimizers')
+
+
+@contextlib.contextmanager
+def _without_eager_keras():
+  blocked = [m for m in _EAGER_KERAS
+             if m not in sys.modules and 'tensorflow' not in sys.modules]
+  for m in blocked:
+    sys.modules[m] = None  # An import of it raises before importing its package.
+  try:
+    yield
+  finally:
+    for m in blocked:
+      if m in sys.modules and sys.modules[m] is None:
+        del sys.modules[m]
 
 
 def _hide_accelerators(tf_module) -> None:
