@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint, models
+from vit_jax import checkpoint, models, pretrained
 from vit_jax.transfer import paper_table2, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,6 +204,28 @@ def test_imagenet_runs_score_top1_and_real_from_one_evaluator(
       finetune.DEFAULT_LR['imagenet2012'], 'table:configs/finetune.py')
   assert [l.metric for l in table.ROWS['imagenet2012'].lines] == [
       'test/top1', 'test/real_top1']
+  assert config.ema_decay is None  # Polyak averaging: Table 2's L/16 and H/14 only.
+
+
+@pytest.mark.parametrize('name,size', [('ViT-L/16', 512), ('ViT-H/14', 518)])
+def test_imagenet_of_l16_and_h14_fine_tunes_as_table_2_did(pretrained_run, tmp_path,
+                                                           name, size):
+  """Table 2's ImageNet column: 512 / 518 px and Polyak averaging 0.9999; the
+  other rows 384 px without it; a size or decay given on the command line wins."""
+  def table_for(**kwargs):
+    t = table.Table(pretrained_run, str(tmp_path), rows=table.select_rows('imagenet2012,cifar10'),
+                    config_module=finetune, seeds=1, **kwargs)
+    t._described = pretrained.Described(  # pylint: disable=protected-access
+        source=pretrained_run, model={'name': name}, num_classes=None, image_size=224)
+    return t
+  imagenet, _ = table_for().row_config(table.ROWS['imagenet2012'], seed=0)
+  assert (imagenet.image_size, imagenet.ema_decay) == (size, 0.9999)
+  cifar, _ = table_for().row_config(table.ROWS['cifar10'], seed=0)
+  assert (cifar.image_size, cifar.ema_decay) == (384, None)
+  chosen, _ = table_for(config_args='image_size=448',
+                        overrides={'ema_decay': 0.999}).row_config(
+                            table.ROWS['imagenet2012'], seed=0)
+  assert (chosen.image_size, chosen.ema_decay) == (448, 0.999)
 
 
 def test_paper_numbers_and_released_names():
