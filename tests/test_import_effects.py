@@ -133,3 +133,15 @@ def test_main_installs_the_hooks_that_keep_a_failed_save_to_one_line(tmp_path):
   assert 'ValueError: a real bug in a thread' in proc.stderr
   assert 'an unrelated warning' in proc.stderr
 
+
+
+def test_the_no_jax_layer_imports_no_jax():
+  """docs/architecture.md's bottom layer: what entry points use before jax loads."""
+  no_jax = ('cli', 'config_lib', 'sharding_rules', 'dataset_sizes', 'preemption',
+            'files', 'workdir')
+  code = ('import json, sys\n' + ''.join(f'import vit_jax.{m}\n' for m in no_jax) +
+          'print(json.dumps(sorted(m for m in ("jax", "flax", "numpy", "tensorflow") '
+          'if m in sys.modules)))')
+  proc = _python(['-c', code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == '[]'
