@@ -155,7 +155,7 @@ def test_sweep_via_main_survives_sigterm_then_trains_the_best_rate_on_everything
   picks the best rate and trains it on the whole train split."""
   workdir = tmp_path / 'run'
   args = [sys.executable, '-m', 'vit_jax.main',
-          '--config=configs/quickstart.py:steps=60', f'--workdir={workdir}',
+          '--config=configs/quickstart.py:steps=30', f'--workdir={workdir}',
           '--config.sweep.learning_rates=(1e-6,0.003)',
           '--config.sweep.train_split=train[:80%]',
           '--config.sweep.eval_split=train[80%:]',
@@ -173,14 +173,14 @@ def test_sweep_via_main_survives_sigterm_then_trains_the_best_rate_on_everything
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
   assert 'status=preempted' in out and 'stopped_in="sweep lr=1e-06' in out
-  # The steps are those the stopped run saved (was steps=0/60).
+  # The steps are those the stopped run saved (was steps=0/30).
   saved = max(int(d) for d in os.listdir(
       workdir / 'sweep' / 'lr1e-06' / 'checkpoints') if d.isdigit())
-  assert f'steps={saved}/60  stopped_in=' in out
+  assert f'steps={saved}/30  stopped_in=' in out
   done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stdout + done.stderr
-  assert 'status=done' in done.stdout and 'steps=60/60' in done.stdout
+  assert 'status=done' in done.stdout and 'steps=30/30' in done.stdout
   assert 'sweep: dev top-1 lr=1e-06 ' in done.stderr
   assert ', lr=0.003 ' in done.stderr and 'chose lr=0.003' in done.stderr
   table = json.loads((workdir / 'sweep_results.json').read_text())
