@@ -262,7 +262,8 @@ def test_quickstart_trains_on_a_prepared_dataset(tmp_path):
          f'--workdir={tmp_path / "run"}', '--config.input.data.name=shapes',
          f'--config.input.data_dir={tmp_path / "tfds"}', '--config.input.data.split=full',
          "--config.input.pp=decode|resize(16)|value_range(-1, 1)|onehot(10)",
-         '--config.input.shuffle_buffer_size=32', '--config.log_every=1']
+         '--config.input.shuffle_buffer_size=32', '--config.log_every=1',
+         '--config.model.num_layers=1']  # One block: the data is under test, not the model.
   run = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
