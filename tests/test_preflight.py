@@ -19,10 +19,8 @@ QUICKSTART = os.path.join(ROOT, 'configs', 'quickstart.py')
 def _main(*flags, timeout=600):
   """`python -m vit_jax.main FLAGS` with libtpu quiet; (status, stdout,
   stderr less libtpu's start-up lines)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TPU_ACCELERATOR_TYPE='v3-8',
-             TPU_SKIP_MDS_QUERY='1', ALLOW_MULTIPLE_LIBTPU_LOAD='1')
   proc = subprocess.run([sys.executable, '-m', 'vit_jax.main', *flags],
-                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        cwd=ROOT, env=tpu_compile.child_env('v3-8'), capture_output=True, text=True,
                         timeout=timeout, check=False)
   return proc.returncode, proc.stdout, tpu_compile.quiet(proc.stderr)
 

@@ -5,7 +5,8 @@ the 8 simulated CPU devices of conftest.py, and its start-up messages stay
 off the test log. The child runs with JAX_PLATFORMS=cpu (so `jax.devices()`
 is the host's CPU; the TPU devices come from `vit_jax.planner.tpu`), with
 libtpu told the accelerator type and not to look for a metadata server,
-and its stderr captured; the stderr comes back, less libtpu's start-up
+without the persistent compilation cache (`child_env`), and its stderr
+captured; the stderr comes back, less libtpu's start-up
 lines, only when the snippet fails.
 
     import tpu_compile  # tests/ is on sys.path under pytest
@@ -54,6 +55,21 @@ def quiet(stderr: str | bytes) -> str:
                    if line.strip() and not any(n in line for n in NOISE))
 
 
+def child_env(accelerator: str = 'v3-8', env: dict | None = None) -> dict:
+  """The environment of a child that compiles for a TPU slice: the host's
+  CPU as jax's platform, libtpu told the slice and not to look for a
+  metadata server, and no persistent compilation cache (conftest.py's): an
+  executable compiled for a topology without a TPU cannot be loaded back
+  ("PjRtCompiler must be constructed with a Client"), so each entry would
+  be serialized and written, then read again, fail and be recompiled."""
+  out = dict(os.environ, JAX_PLATFORMS='cpu',
+             TPU_ACCELERATOR_TYPE=accelerator, TPU_SKIP_MDS_QUERY='1',
+             ALLOW_MULTIPLE_LIBTPU_LOAD='1',
+             JAX_ENABLE_COMPILATION_CACHE='false')
+  out.update(env or {})
+  return out
+
+
 def run(snippet: str, *, accelerator: str = 'v3-8', timeout: float = 600,
         env: dict | None = None) -> Any:
   """Runs `snippet` in a fresh Python and returns the JSON of its `result`.
@@ -65,14 +81,11 @@ def run(snippet: str, *, accelerator: str = 'v3-8', timeout: float = 600,
   code = (textwrap.dedent(snippet) +
           f'\nimport json as _json, sys as _sys\n'
           f'_sys.stdout.write("\\n{_MARK}" + _json.dumps(result) + "\\n")\n')
-  child_env = dict(os.environ, JAX_PLATFORMS='cpu',
-                   TPU_ACCELERATOR_TYPE=accelerator, TPU_SKIP_MDS_QUERY='1',
-                   ALLOW_MULTIPLE_LIBTPU_LOAD='1')
-  child_env.update(env or {})
   try:
     proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
-                          env=child_env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          env=child_env(accelerator, env),
+                          capture_output=True, text=True, timeout=timeout,
+                          check=False)
   except subprocess.TimeoutExpired as e:
     raise AssertionError(f'the TPU compile snippet ran past {timeout:.0f} s:\n'
                          f'{quiet(e.stderr or "")[-4000:]}') from None
