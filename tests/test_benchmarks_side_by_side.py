@@ -25,8 +25,11 @@ print('HEAVY', heavy)
 
 
 def _env():
+  # OMP_NUM_THREADS=1: torch's two OpenMP threads spin against the other
+  # processes of a 2-core machine (timm's eval step took ~100x longer).
   return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-              XLA_FLAGS='--xla_force_host_platform_device_count=1')
+              XLA_FLAGS='--xla_force_host_platform_device_count=1',
+              OMP_NUM_THREADS='1')
 
 
 def _forward_macs(tokens=5, d=192, m=768, layers=1, classes=10):
