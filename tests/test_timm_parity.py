@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import timm
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads spin against the other test worker (2 cores): ~1.5x slower
 for job in json.loads(sys.argv[1]):
   # weight_init='skip': no truncated-normal init of weights that load_pretrained
   # overwrites anyway (seconds for ViT-S on CPU).
