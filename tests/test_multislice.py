@@ -123,9 +123,36 @@ for slices in (1, 2):
 '''
 
 
+_PREFLIGHT = f'''
+import importlib.util
+from vit_jax import preflight
+spec = importlib.util.spec_from_file_location('q', {QUICKSTART!r})
+q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
+c = q.get_config()
+c.model.num_layers = 1
+c.evals = {{}}
+c.mesh.num_slices = 2            # from the config, as main passes it
+p = preflight.run(c, 'v5e-16')
+result = dict(dcn=p.dcn_bytes, dcn_s=p.dcn_step_s, total=p.train.collectives.total_bytes_per_device,
+              devices=p.num_devices, mesh=p.mesh, report=preflight.format_report(p))
+'''
+
+
+@pytest.fixture(scope='module')
+def v5e_16():
+  """Both TPU compiles of this module in one child (one libtpu start):
+  the step on 1 and 2 slices, and the preflight of 2 slices."""
+  if not tpu_compile.libtpu_importable():
+    pytest.skip('libtpu (the TPU compiler) is not installed; `make test` '
+                'installs it')
+  return tpu_compile.run(_TPU_STEP + 'steps = result\n' + _PREFLIGHT +
+                         'result = dict(steps=steps, preflight=result)\n',
+                         accelerator='v5e-16')
+
+
 @tpu_compile.requires_libtpu
-def test_two_v5e_16_slices_fsdp_inside_data_across_what_crosses_dcn():
-  out = tpu_compile.run(_TPU_STEP, accelerator='v5e-16')
+def test_two_v5e_16_slices_fsdp_inside_data_across_what_crosses_dcn(v5e_16):
+  out = v5e_16['steps']
   one, two = out['1'], out['2']
   assert sum(one['dcn'].values()) == 0 and sum(one['dcn_count'].values()) == 0
   # XLA:TPU compiles one slice's program: its collectives stay in the slice
@@ -160,20 +187,8 @@ def test_two_v5e_16_slices_fsdp_inside_data_across_what_crosses_dcn():
 
 
 @tpu_compile.requires_libtpu
-def test_preflight_reports_dcn_apart_from_ici_and_its_time_at_v5e_dcn_bandwidth():
-  out = tpu_compile.run(f'''
-import importlib.util
-from vit_jax import preflight
-spec = importlib.util.spec_from_file_location('q', {QUICKSTART!r})
-q = importlib.util.module_from_spec(spec); spec.loader.exec_module(q)
-c = q.get_config()
-c.model.num_layers = 1
-c.evals = {{}}
-c.mesh.num_slices = 2            # from the config, as main passes it
-p = preflight.run(c, 'v5e-16')
-result = dict(dcn=p.dcn_bytes, dcn_s=p.dcn_step_s, total=p.train.collectives.total_bytes_per_device,
-              devices=p.num_devices, mesh=p.mesh, report=preflight.format_report(p))
-''', accelerator='v5e-16')
+def test_preflight_reports_dcn_apart_from_ici_and_its_time_at_v5e_dcn_bandwidth(v5e_16):
+  out = v5e_16['preflight']
   assert out['devices'] == 32 and out['mesh'] == {'data': 32, 'fsdp': 1, 'model': 1}
   assert 0 < out['dcn'] < out['total']
   assert out['dcn_s'] == pytest.approx(out['dcn'] / 3.125e9)   # 25 Gbps a v5e chip
