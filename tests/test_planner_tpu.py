@@ -105,23 +105,8 @@ def test_without_libtpu_the_error_says_how_to_install(monkeypatch):
 
 
 @tpu_compile.requires_libtpu
-def test_slice_devices_counts_and_kinds_from_libtpu():
-  out = tpu_compile.run(f'''
-      from vit_jax.planner import tpu
-      result = {{}}
-      for name in {list(SLICES)!r}:
-        devices = tpu.slice_devices(name)
-        result[name] = [len(devices), devices[0].device_kind,
-                        len({{d.id for d in devices}})]
-      two = tpu.slice_devices('v3-8', num_slices=2)
-      result['v3-8 x 2'] = [len(two), sorted({{d.slice_index for d in two}})]
-      result['cached'] = tpu.slice_devices('v3-8')[0] is tpu.slice_devices('V3-8')[0]
-      result['megacore'] = len(tpu.slice_devices('v4:2x2x1'))
-      try:
-        tpu.slice_devices('v4:3x5x7')
-      except ValueError as e:
-        result['refused'] = str(e)
-  ''')
+def test_slice_devices_counts_and_kinds_from_libtpu(tpu_child):
+  out = tpu_child['slices']
   for name, (devices, kind, _) in SLICES.items():
     assert out[name] == [devices, kind, devices], name
   assert out['v3-8 x 2'] == [16, [0, 1]]
@@ -158,14 +143,59 @@ _TPU_STEPS = '''
 '''
 
 
+_SLICES = f'''
+      from vit_jax.planner import tpu
+      result = {{}}
+      for name in {list(SLICES)!r}:
+        devices = tpu.slice_devices(name)
+        result[name] = [len(devices), devices[0].device_kind,
+                        len({{d.id for d in devices}})]
+      two = tpu.slice_devices('v3-8', num_slices=2)
+      result['v3-8 x 2'] = [len(two), sorted({{d.slice_index for d in two}})]
+      result['cached'] = tpu.slice_devices('v3-8')[0] is tpu.slice_devices('V3-8')[0]
+      result['megacore'] = len(tpu.slice_devices('v4:2x2x1'))
+      try:
+        tpu.slice_devices('v4:3x5x7')
+      except ValueError as e:
+        result['refused'] = str(e)
+  '''
+
+_GROUPS = '''
+    import re
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from vit_jax.planner import collectives, tpu
+    SUM_OVER_FSDP
+    compiled = _sum_over_fsdp(tpu.slice_devices('v3-8'))
+    text = compiled.as_text()
+    result = dict(
+        groups=re.findall(r"replica_groups=(mesh[^{]*\\{[^}]*\\})", text),
+        found=[[c.kind, c.group] for c in collectives.parse(text, 8)],
+        bytes=collectives.summarize_hlo(text, 8).bytes_per_device)
+'''
+
+
 @pytest.fixture(scope='module')
-def tpu_steps():
+def tpu_child():
+  """Every TPU compile of this module in one child (one libtpu start):
+  the slices' devices, the quickstart step of each layout, a reduction over
+  one axis of a 2 x 4 mesh."""
   if not tpu_compile.libtpu_importable():
     pytest.skip('libtpu (the TPU compiler) is not installed; `make test` '
                 'installs it')
   layouts = json.dumps({k: (m, s.to_dict()) for k, (m, s) in LAYOUTS.items()})
-  return tpu_compile.run(f'LAYOUTS = {layouts!r}\n' +
-                        textwrap.dedent(_TPU_STEPS))
+  groups = textwrap.dedent(_GROUPS).replace(
+      'SUM_OVER_FSDP', inspect.getsource(_sum_over_fsdp))
+  return tpu_compile.run(
+      textwrap.dedent(_SLICES) + 'slices = result\n' +
+      f'LAYOUTS = {layouts!r}\n' + textwrap.dedent(_TPU_STEPS) +
+      'steps = result\n' + groups +
+      'result = dict(slices=slices, steps=steps, groups=result)\n')
+
+
+@pytest.fixture(scope='module')
+def tpu_steps(tpu_child):
+  return tpu_child['steps']
 
 
 _CPU = {}
@@ -283,25 +313,11 @@ def _sum_over_fsdp(devices):
 
 
 @tpu_compile.requires_libtpu
-def test_mesh_axis_replica_groups_give_the_group_size():
+def test_mesh_axis_replica_groups_give_the_group_size(tpu_child):
   """The TPU compiler prints `replica_groups=mesh['axis_0'=2,...] {...}`;
   a reduction over the 4-device axis of a 2 x 4 mesh is counted as a group
   of 4 on both compilers."""
-  head = textwrap.dedent('''
-      import re
-      import jax, jax.numpy as jnp, numpy as np
-      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      from vit_jax.planner import collectives, tpu
-  ''')
-  tail = textwrap.dedent('''
-      compiled = _sum_over_fsdp(tpu.slice_devices('v3-8'))
-      text = compiled.as_text()
-      result = dict(
-          groups=re.findall(r"replica_groups=(mesh[^{]*\\{[^}]*\\})", text),
-          found=[[c.kind, c.group] for c in collectives.parse(text, 8)],
-          bytes=collectives.summarize_hlo(text, 8).bytes_per_device)
-  ''')
-  out = tpu_compile.run(head + inspect.getsource(_sum_over_fsdp) + tail)
+  out = tpu_child['groups']
   assert out['groups'] and all('mesh[' in g for g in out['groups'])
   assert out['found'] and all(group == 4 for _, group in out['found'])
   cpu = collectives.summarize_hlo(_sum_over_fsdp(jax.devices()[:N]).as_text(),
