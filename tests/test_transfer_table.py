@@ -59,11 +59,8 @@ def test_three_seeds_sigterm_in_the_second_and_a_rerun_that_finishes(
   the rerun trains seed 1 (resumed) and seed 2 only; the column is numpy's
   mean and sample std of the three runs' recorded top-1."""
   workdir = tmp_path / 'table'
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   args = _command(pretrained_run, workdir)
-  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   second = workdir / 'digits' / 'seed1' / 'metrics.jsonl'
   deadline = time.time() + 240
@@ -83,7 +80,7 @@ def test_three_seeds_sigterm_in_the_second_and_a_rerun_that_finishes(
   assert first['rows']['digits']['seeds_done'] == 1
   seed0_rows = (seed0 / 'metrics.jsonl').read_text()
 
-  done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
+  done = subprocess.run(args, cwd=ROOT, capture_output=True,
                         text=True, timeout=240)
   assert done.returncode == 0, done.stdout + done.stderr
   assert f'table digits seed 0: finished earlier in {seed0}' in done.stderr

@@ -76,7 +76,9 @@ def configure_logging() -> None:
   sets that level for every logger and leaves TensorFlow's C++ log on;
   absl's `--logger_levels=absl:INFO,jax:DEBUG` sets the named loggers only
   (orbax and clu log through `absl`); TF_CPP_MIN_LOG_LEVEL and
-  TF_ENABLE_ONEDNN_OPTS from the environment are kept.
+  TF_ENABLE_ONEDNN_OPTS from the environment are kept. Also chooses the
+  CPU on a host without TPU or GPU (`skip_absent_tpu`): libtpu's start-up
+  errors would otherwise be the first lines of every run.
   """
   if flags.FLAGS['verbosity'].present:
     return  # absl already set the level the user asked for.
