@@ -1,11 +1,15 @@
-"""Test set-up: 8 simulated CPU devices, before anything imports jax."""
+"""Test set-up: 8 simulated CPU devices (tests/cpu_devices.py), before anything imports jax."""
 
 import os
+import re
+
+import cpu_devices  # pylint: disable=g-bad-import-order
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-_flags = os.environ.get('XLA_FLAGS', '')
-if '--xla_force_host_platform_device_count' not in _flags:
-  os.environ['XLA_FLAGS'] = (_flags + ' --xla_force_host_platform_device_count=8').strip()
+# 8 devices unless the caller chose a count; XLA:CPU at level 1 (cpu_devices).
+_count = re.search(r'--xla_force_host_platform_device_count=(\d+)',
+                   os.environ.get('XLA_FLAGS', ''))
+os.environ['XLA_FLAGS'] = cpu_devices.xla_flags(int(_count[1]) if _count else 8)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
@@ -23,3 +27,25 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # (jax reads no environment variable for this; vit_jax.main sets it too).
 jax.config.update('jax_cpu_enable_async_dispatch', False)
 
+
+
+#: The files that take longest (20 s and more of an idle 2-core machine,
+#: each run alone; 2026-12-04), slowest first. `make test` runs whole files
+#: on two workers (pytest-xdist, --dist loadfile --no-loadscope-reorder),
+#: handed out in collection order: started first, the long files cannot be
+#: the last one a worker runs while the other idles.
+SLOW_FILES = (
+    'test_train.py', 'test_multihost.py', 'test_transfer.py',
+    'test_train_step.py', 'test_faults.py', 'test_preflight.py',
+    'test_models.py', 'test_planner_fit.py', 'test_planner_fit_tpu.py',
+    'test_planner_tpu.py', 'test_data_prepare.py',
+    'test_train_multihost_cap.py', 'test_transfer_table.py',
+    'test_configs.py', 'test_multislice.py', 'test_benchmarks_side_by_side.py',
+    'test_multihost_peer_loss.py', 'test_transfer_vtab.py',
+    'test_hf_interop.py', 'test_timm_parity.py', 'test_cli_checks.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))

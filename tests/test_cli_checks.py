@@ -20,6 +20,8 @@ import pytest
 from vit_jax import files, models, predict, train_checkpoint
 from vit_jax.visualize.__main__ import main as visualize_main
 
+import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import quickstart  # pylint: disable=wrong-import-position
@@ -55,7 +57,7 @@ def _listing(path):
 
 def _main(workdir, *flags):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+         'XLA_FLAGS': cpu_devices.xla_flags(8)}
   start = time.perf_counter()
   out = subprocess.run(
       [sys.executable, '-m', 'vit_jax.main', '--config=configs/quickstart.py',
@@ -154,7 +156,7 @@ def test_visualize_refuses_another_model_and_an_out_under_a_file(
 
 def _evaluate(*args):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+         'XLA_FLAGS': cpu_devices.xla_flags(8)}
   return subprocess.run([sys.executable, '-m', 'vit_jax.evaluate', *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=300)

@@ -13,6 +13,8 @@ from vit_jax import checkpoint, data
 from vit_jax.evaluate import ridge
 from vit_jax.models import get_model
 
+import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PP = 'resize(16)|value_range(-1, 1)|onehot(10)'
 ARCH = dict(hidden_size=32, num_layers=2, mlp_dim=64, num_heads=2,
@@ -54,7 +56,7 @@ def probe_checkpoint(tmp_path_factory):
 
 def _cli(*args):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+         'XLA_FLAGS': cpu_devices.xla_flags(8)}
   return subprocess.run([sys.executable, '-m', 'vit_jax.evaluate', *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=300)

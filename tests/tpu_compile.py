@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK = '@@tpu_compile_result@@'
 #: Lines libtpu prints when it starts on a machine without a TPU.
@@ -58,11 +60,14 @@ def quiet(stderr: str | bytes) -> str:
 def child_env(accelerator: str = 'v3-8', env: dict | None = None) -> dict:
   """The environment of a child that compiles for a TPU slice: the host's
   CPU as jax's platform, libtpu told the slice and not to look for a
-  metadata server, and no persistent compilation cache (conftest.py's): an
+  metadata server, XLA's own optimization level (not the suite's XLA:CPU
+  one, cpu_devices.py), and no persistent compilation cache (conftest.py's): an
   executable compiled for a topology without a TPU cannot be loaded back
   ("PjRtCompiler must be constructed with a Client"), so each entry would
   be serialized and written, then read again, fail and be recompiled."""
   out = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=cpu_devices.without_compile_flags(
+                 os.environ.get('XLA_FLAGS', '')),
              TPU_ACCELERATOR_TYPE=accelerator, TPU_SKIP_MDS_QUERY='1',
              ALLOW_MULTIPLE_LIBTPU_LOAD='1',
              JAX_ENABLE_COMPILATION_CACHE='false')
