@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
-# Two worker processes, each taking whole files (pytest-xdist): the CI
+# Two worker processes, each taking whole files (pytest-xdist), the slowest
+# first (tests/conftest.py SLOW_FILES): the CI
 # machine's two cores. PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 
@@ -29,7 +30,7 @@ run: $(STAMP)
 	$(PY) -m vit_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR)
 
 test: $(STAMP) $(PREP_STAMP)
-	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 prepare-env: $(PREP_STAMP)
 
