@@ -19,6 +19,8 @@ import pytest
 from vit_jax import train, train_checkpoint
 from vit_jax import workdir as workdir_lib
 
+import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import quickstart  # pylint: disable=wrong-import-position
@@ -168,15 +170,31 @@ def _corrupt_silently(workdir):
   step_dir = os.path.join(checkpoints, '20')
   pristine = _host(_plain_read(checkpoints))
 
-  def silent():
+  def changed():
+    """None: the read failed; otherwise whether any value differs."""
     read = _plain_read(checkpoints)
-    return read is not None and any((a != b).any() for a, b in zip(_host(read), pristine))
+    return None if read is None else any(
+        (a != b).any() for a, b in zip(_host(read), pristine))
+
+  def silent():
+    return changed() is True
   if _SILENT:
     _flip(os.path.join(step_dir, _SILENT['path']), _SILENT['frac'])
     assert silent()
     return
+  fracs = np.arange(0.01, 1.0, 0.03)  # Most bytes are checked or unused.
   for path in reversed(_data_files(step_dir)):
-    for frac in np.arange(0.01, 1.0, 0.03):  # Most bytes are checked or unused.
+    # A file none of whose bytes orbax reads is skipped after one read (the
+    # largest ones typically are: 4 of 18 files, 132 reads when each byte
+    # was tried alone).
+    for frac in fracs:
+      _flip(path, frac)
+    unread = changed() is False
+    for frac in fracs:
+      _flip(path, frac)  # Flipped back.
+    if unread:
+      continue
+    for frac in fracs:
       _flip(path, frac)
       if silent():
         _SILENT.update(path=os.path.relpath(path, step_dir), frac=frac)
@@ -319,7 +337,7 @@ def test_a_read_only_checkpoints_directory_fails_before_compiling(tmp_path):
 
 def _main(workdir, *flags, steps=40):
   env = dict(os.environ, PYTHONUNBUFFERED='1',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+             XLA_FLAGS=cpu_devices.xla_flags(2))
   cmd = [sys.executable, '-m', 'vit_jax.main', f'--config=configs/quickstart.py:steps={steps},batch=32',
          f'--workdir={workdir}', '--config.checkpoint_every=10', '--config.log_every=5',
          *TINY_FLAGS, *flags]
