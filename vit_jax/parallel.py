@@ -261,6 +261,12 @@ class PeerWatch:
       self.ending = 'failed'
       self._say_how_left()
     self._stop.set()
+    # The watch thread may be inside get_live_nodes, which returns once every
+    # live process has asked or left; if jax's shutdown (after this hook)
+    # closed the client under it, the process could die in C++ at exit
+    # ("terminate called recursively"). Bounded: a call answered by no one
+    # is left to the shutdown, as before.
+    self._thread.join(timeout=2 * _POLL_S + 1)
     if self.process_id == 0:  # The service lives here: the others leave first.
       _within(max(10, self.heartbeat_timeout_s), self._until_alone)
 
