@@ -50,7 +50,7 @@ FLAGS = (
     '--config.checkpoint_every=3',
     '--config.keep_checkpoints=10',
     '--config.export_npz=False',
-    '--config.model.hidden_size=32', '--config.model.num_layers=2',
+    '--config.model.hidden_size=32', '--config.model.num_layers=1',
     '--config.model.mlp_dim=64', '--config.model.num_heads=2',
 )
 HEARTBEAT_S = 3  # --heartbeat_timeout_s of `two`; vit_jax's default is 30
