@@ -33,9 +33,11 @@ EMA_DECAY = 0.95
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """A 40-step quickstart run that keeps a Polyak average (scored at step 40)."""
+  """A 40-step quickstart run, one block of width 32, that keeps a Polyak
+  average (scored at step 40)."""
   workdir = tmp_path_factory.mktemp('quick')
   c = quickstart.get_config('steps=40')
+  c.model.update(hidden_size=32, num_layers=1, mlp_dim=64, num_heads=2)
   c.log_every = 20
   c.checkpoint_every = 40
   c.evals.val.every = 0
@@ -60,10 +62,10 @@ def _digit_png(tmp_path, index):
 
 def test_describe_reads_the_run(run_dir):
   info = pretrained.describe(run_dir)
-  assert info.model['name'] == 'ViT-Ti/16' and info.model['hidden_size'] == 64
+  assert info.model['name'] == 'ViT-Ti/16' and info.model['hidden_size'] == 32
   assert info.num_classes == 10 and info.image_size == 16
   # Overridden: not reported under the registered name.
-  assert info.label == ('custom ViT (width 64, depth 4, mlp 128, heads 4, '
+  assert info.label == ('custom ViT (width 32, depth 1, mlp 64, heads 2, '
                         'patch 4; from ViT-Ti/16)')
 
 
@@ -82,7 +84,7 @@ def test_predict_from_a_workdir_needs_no_model_flags(run_dir, tmp_path):
 def test_logs_results_and_budget_report_use_the_custom_label(run_dir):
   meta = json.load(open(os.path.join(run_dir, 'config.json')))
   assert meta['model']['name'] == 'ViT-Ti/16'
-  assert report.summarize(run_dir).model.startswith('custom ViT (width 64')
+  assert report.summarize(run_dir).model.startswith('custom ViT (width 32')
 
 
 def test_finetune_from_a_run_takes_its_model(run_dir, tmp_path):
@@ -96,10 +98,10 @@ def test_finetune_from_a_run_takes_its_model(run_dir, tmp_path):
   result = train.train_and_evaluate(c, str(tmp_path / 'ft'))
   assert result.status == 'done'
   config = json.load(open(tmp_path / 'ft' / 'config.json'))
-  assert config['model']['hidden_size'] == 64 and config['model']['num_layers'] == 4
+  assert config['model']['hidden_size'] == 32 and config['model']['num_layers'] == 1
   # The transfer replaced the head: after 2 steps from a zero head it is small.
   params = train_checkpoint.read_params(str(tmp_path / 'ft')).params
-  assert params['head']['kernel'].shape == (64, 10)
+  assert params['head']['kernel'].shape == (32, 10)
 
 
 def test_a_class_count_that_disagrees_with_the_data_fails_before_compiling(
@@ -121,7 +123,7 @@ def test_an_npz_that_does_not_fit_prints_the_overrides_that_would(run_dir,
   npz = str(tmp_path / 'weights.npz')
   shutil.copy(os.path.join(run_dir, 'params.npz'), npz)
   with pytest.raises(ValueError, match=r'The arrays fit the overrides: '
-                     r'hidden_size=64, mlp_dim=128, num_heads=4, num_layers=4, '
+                     r'hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1, '
                      r'patch_size=4\.') as err:
     pretrained.load(npz, 'ViT-Ti/16')
   assert '\n' not in str(err.value)
