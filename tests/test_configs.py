@@ -8,6 +8,8 @@ import pytest
 from vit_jax import config_lib, train
 from vit_jax.checkpoint import load_npz
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import finetune, pretrain, quickstart  # pylint: disable=wrong-import-position
@@ -60,21 +62,17 @@ def test_every_config_key_is_declared_with_a_type():
     c.total_steps = 'many'
 
 
-#: One block of width 32: what init_from reads does not depend on the depth.
-TINY = dict(hidden_size=32, num_layers=1, mlp_dim=64, num_heads=2)
-
-
 def test_init_from_a_run_and_from_its_npz_at_another_resolution(tmp_path):
   first = quickstart.get_config('steps=4')
   first.unlock()
   first.evals = {}
-  first.model.update(TINY)
+  first.model.update(tiny.MODEL)
   train.train_and_evaluate(first, str(tmp_path / 'a'))
   for source in (str(tmp_path / 'a'), str(tmp_path / 'a' / 'params.npz')):
     c = quickstart.get_config('steps=2')
     c.unlock()
     c.evals = {}
-    c.model.update(TINY)
+    c.model.update(tiny.MODEL)
     c.image_size = 24  # 4x4 -> 6x6 position-embedding grid.
     c.input.pp = 'resize(24)|value_range(-1, 1)|onehot(10)'
     c.init_from = source

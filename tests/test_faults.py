@@ -20,14 +20,12 @@ from vit_jax import train, train_checkpoint
 from vit_jax import workdir as workdir_lib
 
 import cpu_devices
+import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import quickstart  # pylint: disable=wrong-import-position
 
-TINY = {'model.hidden_size': 32, 'model.num_layers': 1, 'model.mlp_dim': 64,
-        'model.num_heads': 2}
-TINY_FLAGS = [f'--config.{k}={v}' for k, v in TINY.items()]
 ROW_KEYS = ('train_loss', 'grad_norm', 'learning_rate')
 
 
@@ -38,7 +36,7 @@ def _config(total_steps=20, **overrides):
   config.evals = ml_collections.ConfigDict()
   config.checkpoint_every, config.log_every = 10, 5
   config.total_steps = total_steps
-  for key, value in {**TINY, **overrides}.items():
+  for key, value in {**tiny.OVERRIDES, **overrides}.items():
     *parents, leaf = key.split('.')
     target = config
     for p in parents:
@@ -340,7 +338,7 @@ def _main(workdir, *flags, steps=40):
              XLA_FLAGS=cpu_devices.xla_flags(2))
   cmd = [sys.executable, '-m', 'vit_jax.main', f'--config=configs/quickstart.py:steps={steps},batch=32',
          f'--workdir={workdir}', '--config.checkpoint_every=10', '--config.log_every=5',
-         *TINY_FLAGS, *flags]
+         *tiny.FLAGS, *flags]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 

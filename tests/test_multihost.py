@@ -38,6 +38,8 @@ import pytest
 
 from launch import local
 
+import tiny
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH, TRAIN_DIGITS, TEST_DIGITS = 64, 300, 45  # 45: no host count or host batch divides it
 FLAGS = (
@@ -50,8 +52,7 @@ FLAGS = (
     '--config.checkpoint_every=3',
     '--config.keep_checkpoints=10',
     '--config.export_npz=False',
-    '--config.model.hidden_size=32', '--config.model.num_layers=1',
-    '--config.model.mlp_dim=64', '--config.model.num_heads=2',
+    *tiny.FLAGS,
 )
 HEARTBEAT_S = 3  # --heartbeat_timeout_s of `two`; vit_jax's default is 30
 LOST_WITHIN_S = HEARTBEAT_S + 5  # docs/launch.md: the heartbeat timeout and a few seconds

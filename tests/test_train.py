@@ -15,15 +15,12 @@ from vit_jax import budget, train
 from vit_jax.checkpoint import load_npz
 
 import cpu_devices
+import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import quickstart  # pylint: disable=wrong-import-position
 
-#: One block of width 32: for the runs that test the loop, not learning (the
-#: quickstart's four blocks take twice as long to compile).
-TINY = {'model.hidden_size': 32, 'model.num_layers': 1, 'model.mlp_dim': 64,
-        'model.num_heads': 2}
 REQUIRED_METRICS = ('step', 'train_loss', 'learning_rate', 'grad_norm',
                     'img_per_sec', 'img_per_sec_per_core', 'core_hours', 'mfu')
 
@@ -70,7 +67,7 @@ def _main(workdir, *flags, devices=2):
   cmd = [sys.executable, '-m', 'vit_jax.main',
          '--config=configs/quickstart.py:steps=40', f'--workdir={workdir}',
          '--config.checkpoint_every=10', '--config.log_every=10',
-         *(f'--config.{k}={v}' for k, v in TINY.items()), *flags]
+         *tiny.FLAGS, *flags]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 
@@ -137,7 +134,7 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path, uninterrupted):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config = _config('steps=20', checkpoint_every=1, log_every=1,
-                   **TINY, **{'schedule.base_lr': 1e12, 'schedule.warmup_steps': 0,
+                   **tiny.OVERRIDES, **{'schedule.base_lr': 1e12, 'schedule.warmup_steps': 0,
                       'optim.grad_clip_norm': None, 'optim.name': 'sgd'})
   with pytest.raises(train.NonFiniteLossError, match=r'at step (\d+)') as e:
     train.train_and_evaluate(config, str(tmp_path))
@@ -156,7 +153,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_budget_cap_stops_then_resumes_when_raised(tmp_path):
   config = _config('steps=30', checkpoint_every=100, log_every=5,
-                   **TINY, **{'budget.max_core_hours': 2e-5})
+                   **tiny.OVERRIDES, **{'budget.max_core_hours': 2e-5})
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result.status == 'budget_exhausted' and result.step < 30
   # The verdict is taken at log steps only (no per-step collective).

@@ -5,6 +5,8 @@ import os
 
 from launch import local
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,9 +16,7 @@ def test_two_processes_stop_together_at_the_cap(tmp_path):
   result = local.run(
       ['--config=configs/quickstart.py:steps=400', f'--workdir={workdir}',
        '--config.budget.max_core_hours=0.0005', '--config.log_every=10',
-       '--config.checkpoint_every=1000', '--config.model.hidden_size=32',
-       '--config.model.num_layers=1', '--config.model.mlp_dim=64',
-       '--config.model.num_heads=2'],
+       '--config.checkpoint_every=1000', *tiny.FLAGS],
       num_processes=2, devices_per_process=2, cwd=ROOT, output=out,
       timeout_s=240)
   log = out.getvalue()

@@ -14,18 +14,16 @@ from vit_jax import train, transfer
 from vit_jax.data import vtab_tasks
 from vit_jax.transfer import runs
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import quickstart  # pylint: disable=wrong-import-position
 
 
-#: One block of width 32: these runs test the layer above the loop.
-TINY = dict(hidden_size=32, num_layers=1, mlp_dim=64, num_heads=2)
-
-
 def _config(steps=6, **sweep):
   c = quickstart.get_config(f'steps={steps}')
-  c.model.update(TINY)
+  c.model.update(tiny.MODEL)
   c.log_every = 2
   c.checkpoint_every = 2
   c.evals.val.every = 0
@@ -166,7 +164,7 @@ def test_sweep_via_main_survives_sigterm_then_trains_the_best_rate_on_everything
           '--config.sweep.eval_split=train[80%:]',
           '--config.log_every=1', '--config.evals.val.every=0',
           '--config.export_npz=True',
-          *(f'--config.model.{k}={v}' for k, v in TINY.items())]
+          *tiny.FLAGS]
   proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   metrics = workdir / 'sweep' / 'lr1e-06' / 'metrics.jsonl'

@@ -22,6 +22,8 @@ from vit_jax.data.prepare import __main__ as prepare_cli
 from vit_jax.evaluate import run as evaluate_run
 from vit_jax.visualize import __main__ as visualize_cli
 
+import tiny
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import evaluate as evaluate_config  # pylint: disable=wrong-import-position
@@ -37,7 +39,7 @@ def trained(tmp_path_factory):
   average (scored at step 40)."""
   workdir = tmp_path_factory.mktemp('quick')
   c = quickstart.get_config('steps=40')
-  c.model.update(hidden_size=32, num_layers=1, mlp_dim=64, num_heads=2)
+  c.model.update(tiny.MODEL)
   c.log_every = 20
   c.checkpoint_every = 40
   c.evals.val.every = 0
