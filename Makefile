@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
-# Two worker processes, each taking whole files (pytest-xdist), the slowest
-# first (tests/conftest.py SLOW_FILES): the CI
-# machine's two cores. PYTEST_WORKERS=0 runs everything in one process.
+# Two worker processes (the CI machine's two cores), each taking whole files
+# (pytest-xdist), the slowest first (tests/conftest.py SLOW_FILES).
+# PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 
 # The dataset preparation job on Apache Beam has its own venv: apache-beam's

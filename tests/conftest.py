@@ -1,15 +1,12 @@
 """Test set-up: 8 simulated CPU devices (tests/cpu_devices.py), before anything imports jax."""
 
 import os
-import re
 
 import cpu_devices  # pylint: disable=g-bad-import-order
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # 8 devices unless the caller chose a count; XLA:CPU at level 1 (cpu_devices).
-_count = re.search(r'--xla_force_host_platform_device_count=(\d+)',
-                   os.environ.get('XLA_FLAGS', ''))
-os.environ['XLA_FLAGS'] = cpu_devices.xla_flags(int(_count[1]) if _count else 8)
+os.environ['XLA_FLAGS'] = cpu_devices.xla_flags()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
@@ -26,7 +23,6 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 # deadlock the CPU collectives' rendezvous; run CPU executions synchronously
 # (jax reads no environment variable for this; vit_jax.main sets it too).
 jax.config.update('jax_cpu_enable_async_dispatch', False)
-
 
 
 #: The files that take longest (20 s and more of an idle 2-core machine,

@@ -18,14 +18,19 @@ import re
 
 #: What the suite adds to XLA_FLAGS besides the device count.
 COMPILE_FLAGS = ('--xla_backend_optimization_level=1',)
-_DEVICES = re.compile(r'--xla_force_host_platform_device_count=\S*')
+_DEVICES = re.compile(r'--xla_force_host_platform_device_count=(\d*)')
 
 
-def xla_flags(devices: int = 8, base: str | None = None) -> str:
-  """`base` (default: $XLA_FLAGS) with `devices` simulated CPU devices and
-  COMPILE_FLAGS (each once)."""
-  flags = _DEVICES.sub('', os.environ.get('XLA_FLAGS', '') if base is None else base).split()
-  flags += [f for f in COMPILE_FLAGS if f.split('=')[0] not in ' '.join(flags)]
+def xla_flags(devices: int | None = None) -> str:
+  """$XLA_FLAGS with `devices` simulated CPU devices (None: the count it
+  names, else 8) and COMPILE_FLAGS, unless it sets those options itself."""
+  current = os.environ.get('XLA_FLAGS', '')
+  named = _DEVICES.search(current)
+  if devices is None:
+    devices = int(named[1]) if named and named[1] else 8
+  flags = _DEVICES.sub('', current).split()
+  flags += [f for f in COMPILE_FLAGS
+            if not any(g.startswith(f.split('=')[0] + '=') for g in flags)]
   return ' '.join([*flags, f'--xla_force_host_platform_device_count={devices}'])
 
 
