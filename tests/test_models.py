@@ -360,3 +360,22 @@ def test_an_image_size_that_does_not_divide_into_tokens_is_refused():
                      r'the 4x4-pixel tokens of custom ViT \(width 64, patch 4;'
                      r' from ViT-Ti/16\): the last 2 pixels'):
     models.check_image_size(spec, 18)
+
+
+def test_param_shapes_traces_a_model_once_and_each_call_gets_its_own_tree():
+  """The planner asks for the same tree per layout: traced once per model
+  and size, equal to a fresh trace, and a caller's edit stays its own."""
+  from vit_jax.models import registry
+  model = get_model('ViT-Ti/16', 10, hidden_size=32, num_layers=2, mlp_dim=64,
+                    num_heads=2)
+  fresh = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 48, 32, 3))))['params']
+  traced = registry._param_shapes.cache_info().misses
+  first = param_shapes(model, (48, 32))
+  del first['head']
+  again = param_shapes(get_model('ViT-Ti/16', 10, hidden_size=32, num_layers=2,
+                                 mlp_dim=64, num_heads=2), (48, 32))
+  assert registry._param_shapes.cache_info().misses == traced + 1
+  assert jax.tree.structure(again) == jax.tree.structure(fresh)
+  assert jax.tree.leaves(again) == jax.tree.leaves(fresh)
+  assert param_shapes(model, 48)['head']['kernel'].shape == (32, 10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from typing import Any, Mapping, Optional
 
 import jax
@@ -156,9 +157,24 @@ def pixels_per_token(model: VisionTransformer) -> tuple[int, int]:
 
 def param_shapes(model: VisionTransformer, image_size: int | tuple[int, int] = 224
                  ) -> Any:
-  """Parameter tree of ShapeDtypeStructs, computed without allocating."""
+  """Parameter tree of ShapeDtypeStructs, computed without allocating.
+
+  Traced once per model and size (the planner asks for the same tree for
+  every layout it counts: 0.36 s a time for ViT-H/14); each call returns
+  its own dicts.
+  """
   h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-  x = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+  size = (int(h), int(w))
+  try:
+    hash(model)
+  except TypeError:  # A field holds a list: nothing to key the cache on.
+    return _param_shapes.__wrapped__(model, size)
+  return jax.tree.map(lambda x: x, _param_shapes(model, size))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(model: VisionTransformer, size: tuple[int, int]) -> Any:
+  x = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
   return variables['params']
