@@ -21,12 +21,14 @@ import argparse
 import os
 import sys
 
+from vit_jax import help_format
+
 ROW_WIDTH = 3
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m launch.check', description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=help_format.Formatter)
   parser.add_argument('--coordinator_address', default=None, help='HOST:PORT of process 0')
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)

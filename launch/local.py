@@ -31,6 +31,8 @@ import threading
 import time
 from typing import IO, Optional, Sequence
 
+from vit_jax import help_format
+
 # vit_jax.main's exit status when the compute budget cap stopped the run: an
 # orderly stop (every process reaches the cap at the same step), not a failure.
 BUDGET_CAP_EXIT = 75
@@ -237,7 +239,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(
       prog='python -m launch.local', description=__doc__.splitlines()[0],
       usage='%(prog)s --num_processes=N [--devices_per_process=D] [--module=M] [--port=P] -- FLAGS',
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=help_format.Formatter)
   parser.add_argument('--num_processes', type=int, required=True, help='processes to start')
   parser.add_argument('--devices_per_process', type=int, default=1, help='simulated CPU devices each')
   parser.add_argument('--module', default='vit_jax.main', help='run as python -m MODULE')

@@ -40,6 +40,8 @@ from launch import gcloud
 from launch import supervise
 from launch import tpu_slice
 
+from vit_jax import help_format
+
 _NAME_RE = re.compile(r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?')
 _ZONE_RE = re.compile(r'[a-z]+-[a-z]+[0-9]+-[a-z]')
 _ENV_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*=.*', flags=re.DOTALL)
@@ -338,7 +340,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    '(python -m vit_jax.main --compile_only --topology=ACCELERATOR_TYPE)')
   parser = argparse.ArgumentParser(prog='python -m launch.tpu', description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest='command', required=True, parser_class=functools.partial(
-      argparse.ArgumentParser, formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+      argparse.ArgumentParser, formatter_class=help_format.Formatter))
   sub.add_parser('create', parents=[common, create], help='create the slice')
   sub.add_parser('install', parents=[common, install], help='install vit_jax on every worker')
   sub.add_parser('run', parents=[common, run], help='start the job on every worker, follow worker 0')

@@ -1,8 +1,9 @@
-"""Every command line's --help: exit status 0, the module as users type it, its flags and defaults."""
+"""Every command line's --help: exit status 0, the module as users type it, its flags and defaults (each said once)."""
 
 import concurrent.futures
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,8 @@ CASES = [
     (['vit_jax.planner'], 'usage: python -m vit_jax.planner', ['plan', 'paper', 'report', 'plot'], []),
     (['vit_jax.planner', 'plan'], 'usage: python -m vit_jax.planner plan',
      ['--model', '--batch-size', '--hardware', '--mfu', '--image-size'], ['(default: 224)']),
+    (['vit_jax.planner', 'fit'], 'usage: python -m vit_jax.planner fit',
+     ['--hardware', '--mesh', '--remat-policy', '--margin'], ["(default: the config's)"]),
     (['vit_jax.planner', 'report'], 'usage: python -m vit_jax.planner report', ['WORKDIR', '--json'],
      ['(default: False)']),
     (['vit_jax.predict'], 'usage: python -m vit_jax.predict',
@@ -69,6 +72,9 @@ def test_help_exits_0_names_the_module_and_lists_flags(helps, argv, prog, flags,
     assert flag in out, f'{flag} missing from {" ".join(argv)} --help'
   for default in defaults:
     assert default in ' '.join(out.split()), f'{default} missing from {" ".join(argv)} --help'
+  # A default is said once, and only where there is one (help_format.py).
+  assert '(default: None)' not in out, out
+  assert not re.search(r'\(default[: ][^)]*\) \(default: ', ' '.join(out.split())), out
 
 
 @pytest.mark.parametrize('flag', ['-h', '--helpfull'])

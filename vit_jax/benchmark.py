@@ -23,13 +23,13 @@ import time
 import jax
 import numpy as np
 
-from vit_jax import assembly, budget, models, parallel, sharding_rules
+from vit_jax import assembly, budget, help_format, models, parallel, sharding_rules
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog='python -m vit_jax.benchmark', description=__doc__.split('\n')[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=help_format.Formatter)
   p.add_argument('--model', default='ViT-B/16', help='registered model name')
   p.add_argument('--mode', default='train', choices=('train', 'eval'),
                  help='train: the training step; eval: the forward pass')

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 
 import jax
 
-from vit_jax import checkpoint, hf_interop, models, predict, pretrained
+from vit_jax import checkpoint, help_format, hf_interop, models, predict, pretrained
 
 FORMATS = ('transformers', 'npz')
 
@@ -38,7 +38,7 @@ FORMATS = ('transformers', 'npz')
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.export', description=__doc__.split('\n')[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=help_format.Formatter)
   parser.add_argument('--format', choices=FORMATS, default='transformers',
                       help='what to write')
   parser.add_argument('--checkpoint', required=True,

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vit_jax import models, pretrained
+from vit_jax import help_format, models, pretrained
 
 IMAGENET_LABELS = 'imagenet1k_labels.txt'
 
@@ -34,7 +34,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.predict',
       description='Prints the top-k classes of each image under a ViT checkpoint.',
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=help_format.Formatter)
   parser.add_argument('--model', default=None,
                       help='registered model name, e.g. ViT-B/16 or ViT-B_16; '
                            'None: the run\'s config.json or the file name')

@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from vit_jax import help_format
 from vit_jax.data import pipeline
 from vit_jax.data.tf_runtime import tf as _tf
 
@@ -207,7 +208,7 @@ def _table(medians: dict[str, tuple[float, float]], args, mean_size: int) -> str
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m vit_jax.data.benchmark', description=__doc__.splitlines()[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=help_format.Formatter)
   parser.add_argument('--threads', type=int, default=1, help='tf.data threads (= cores)')
   parser.add_argument('--seconds', type=float, default=10.0, help='per measurement')
   parser.add_argument('--rounds', type=int, default=3, help='measurements (the median counts)')

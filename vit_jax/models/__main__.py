@@ -7,14 +7,14 @@ vit_jax.budget counts).
 
 import argparse
 
-from vit_jax import budget
+from vit_jax import budget, help_format
 from vit_jax.models import registry
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(
       prog='python -m vit_jax.models', description=__doc__.split('\n')[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=help_format.Formatter)
   p.add_argument('--image_size', type=int, default=224, help='input resolution')
   p.add_argument('--num_classes', type=int, default=1000,
                  help='classifier head width')

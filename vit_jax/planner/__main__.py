@@ -22,12 +22,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from vit_jax import help_format
+
 
 class _Parser(argparse.ArgumentParser):
   """Reports a usage error on one line (the usage is one --help away); --help shows defaults."""
 
   def __init__(self, *args, **kwargs):
-    kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+    kwargs.setdefault('formatter_class', help_format.Formatter)
     super().__init__(*args, **kwargs)
 
   def error(self, message):
