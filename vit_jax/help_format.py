@@ -4,7 +4,7 @@ argparse's ArgumentDefaultsHelpFormatter appends "(default: X)" to every
 option, also where there is no default (None: "--mfu ... (default 0.5)
 (default: None)") and where the help already says what the default is. This
 one appends it only where it tells something: a default other than None,
-and a help text that does not already say "default".
+and a help text that does not already give one ("(default ...").
 
     parser = argparse.ArgumentParser(formatter_class=help_format.Formatter)
 """
@@ -18,6 +18,6 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
   def _get_help_string(self, action):
     text = action.help or ''
-    if action.default is None or 'default' in text.lower():
+    if action.default is None or '(default' in text:
       return text
     return super()._get_help_string(action)
