@@ -4,7 +4,12 @@ Most of the suite's time is XLA:CPU compiling tiny programs (a ViT of one to
 four blocks takes 2-4 s to compile and milliseconds to run). At backend
 optimization level 1 (LLVM -O1 instead of -O3) XLA:CPU compiles them in
 about 60-70% of the time and runs them as fast (level 0 compiles faster
-still, but its code runs the 200-step quickstart test 40% slower). The
+still, but its code runs the 200-step quickstart test 40% slower). Its
+fusions are emitted by XLA:CPU's elemental IR emitter rather than its MLIR
+fusion emitters (--xla_cpu_use_fusion_emitters=false): a train step is
+some 200-300 fusions, each compiled on its own, and the older emitter
+takes ~12% less time for them and their code runs as fast (test_train_step
+and test_models: 152 -> 124 CPU-s, 2026-12-05). The
 tests check programs, not LLVM's code: every comparison in the suite (bit
 identical resumes, sharded against single-device) compares runs compiled
 the same way. The benchmarks' tests (test_benchmark*.py) and the TPU
@@ -17,7 +22,8 @@ import os
 import re
 
 #: What the suite adds to XLA_FLAGS besides the device count.
-COMPILE_FLAGS = ('--xla_backend_optimization_level=1',)
+COMPILE_FLAGS = ('--xla_backend_optimization_level=1',
+                 '--xla_cpu_use_fusion_emitters=false')
 _DEVICES = re.compile(r'--xla_force_host_platform_device_count=(\d*)')
 
 
