@@ -12,8 +12,9 @@ takes ~12% less time for them and their code runs as fast (test_train_step
 and test_models: 152 -> 124 CPU-s, 2026-12-05). The
 tests check programs, not LLVM's code: every comparison in the suite (bit
 identical resumes, sharded against single-device) compares runs compiled
-the same way. The benchmarks' tests (test_benchmark*.py) and the TPU
-compiles (tpu_compile.py) keep XLA's defaults.
+the same way (the benchmarks' tests check what a benchmark reports, not its
+speed). The TPU compiles (tpu_compile.py) and the run "as a user runs it"
+(test_console_output.py) keep XLA's defaults.
 
     env = dict(os.environ, XLA_FLAGS=cpu_devices.xla_flags(2))
 """

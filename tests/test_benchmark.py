@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = '''
@@ -23,7 +25,7 @@ print('HEAVY', heavy)
 
 def test_benchmark_prints_one_json_line_without_heavy_imports():
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+             XLA_FLAGS=cpu_devices.xla_flags(4))
   proc = subprocess.run([sys.executable, '-c', PROBE], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -41,7 +43,7 @@ def test_benchmark_prints_one_json_line_without_heavy_imports():
 
 def test_benchmark_rejects_a_batch_that_does_not_split():
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+             XLA_FLAGS=cpu_devices.xla_flags(4))
   proc = subprocess.run(
       [sys.executable, '-m', 'vit_jax.benchmark', '--model=ViT-Ti/16',
        '--batch=6', '--steps=1'], cwd=ROOT, env=env, capture_output=True,

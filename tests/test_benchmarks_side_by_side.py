@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'side_by_side.py')
 
@@ -28,7 +30,7 @@ def _env():
   # OMP_NUM_THREADS=1: torch's two OpenMP threads spin against the other
   # processes of a 2-core machine (timm's eval step took ~100x longer).
   return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-              XLA_FLAGS='--xla_force_host_platform_device_count=1',
+              XLA_FLAGS=cpu_devices.xla_flags(1),
               OMP_NUM_THREADS='1')
 
 
