@@ -5,7 +5,7 @@ import os
 import cpu_devices  # pylint: disable=g-bad-import-order
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# 8 devices unless the caller chose a count; XLA:CPU at level 1 (cpu_devices).
+# 8 devices unless the caller chose a count; XLA:CPU at level 0 (cpu_devices).
 os.environ['XLA_FLAGS'] = cpu_devices.xla_flags()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
