@@ -42,10 +42,9 @@ def _config(arg='', **overrides):
 #: code compiled at the suite's level 0 runs 2x slower); prints the results.
 _QUICKSTART = """
 import json, sys
-import jax
-jax.config.update('jax_cpu_enable_async_dispatch', False)   # as conftest.py
 from configs import quickstart
-from vit_jax import train
+from vit_jax import parallel, train
+parallel.configure_cpu()   # synchronous dispatch, as conftest.py and main
 config = quickstart.get_config('steps=200')
 config.log_every, config.checkpoint_every = 50, 100
 runs = [train.train_and_evaluate(config, sys.argv[1]) for _ in range(2)]
